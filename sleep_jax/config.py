@@ -1,0 +1,159 @@
+"""Frozen, hashable configuration dataclasses.
+
+The library never reads flags. ``launch/`` turns absl flags and ml_collections
+config files into these dataclasses; everything under ``sleep_jax/`` only ever
+sees them. Each validates itself on construction and raises ``ValueError``
+naming the offending field.
+"""
+from __future__ import annotations
+
+import dataclasses
+from typing import Literal
+
+BLOCK_TYPES = ("attn", "gdn")
+EVICTION_MODES = ("hard", "sliding")
+GDN_IMPLS = ("auto", "reference", "chunked", "pallas")
+
+
+def _require(cond: bool, msg: str) -> None:
+  if not cond:
+    raise ValueError(msg)
+
+
+@dataclasses.dataclass(frozen=True)
+class ModelConfig:
+  """Hybrid attention / Gated DeltaNet language model.
+
+  Attributes:
+    vocab_size: number of token ids; inputs must lie in ``[0, vocab_size)``.
+    d_model: residual width.
+    n_layers: number of blocks (ignored when ``layout`` is given).
+    layout: block types in order, each ``"attn"`` or ``"gdn"``. ``None`` means
+      alternating attention and GDN, starting with attention (the paper's).
+    n_heads: attention heads.
+    head_dim: attention head dimension.
+    gdn_n_heads: GDN heads (``None``: same as ``n_heads``).
+    gdn_head_dim: GDN key (and query) head dimension ``Dk``.
+    gdn_value_dim: GDN value head dimension ``Dv`` (``None``: ``gdn_head_dim``).
+    conv_size: short causal convolution width on GDN q/k/v.
+    mlp_hidden: SwiGLU hidden width (``None``: ``round_up(8/3 * d_model, 64)``).
+    rope_theta: RoPE base.
+    norm_eps: RMSNorm epsilon.
+    embed_init_std: embedding init std. 1.0, not the usual 0.02: looped models
+      stayed at the majority class with 0.02 (see BUILD_NOTES.md).
+    prelude: blocks that run once before the looped core during sleep.
+    coda: blocks that run once after the looped core during sleep.
+    tie_embeddings: share the embedding and output projection.
+    dtype: compute dtype ("float32" or "bfloat16"); params and fast weights
+      stay float32.
+    gdn_impl: implementation of the gated delta rule (see ``sleep_jax.ops``).
+    gdn_chunk_size: chunk size for the chunked / Pallas implementations.
+  """
+  vocab_size: int
+  d_model: int = 256
+  n_layers: int = 4
+  layout: tuple[str, ...] | None = None
+  n_heads: int = 4
+  head_dim: int = 64
+  gdn_n_heads: int | None = None
+  gdn_head_dim: int = 64
+  gdn_value_dim: int | None = None
+  conv_size: int = 4
+  mlp_hidden: int | None = None
+  rope_theta: float = 10_000.0
+  norm_eps: float = 1e-6
+  embed_init_std: float = 1.0
+  prelude: int = 0
+  coda: int = 0
+  tie_embeddings: bool = False
+  dtype: str = "float32"
+  gdn_impl: str = "auto"
+  gdn_chunk_size: int = 64
+
+  def __post_init__(self):
+    if self.layout is not None:
+      object.__setattr__(self, "layout", tuple(self.layout))
+    _require(self.vocab_size >= 2, f"ModelConfig.vocab_size must be >= 2, got {self.vocab_size}")
+    _require(self.d_model >= 1, f"ModelConfig.d_model must be >= 1, got {self.d_model}")
+    _require(self.n_heads >= 1 and self.head_dim >= 1,
+             f"ModelConfig.n_heads/head_dim must be >= 1, got {self.n_heads}/{self.head_dim}")
+    _require(self.head_dim % 2 == 0, f"ModelConfig.head_dim must be even for RoPE, got {self.head_dim}")
+    _require(self.conv_size >= 1, f"ModelConfig.conv_size must be >= 1, got {self.conv_size}")
+    _require(self.embed_init_std > 0, f"ModelConfig.embed_init_std must be > 0, got {self.embed_init_std}")
+    _require(self.dtype in ("float32", "bfloat16"),
+             f"ModelConfig.dtype must be 'float32' or 'bfloat16', got {self.dtype!r}")
+    _require(self.gdn_impl in GDN_IMPLS, f"ModelConfig.gdn_impl must be one of {GDN_IMPLS}, got {self.gdn_impl!r}")
+    _require(self.gdn_chunk_size >= 1, f"ModelConfig.gdn_chunk_size must be >= 1, got {self.gdn_chunk_size}")
+    if self.layout is None:
+      _require(self.n_layers >= 1, f"ModelConfig.n_layers must be >= 1, got {self.n_layers}")
+    else:
+      _require(len(self.layout) >= 1, "ModelConfig.layout must name at least one block")
+      for i, b in enumerate(self.layout):
+        _require(b in BLOCK_TYPES, f"ModelConfig.layout[{i}] = {b!r} is not a known block type {BLOCK_TYPES}")
+    n = len(self.block_types)
+    _require(self.prelude >= 0 and self.coda >= 0,
+             f"ModelConfig.prelude/coda must be >= 0, got {self.prelude}/{self.coda}")
+    _require(self.prelude + self.coda < n,
+             f"ModelConfig.prelude + coda ({self.prelude} + {self.coda}) must leave at least one looped block of {n}")
+
+  @property
+  def block_types(self) -> tuple[str, ...]:
+    """The block layout, resolved."""
+    if self.layout is not None:
+      return self.layout
+    return tuple("attn" if i % 2 == 0 else "gdn" for i in range(self.n_layers))
+
+  @property
+  def num_gdn_heads(self) -> int:
+    return self.gdn_n_heads if self.gdn_n_heads is not None else self.n_heads
+
+  @property
+  def gdn_v_dim(self) -> int:
+    return self.gdn_value_dim if self.gdn_value_dim is not None else self.gdn_head_dim
+
+  @property
+  def mlp_width(self) -> int:
+    if self.mlp_hidden is not None:
+      return self.mlp_hidden
+    return ((8 * self.d_model // 3) + 63) // 64 * 64
+
+  @property
+  def core_range(self) -> tuple[int, int]:
+    """Half-open block index range ``[start, stop)`` of the looped core."""
+    return self.prelude, len(self.block_types) - self.coda
+
+
+@dataclasses.dataclass(frozen=True)
+class SleepConfig:
+  """How the model sleeps.
+
+  Attributes:
+    window: consolidation window ``L`` in tokens; the attention cache holds at
+      most this many tokens.
+    n_passes: ``N``, offline recurrent passes over a window before eviction.
+      ``N = 1`` is the vanilla hybrid.
+    eviction: "hard" (clear the cache every ``L`` tokens) or "sliding" (after
+      sleeping, keep the last ``L - 1`` tokens' keys and values, from the last
+      pass).
+    remat_passes: checkpoint each pass (activation memory O(1) in ``N``).
+    remat_windows: checkpoint each window (activation memory O(1) in ``T/L``).
+    grad_passes: backpropagate only through the last ``k`` passes of each
+      sleep (``None``: all passes, as in the paper).
+  """
+  window: int
+  n_passes: int = 1
+  eviction: Literal["hard", "sliding"] = "hard"
+  remat_passes: bool = True
+  remat_windows: bool = True
+  grad_passes: int | None = None
+
+  def __post_init__(self):
+    _require(isinstance(self.window, int) and self.window >= 1,
+             f"SleepConfig.window (L) must be an integer >= 1, got {self.window!r}")
+    _require(isinstance(self.n_passes, int) and self.n_passes >= 0,
+             f"SleepConfig.n_passes (N) must be an integer >= 0, got {self.n_passes!r}")
+    _require(self.eviction in EVICTION_MODES,
+             f"SleepConfig.eviction must be one of {EVICTION_MODES}, got {self.eviction!r}")
+    if self.grad_passes is not None:
+      _require(isinstance(self.grad_passes, int) and self.grad_passes >= 1,
+               f"SleepConfig.grad_passes must be None or an integer >= 1, got {self.grad_passes!r}")

@@ -1,0 +1,1 @@
+"""The gated delta rule: reference, chunked and Pallas implementations."""
