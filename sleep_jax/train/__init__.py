@@ -1,0 +1,1 @@
+"""Training: optimizer, pure train step, data parallelism, checkpoints, metrics and the loop."""

@@ -1,0 +1,138 @@
+"""Data parallelism with ``jax.shard_map`` over a ``data`` mesh axis.
+
+The train state is replicated (``P()``) and the batch split along its first
+axis (``P("data")``). The mesh uses ``Auto`` axes: ``jax.make_mesh`` defaults
+to ``Explicit`` in this jax version, which makes shard_map reject inputs whose
+sharding differs from ``in_specs`` and breaks some plain-jit code.
+
+Gradient semantics: the step reduces the *loss* over the axis (see
+``step.py``); with ``check_vma=True`` the gradient of the replicated params is
+then already the global gradient. ``lax.pmean`` of the grads (the pmap idiom)
+would give ``n_devices x`` the gradient.
+"""
+from __future__ import annotations
+
+from typing import Callable
+
+import jax
+import numpy as np
+from jax.sharding import NamedSharding
+from jax.sharding import PartitionSpec as P
+
+from sleep_jax.train.step import PER_EXAMPLE_OUTPUTS
+
+DATA_AXIS = "data"
+
+
+def make_data_mesh(num_devices: int | None = None) -> jax.sharding.Mesh:
+  """A 1-D ``data`` mesh with an Auto axis over the first ``num_devices`` devices.
+
+  Args:
+    num_devices: devices to use; ``None`` means all (every host's) devices.
+
+  Raises:
+    ValueError: if more devices are requested than exist, or, with several
+      processes, fewer than all of them.
+  """
+  devices = jax.devices()
+  if num_devices is None:
+    num_devices = len(devices)
+  if num_devices < 1 or num_devices > len(devices):
+    raise ValueError(f"num_devices must be in [1, {len(devices)}] (devices available), got {num_devices}")
+  if jax.process_count() > 1 and num_devices != len(devices):
+    raise ValueError(f"num_devices must be all {len(devices)} devices with {jax.process_count()} processes, "
+                     f"got {num_devices}")
+  return jax.make_mesh((num_devices,), (DATA_AXIS,), axis_types=(jax.sharding.AxisType.Auto,),
+                       devices=devices[:num_devices])
+
+
+def check_batch_size(batch_size: int, mesh: jax.sharding.Mesh) -> int:
+  """Returns the per-process batch size, or raises if the global batch does not split evenly."""
+  n_dev = mesh.devices.size
+  if batch_size % n_dev:
+    raise ValueError(f"batch_size {batch_size} is not divisible by the {n_dev} devices of the data mesh")
+  n_proc = jax.process_count()
+  if batch_size % n_proc:
+    raise ValueError(f"batch_size {batch_size} is not divisible by the {n_proc} processes")
+  return batch_size // n_proc
+
+
+def replicate(tree, mesh: jax.sharding.Mesh):
+  """Places a pytree replicated on every device of the mesh."""
+  sharding = NamedSharding(mesh, P())
+  if jax.process_count() == 1:
+    return jax.device_put(tree, sharding)
+  return jax.tree.map(
+      lambda x: jax.make_array_from_callback(np.shape(x), sharding, lambda idx: np.asarray(x)[idx]), tree)
+
+
+def shard_batch(local_batch: dict, mesh: jax.sharding.Mesh) -> dict:
+  """Assembles this process's rows into global arrays split along ``data``."""
+  sharding = NamedSharding(mesh, P(DATA_AXIS))
+  return {k: jax.make_array_from_process_local_data(sharding, np.asarray(v)) for k, v in local_batch.items()}
+
+
+def local_rows(x: jax.Array) -> np.ndarray:
+  """This process's rows of an array sharded along its first axis, in order."""
+  if jax.process_count() == 1:
+    return np.asarray(jax.device_get(x))
+  shards = sorted(x.addressable_shards, key=lambda s: s.index[0].start or 0)
+  seen, rows = set(), []
+  for s in shards:
+    start = s.index[0].start or 0
+    if start not in seen:
+      seen.add(start)
+      rows.append(np.asarray(s.data))
+  return np.concatenate(rows, axis=0)
+
+
+def _metric_specs(metrics: dict) -> dict:
+  return {k: (P(DATA_AXIS) if k in PER_EXAMPLE_OUTPUTS else P()) for k in metrics}
+
+
+def data_parallel_train_step(make_step: Callable[[str | None], Callable], mesh: jax.sharding.Mesh, *,
+                             donate: bool = True) -> Callable:
+  """Jits a train step over the data mesh.
+
+  Args:
+    make_step: ``axis_name -> train_step``; called with ``None`` (to learn the
+      metric names by shape evaluation) and with ``"data"``.
+    mesh: the data mesh.
+    donate: donate the input state's buffers.
+
+  Returns:
+    ``step(state, batch) -> (state, metrics)`` on global arrays; the state is
+    replicated, per-example metrics are split along ``data``.
+  """
+  local_step = make_step(None)
+  sharded_step = make_step(DATA_AXIS)
+  cache = {}
+
+  def build(state, batch):
+    per_shard = {k: jax.ShapeDtypeStruct((v.shape[0] // mesh.devices.size,) + v.shape[1:], v.dtype)
+                 for k, v in batch.items()}
+    _, metrics = jax.eval_shape(local_step, state, per_shard)
+    fn = jax.shard_map(sharded_step, mesh=mesh, in_specs=(P(), P(DATA_AXIS)),
+                       out_specs=(P(), _metric_specs(metrics)))
+    return jax.jit(fn, donate_argnums=(0,) if donate else ())
+
+  def step(state, batch):
+    key = tuple(sorted((k, v.shape, str(v.dtype)) for k, v in batch.items()))
+    if key not in cache:
+      cache[key] = build(state, batch)
+    return cache[key](state, batch)
+
+  return step
+
+
+def data_parallel_eval_step(eval_step: Callable, mesh: jax.sharding.Mesh) -> Callable:
+  """Jits ``eval_step(state, batch) -> dict`` over the data mesh; every output is split along ``data``.
+
+  Scalars come back as one value per device (``[n_devices]``).
+  """
+
+  def per_shard(state, batch):
+    out = eval_step(state, batch)
+    return {k: (v if k in PER_EXAMPLE_OUTPUTS else v[None]) for k, v in out.items()}
+
+  return jax.jit(jax.shard_map(per_shard, mesh=mesh, in_specs=(P(), P(DATA_AXIS)), out_specs=P(DATA_AXIS)))

@@ -1,0 +1,115 @@
+"""A pure training step: ``train_step(state, batch) -> (state, metrics)``.
+
+The step is built from an injected ``loss_fn(model, batch) -> (loss, aux)``
+(e.g. ``windowed_loss`` with the sleep config bound), so sleep, remat and the
+task live in the loss; the step only differentiates, clips, guards against
+non-finite values and applies the optimizer.
+
+Contract of ``loss_fn``: ``loss`` is the mean over the positions where
+``batch["loss_mask"]`` is 1 (so shards can be re-weighted exactly by their token
+counts); ``aux`` may carry ``predictions`` and ``token_loss`` ([B, T]) as
+attributes or dict keys, which are passed through for the task evaluator.
+"""
+from __future__ import annotations
+
+from typing import Any, Callable
+
+import jax
+import jax.numpy as jnp
+import optax
+from jax import lax
+
+from sleep_jax.train.state import TrainState, merge_model
+
+LossFn = Callable[..., tuple[jax.Array, Any]]
+
+SCALAR_METRICS = ("loss", "grad_norm", "n_tokens", "loss_finite", "grads_finite")
+PER_EXAMPLE_OUTPUTS = ("predictions", "token_loss")
+
+
+def _aux_get(aux, name):
+  if isinstance(aux, dict):
+    return aux.get(name)
+  return getattr(aux, name, None)
+
+
+def make_train_step(loss_fn: LossFn, tx: optax.GradientTransformation, graphdef, *,
+                    schedules: dict[str, Callable] | None = None, axis_name: str | None = None,
+                    with_rng: bool = False) -> Callable[[TrainState, dict], tuple[TrainState, dict]]:
+  """Builds the (unjitted) pure train step.
+
+  Args:
+    loss_fn: ``(model, batch) -> (loss, aux)``, or ``(model, batch, rng)`` when
+      ``with_rng``.
+    tx: optimizer.
+    graphdef: the model's static graph definition.
+    schedules: learning-rate schedules reported as ``lr/<name>`` metrics.
+    axis_name: the data-parallel mesh axis when the step runs inside
+      ``jax.shard_map``; ``None`` on one device.
+    with_rng: pass ``fold_in(state.rng, state.step)`` to ``loss_fn``.
+
+  Returns:
+    ``train_step(state, batch) -> (state, metrics)``. ``metrics`` holds the
+    scalars ``loss`` (global masked mean), ``grad_norm`` (before clipping),
+    ``n_tokens``, ``loss_finite``, ``grads_finite``, ``lr/<group>``, and
+    per-example ``predictions`` / ``token_loss`` when ``aux`` has them. A step
+    whose loss or gradients are not finite leaves params and optimizer state
+    unchanged (the host stops the run; see ``loop.py``).
+  """
+  schedules = dict(schedules or {})
+
+  def train_step(state: TrainState, batch: dict) -> tuple[TrainState, dict]:
+    rng = jax.random.fold_in(state.rng, state.step)
+    n_local = jnp.sum(batch["loss_mask"]).astype(jnp.float32)
+    n_total = lax.psum(n_local, axis_name) if axis_name else n_local
+
+    def objective(params):
+      model = merge_model(graphdef, TrainState(state.step, params, None, state.rng, state.model_state))
+      loss, aux = loss_fn(model, batch, rng) if with_rng else loss_fn(model, batch)
+      if axis_name:
+        # Re-weight each shard's masked mean by its token count so the global
+        # loss is the mean over all masked tokens, exactly as on one device.
+        # The loss (not the grads) is reduced: with check_vma, the gradient of
+        # a replicated input already comes back summed over the axis.
+        weighted = jnp.where(n_local > 0, loss * n_local, 0.0)
+        loss = lax.psum(weighted, axis_name) / jnp.maximum(n_total, 1.0)
+      return loss, aux
+
+    (loss, aux), grads = jax.value_and_grad(objective, has_aux=True)(state.params)
+    grad_norm = optax.tree.norm(grads)
+    loss_finite = jnp.isfinite(loss)
+    grads_finite = jnp.isfinite(grad_norm)
+    ok = jnp.logical_and(loss_finite, grads_finite)
+    updates, new_opt_state = tx.update(grads, state.opt_state, state.params)
+    new_params = optax.apply_updates(state.params, updates)
+    keep = lambda new, old: jax.tree.map(lambda a, b: jnp.where(ok, a, b), new, old)
+    new_state = TrainState(step=state.step + 1, params=keep(new_params, state.params),
+                           opt_state=keep(new_opt_state, state.opt_state), rng=state.rng,
+                           model_state=state.model_state)
+    metrics = {"loss": loss, "grad_norm": grad_norm, "n_tokens": n_total,
+               "loss_finite": loss_finite, "grads_finite": grads_finite}
+    for name, sched in schedules.items():
+      metrics[f"lr/{name}"] = jnp.asarray(sched(state.step), jnp.float32)
+    for name in PER_EXAMPLE_OUTPUTS:
+      value = _aux_get(aux, name)
+      if value is not None:
+        metrics[name] = value
+    return new_state, metrics
+
+  return train_step
+
+
+def make_eval_step(loss_fn: LossFn, graphdef) -> Callable[[TrainState, dict], dict]:
+  """``eval_step(state, batch) -> {loss, n_tokens, predictions?, token_loss?}`` (no update)."""
+
+  def eval_step(state: TrainState, batch: dict) -> dict:
+    model = merge_model(graphdef, state)
+    loss, aux = loss_fn(model, batch)
+    out = {"loss": loss, "n_tokens": jnp.sum(batch["loss_mask"]).astype(jnp.float32)}
+    for name in PER_EXAMPLE_OUTPUTS:
+      value = _aux_get(aux, name)
+      if value is not None:
+        out[name] = value
+    return out
+
+  return eval_step
