@@ -1,0 +1,165 @@
+"""Input validation for the gated delta rule.
+
+Every check raises a ``ValueError`` that names the offending argument and
+shows the shapes involved; nothing is broadcast, clipped or cast silently.
+
+Shape checks are static and run under ``jit``/``vmap`` as well. The value
+check ``log_alpha <= 0`` runs only when ``log_alpha`` is concrete (an eager
+call on a ``jax.Array`` or numpy array); on a tracer (inside ``jit``,
+``vmap``, ``grad``) it cannot run and is skipped, and positive values then
+flow into the computation unchanged (the chunked form would see decays
+``> 1`` and may overflow). Callers that build ``log_alpha`` as
+``-exp(A_log) * softplus(...)`` satisfy it by construction.
+"""
+from __future__ import annotations
+
+import numbers
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+
+def _shape_of(x, name: str) -> tuple[int, ...]:
+  if not hasattr(x, "shape") or not hasattr(x, "dtype"):
+    raise ValueError(f"{name} must be an array, got {type(x).__name__}")
+  if not jnp.issubdtype(x.dtype, jnp.floating):
+    raise ValueError(f"{name} must have a floating dtype, got {x.dtype}")
+  return tuple(x.shape)
+
+
+def _check_rank(shape, rank: int, name: str, legend: str) -> None:
+  if len(shape) != rank:
+    raise ValueError(f"{name} must have rank {rank} ({legend}), got shape {shape}")
+
+
+def _check_equal(shape, expected, name: str, legend: str, against: str) -> None:
+  if tuple(shape) != tuple(expected):
+    raise ValueError(f"{name} must have shape {legend} = {tuple(expected)} to match {against}, "
+                     f"got {tuple(shape)}")
+
+
+def is_concrete(x) -> bool:
+  """True when ``x`` holds values readable on the host (not a tracer)."""
+  return not isinstance(x, jax.core.Tracer)
+
+
+def check_log_alpha_values(log_alpha, name: str = "log_alpha") -> None:
+  """Raises if a concrete ``log_alpha`` has a positive entry (a gate above 1).
+
+  Skipped for tracers (see the module docstring).
+  """
+  if not is_concrete(log_alpha):
+    return
+  values = np.asarray(jax.device_get(log_alpha), dtype=np.float32)
+  if values.size and not np.all(values <= 0):  # Also catches NaN.
+    bad = values[~(values <= 0)]
+    raise ValueError(f"{name} must be <= 0 everywhere (it is the log of a forget gate in (0, 1]); "
+                     f"found {bad.size} entries violating it, e.g. {bad.flat[0]!r}")
+
+
+def check_scale(scale) -> None:
+  """``scale`` must be ``None`` or a finite real number known at trace time."""
+  if scale is None:
+    return
+  if isinstance(scale, (bool, np.bool_)) or not isinstance(scale, (numbers.Real, np.ndarray, jax.Array)):
+    raise ValueError(f"scale must be None or a real number, got {type(scale).__name__}")
+  if isinstance(scale, (np.ndarray, jax.Array)):
+    if not is_concrete(scale) or np.ndim(scale) != 0:
+      raise ValueError("scale must be a Python number or a concrete 0-d array (it is static), "
+                       f"got {type(scale).__name__} of shape {np.shape(scale)}")
+  if not np.isfinite(float(scale)):
+    raise ValueError(f"scale must be finite, got {float(scale)}")
+
+
+def check_chunk_size(chunk_size) -> None:
+  if isinstance(chunk_size, (bool, np.bool_)) or not isinstance(chunk_size, (int, np.integer)):
+    raise ValueError(f"chunk_size must be an int >= 1, got {chunk_size!r}")
+  if chunk_size < 1:
+    raise ValueError(f"chunk_size must be >= 1, got {chunk_size}")
+
+
+def check_sequence_inputs(q, k, v, log_alpha, beta, initial_state=None) -> tuple[int, int, int, int, int]:
+  """Validates the shapes of ``gated_delta_rule``'s inputs.
+
+  Args:
+    q: ``[B, T, H, Dk]``.
+    k: ``[B, T, H, Dk]``.
+    v: ``[B, T, H, Dv]``.
+    log_alpha: ``[B, T, H]``.
+    beta: ``[B, T, H]``.
+    initial_state: ``None`` or ``[B, H, Dk, Dv]``.
+
+  Returns:
+    ``(B, T, H, Dk, Dv)``.
+
+  Raises:
+    ValueError: naming the argument whose rank, shape or dtype is wrong, or
+      ``q`` when an axis (``T`` included) is empty.
+  """
+  qs = _shape_of(q, "q")
+  _check_rank(qs, 4, "q", "[B, T, H, Dk]")
+  b, t, h, dk = qs
+  if t == 0:
+    raise ValueError(f"q, k, v, log_alpha, beta must have at least one token (T >= 1), got q shape {qs}")
+  if 0 in qs:
+    raise ValueError(f"q must have no empty axis ([B, T, H, Dk]), got shape {qs}")
+  ks = _shape_of(k, "k")
+  _check_rank(ks, 4, "k", "[B, T, H, Dk]")
+  _check_equal(ks, qs, "k", "[B, T, H, Dk]", "q")
+  vs = _shape_of(v, "v")
+  _check_rank(vs, 4, "v", "[B, T, H, Dv]")
+  _check_equal(vs[:3], qs[:3], "v", "[B, T, H, :]", "q")
+  dv = vs[3]
+  if dv == 0:
+    raise ValueError(f"v must have Dv >= 1, got shape {vs}")
+  for name, x in (("log_alpha", log_alpha), ("beta", beta)):
+    xs = _shape_of(x, name)
+    _check_rank(xs, 3, name, "[B, T, H]")
+    _check_equal(xs, qs[:3], name, "[B, T, H]", "q")
+  if initial_state is not None:
+    ss = _shape_of(initial_state, "initial_state")
+    _check_rank(ss, 4, "initial_state", "[B, H, Dk, Dv]")
+    _check_equal(ss, (b, h, dk, dv), "initial_state", "[B, H, Dk, Dv]", "q and v")
+  return b, t, h, dk, dv
+
+
+def check_step_inputs(q, k, v, log_alpha, beta, state) -> tuple[int, int, int, int]:
+  """Validates the shapes of ``gated_delta_step``'s inputs (no time axis).
+
+  Args:
+    q: ``[B, H, Dk]``.
+    k: ``[B, H, Dk]``.
+    v: ``[B, H, Dv]``.
+    log_alpha: ``[B, H]``.
+    beta: ``[B, H]``.
+    state: ``[B, H, Dk, Dv]``.
+
+  Returns:
+    ``(B, H, Dk, Dv)``.
+
+  Raises:
+    ValueError: naming the argument whose rank, shape or dtype is wrong.
+  """
+  qs = _shape_of(q, "q")
+  _check_rank(qs, 3, "q", "[B, H, Dk]")
+  if 0 in qs:
+    raise ValueError(f"q must have no empty axis ([B, H, Dk]), got shape {qs}")
+  b, h, dk = qs
+  ks = _shape_of(k, "k")
+  _check_rank(ks, 3, "k", "[B, H, Dk]")
+  _check_equal(ks, qs, "k", "[B, H, Dk]", "q")
+  vs = _shape_of(v, "v")
+  _check_rank(vs, 3, "v", "[B, H, Dv]")
+  _check_equal(vs[:2], qs[:2], "v", "[B, H, :]", "q")
+  dv = vs[2]
+  if dv == 0:
+    raise ValueError(f"v must have Dv >= 1, got shape {vs}")
+  for name, x in (("log_alpha", log_alpha), ("beta", beta)):
+    xs = _shape_of(x, name)
+    _check_rank(xs, 2, name, "[B, H]")
+    _check_equal(xs, qs[:2], name, "[B, H]", "q")
+  ss = _shape_of(state, "state")
+  _check_rank(ss, 4, "state", "[B, H, Dk, Dv]")
+  _check_equal(ss, (b, h, dk, dv), "state", "[B, H, Dk, Dv]", "q and v")
+  return b, h, dk, dv
