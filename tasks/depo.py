@@ -1,0 +1,203 @@
+"""Depo (Physics of Language Models 4.1): k-hop queries on a directed cycle.
+
+An example is a directed cycle over ``n`` distinct nodes, whose names are
+single tokens drawn from a pool of ``pool_size`` names (``n0`` ...). Its ``n``
+edges are written ``x -> y ,`` (4 tokens each), listed in random order and
+left-padded with ``<pad>`` to ``context_len`` tokens. Then come ``n_queries``
+queries of 6 tokens each, ``? x k<k> = y ;``: "the node ``k`` hops after ``x``
+is ``y``". The answer ``y`` is the target at the position of ``=``.
+
+Layout. ``T = context_len + 6 * n_queries``. The context is a whole number of
+windows (``context_len % window == 0``), so the edges lie in consolidation
+windows, and the queries fit in the final, prediction window
+(``6 * n_queries <= window``). Paper preset: 300 + 60 = 360 tokens, L = 75.
+As in the paper's 4-token edge format with L = 75, an edge may straddle a
+window boundary.
+
+Sampling (ours, documented choices):
+- ``n`` follows the PhysicsLM4 bias ``p(n) ∝ 1 / (n + sqrt(n_max))`` over
+  ``[n_min, n_max]`` (``n_sampling="biased"``, the default) or is uniform
+  (``"uniform"``), the same in both splits.
+- Query sources ``x`` are distinct nodes when ``n >= n_queries``, else drawn
+  with replacement. ``k`` is uniform on ``[1, k_max]`` in the train split and
+  uniform over ``eval_ks`` in the eval split. ``k >= n`` wraps around the cycle.
+
+Depth knob: ``k``.
+"""
+from __future__ import annotations
+
+import dataclasses
+
+import numpy as np
+
+from tasks import example as ex_lib
+from tasks.evaluation import Evaluator
+from tasks.registry import Task, register
+from tasks.tokenizer import Tokenizer
+
+EDGE_TOKENS = 4
+QUERY_TOKENS = 6
+N_SAMPLINGS = ("biased", "uniform")
+_SPECIALS = ("<pad>", "->", ",", "?", "=", ";")
+_ARROW, _COMMA, _QUERY, _EQ, _SEMI = 1, 2, 3, 4, 5
+
+
+@dataclasses.dataclass(frozen=True, kw_only=True)
+class DepoConfig:
+  """Depo task knobs (defaults: the paper's preset).
+
+  Attributes:
+    n_min: fewest nodes in a cycle (>= 2).
+    n_max: most nodes in a cycle.
+    pool_size: node names available; more than ``n_max``.
+    context_len: tokens of the (left-padded) edge list; a multiple of
+      ``window`` and at least ``4 * n_max``.
+    n_queries: queries per example.
+    window: the consolidation window ``L``.
+    k_max: largest hop count in training (``k ~ U[1, k_max]``).
+    eval_ks: hop counts of the eval split.
+    n_sampling: "biased" (PhysicsLM4) or "uniform".
+    num_train_examples: epoch size of the train split.
+    num_eval_examples: size of the eval split.
+  """
+  n_min: int = 3
+  n_max: int = 75
+  pool_size: int = 100
+  context_len: int = 300
+  n_queries: int = 10
+  window: int = 75
+  k_max: int = 16
+  eval_ks: tuple[int, ...] = (1, 2, 4, 8, 16)
+  n_sampling: str = "biased"
+  num_train_examples: int = 1 << 30
+  num_eval_examples: int = 4096
+
+  def __post_init__(self):
+    req, is_int = ex_lib.require, ex_lib.is_int
+    object.__setattr__(self, "eval_ks", tuple(self.eval_ks))
+    req(is_int(self.n_min) and self.n_min >= 2, f"DepoConfig.n_min must be an integer >= 2, got {self.n_min!r}")
+    req(is_int(self.n_max) and self.n_max >= self.n_min,
+        f"DepoConfig.n_max must be an integer >= n_min ({self.n_min}), got {self.n_max!r}")
+    req(is_int(self.pool_size) and self.pool_size > self.n_max,
+        f"DepoConfig.pool_size ({self.pool_size!r}) must be larger than n_max ({self.n_max}): "
+        "a cycle cannot have more nodes than the name pool")
+    req(is_int(self.n_queries) and self.n_queries >= 1,
+        f"DepoConfig.n_queries must be an integer >= 1, got {self.n_queries!r}")
+    req(is_int(self.window) and self.window >= 1, f"DepoConfig.window must be an integer >= 1, got {self.window!r}")
+    req(is_int(self.context_len) and self.context_len >= EDGE_TOKENS * self.n_max,
+        f"DepoConfig.context_len ({self.context_len!r}) must hold n_max = {self.n_max} edges of "
+        f"{EDGE_TOKENS} tokens ({EDGE_TOKENS * self.n_max})")
+    req(self.context_len % self.window == 0,
+        f"DepoConfig.context_len ({self.context_len}) must be a multiple of window ({self.window}) so the "
+        "edges fill whole consolidation windows")
+    req(QUERY_TOKENS * self.n_queries <= self.window,
+        f"DepoConfig: {self.n_queries} queries take {QUERY_TOKENS * self.n_queries} tokens, more than one "
+        f"prediction window of {self.window}")
+    req(is_int(self.k_max) and self.k_max >= 1, f"DepoConfig.k_max must be an integer >= 1, got {self.k_max!r}")
+    req(len(self.eval_ks) >= 1 and all(is_int(k) and k >= 1 for k in self.eval_ks),
+        f"DepoConfig.eval_ks must be a non-empty tuple of integers >= 1, got {self.eval_ks!r}")
+    req(self.n_sampling in N_SAMPLINGS,
+        f"DepoConfig.n_sampling must be one of {N_SAMPLINGS}, got {self.n_sampling!r}")
+    req(is_int(self.num_train_examples) and self.num_train_examples >= 1,
+        f"DepoConfig.num_train_examples must be an integer >= 1, got {self.num_train_examples!r}")
+    req(is_int(self.num_eval_examples) and self.num_eval_examples >= 1,
+        f"DepoConfig.num_eval_examples must be an integer >= 1, got {self.num_eval_examples!r}")
+
+  @property
+  def seq_len(self) -> int:
+    return self.context_len + QUERY_TOKENS * self.n_queries
+
+  @property
+  def hop_max(self) -> int:
+    """Largest hop count either split can ask (sizes the hop tokens)."""
+    return max(self.k_max, *self.eval_ks)
+
+  def n_probs(self) -> np.ndarray:
+    """``p(n)`` over ``n = n_min .. n_max``."""
+    ns = np.arange(self.n_min, self.n_max + 1, dtype=np.float64)
+    w = 1.0 / (ns + np.sqrt(self.n_max)) if self.n_sampling == "biased" else np.ones_like(ns)
+    return w / w.sum()
+
+
+def tokenizer(config: DepoConfig) -> Tokenizer:
+  """Specials, hop tokens ``k1`` ... ``k<hop_max>``, node names ``n0`` ...."""
+  return Tokenizer(list(_SPECIALS) + [f"k{k}" for k in range(1, config.hop_max + 1)]
+                   + [f"n{i}" for i in range(config.pool_size)])
+
+
+def _hop_id(k: int) -> int:
+  return len(_SPECIALS) + k - 1
+
+
+def _node_id(config: DepoConfig, name: int) -> int:
+  return len(_SPECIALS) + config.hop_max + name
+
+
+def _build(config: DepoConfig, split: str, rng: np.random.Generator) -> dict:
+  n = int(rng.choice(np.arange(config.n_min, config.n_max + 1), p=config.n_probs()))
+  # cycle[i] -> cycle[(i + 1) % n]; names are pool indices.
+  cycle = rng.choice(config.pool_size, size=n, replace=False)
+  order = rng.permutation(n)
+  succ = np.roll(cycle, -1)
+  node = lambda name: _node_id(config, int(name))
+  edges = np.array([[node(cycle[i]), _ARROW, node(succ[i]), _COMMA] for i in order], np.int32).reshape(-1)
+  context = np.concatenate([np.zeros(config.context_len - edges.size, np.int32), edges])
+
+  q = config.n_queries
+  src_pos = rng.choice(n, size=q, replace=n < q)
+  if split == "train":
+    ks = rng.integers(1, config.k_max + 1, size=q)
+  else:
+    ks = rng.choice(np.asarray(config.eval_ks), size=q)
+  dst_pos = (src_pos + ks) % n
+  queries = np.array([[_QUERY, node(cycle[s]), _hop_id(int(k)), _EQ, node(cycle[d]), _SEMI]
+                      for s, k, d in zip(src_pos, ks, dst_pos)], np.int32).reshape(-1)
+  stream = np.concatenate([context, queries])
+  # The answer y is the target of the "=" token, 3 tokens into its query.
+  answers = [(config.context_len + QUERY_TOKENS * j + 3, int(ks[j]), j) for j in range(q)]
+  meta = {"n": n, "cycle": cycle.astype(np.int32), "edge_order": order.astype(np.int32),
+          "queries": [(int(cycle[s]), int(k), int(cycle[d])) for s, k, d in zip(src_pos, ks, dst_pos)]}
+  return ex_lib.pack_example(stream, config.seq_len, answers, meta)
+
+
+def make_example(config: DepoConfig, seed: int, index: int, split: str = "train") -> dict:
+  """One Depo example; a pure function of its arguments.
+
+  Args:
+    config: task configuration.
+    seed: data seed (>= 0).
+    index: example index (>= 0).
+    split: "train" (k ~ U[1, k_max]) or "eval" (k from ``eval_ks``); the splits
+      are disjoint by construction (see ``tasks.example``).
+
+  Returns:
+    The example dict; ``meta`` holds ``n``, the ``cycle`` (pool indices in
+    cycle order: ``cycle[i] -> cycle[i + 1 mod n]``), the listing order of the
+    edges and the ``queries`` as ``(source, k, answer)`` pool indices.
+  """
+  if not isinstance(config, DepoConfig):
+    raise ValueError(f"config must be a DepoConfig, got {type(config).__name__}")
+  ex_lib.split_id(split)
+  return ex_lib.draw_in_split(lambda rng: _build(config, split, rng), seed, split, index)
+
+
+PRESETS = {
+    "paper": DepoConfig(),
+    # CPU scale: up to 16 nodes, 64 context tokens in 2 windows of 32, 4 queries.
+    "small": DepoConfig(n_min=3, n_max=16, pool_size=24, context_len=64, n_queries=4, window=32, k_max=8,
+                        eval_ks=(1, 2, 4, 8), num_eval_examples=1024),
+}
+
+TASK = register(Task(
+    name="depo",
+    config_cls=DepoConfig,
+    presets=PRESETS,
+    make_example=make_example,
+    tokenizer=tokenizer,
+    evaluator=lambda config: Evaluator("answer"),
+    vocab_size=lambda config: tokenizer(config).vocab_size,
+    seq_len=lambda config: config.seq_len,
+    window=lambda config: config.window,
+    eviction=lambda config: "hard",
+    depth_name="k",
+))
