@@ -1,0 +1,150 @@
+"""Depo task: ground truth by walking the decoded cycle, layout, n sampling, splits, bad configs."""
+import functools
+
+import numpy as np
+import pytest
+
+import tasks
+from tasks import depo
+from tasks import example as ex_lib
+
+TASK = tasks.get_task("depo")
+
+
+@functools.cache
+def examples(preset: str, split: str, n: int):
+  config = TASK.preset(preset)
+  return config, [TASK.make_example(config, 0, i, split) for i in range(n)]
+
+
+def check_against_brute_force(config, ex, words, split):
+  """Re-derives every answer from the decoded text alone; returns (n, ks)."""
+  c = config.context_len
+  context, queries = words[:c], words[c:]
+  first = next(i for i, w in enumerate(context) if w != "<pad>")
+  assert set(context[:first]) <= {"<pad>"}
+  edges = context[first:]
+  assert len(edges) % 4 == 0
+  succ = {}
+  for i in range(0, len(edges), 4):
+    x, arrow, y, comma = edges[i:i + 4]
+    assert (arrow, comma) == ("->", ",") and x.startswith("n") and y.startswith("n")
+    assert x not in succ
+    succ[x] = y
+  n = len(succ)
+  # One directed cycle through all n nodes.
+  start = next(iter(succ))
+  node, seen = start, []
+  for _ in range(n):
+    seen.append(node)
+    node = succ[node]
+  assert node == start and len(set(seen)) == n and set(succ.values()) == set(succ)
+  assert all(int(w[1:]) < config.pool_size for w in seen)
+
+  assert len(queries) == 6 * config.n_queries
+  ks = []
+  for j in range(config.n_queries):
+    q, x, k_tok, eq, y, semi = queries[6 * j:6 * j + 6]
+    assert (q, eq, semi) == ("?", "=", ";")
+    k = int(k_tok[1:])
+    node = x
+    for _ in range(k):
+      node = succ[node]
+    assert y == node
+    pos = c + 6 * j + 3
+    assert ex["loss_mask"][pos] == 1.0 and ex["depth"][pos] == k and ex["answer_id"][pos] == j
+    ks.append(k)
+  assert ex["loss_mask"].sum() == config.n_queries
+  if split == "train":
+    assert all(1 <= k <= config.k_max for k in ks)
+  else:
+    assert set(ks) <= set(config.eval_ks)
+  assert ex["meta"]["n"] == n
+  assert [(f"n{s}", k, f"n{d}") for s, k, d in ex["meta"]["queries"]] == list(zip(
+      queries[1::6], ks, queries[4::6]))
+  return n, ks
+
+
+@pytest.mark.parametrize("preset,split,n", [("small", "train", 2000), ("small", "eval", 1000),
+                                            ("paper", "train", 300), ("paper", "eval", 300)])
+def test_answers_match_cycle_walk(preset, split, n):
+  config, exs = examples(preset, split, n)
+  tok = TASK.tokenizer(config)
+  ks = []
+  for ex in exs:
+    words = tok.decode(ex["tokens"]).split()
+    # The stream is exactly T tokens (it ends with ";"), so the last target is padding.
+    np.testing.assert_array_equal(ex["targets"][:-1], ex["tokens"][1:])
+    assert ex["targets"][-1] == 0
+    ks += check_against_brute_force(config, ex, words, split)[1]
+  want = set(range(1, config.k_max + 1)) if split == "train" else set(config.eval_ks)
+  assert set(ks) == want
+
+
+def test_n_follows_physicslm4_bias():
+  config, exs = examples("small", "train", 2000)
+  ns = np.array([ex["meta"]["n"] for ex in exs])
+  p = config.n_probs()
+  values = np.arange(config.n_min, config.n_max + 1)
+  mean, sd = (p * values).sum(), np.sqrt((p * values ** 2).sum() - (p * values).sum() ** 2)
+  assert abs(ns.mean() - mean) < 4 * sd / np.sqrt(len(ns))
+  # The bias: p(n) proportional to 1 / (n + sqrt(n_max)).
+  np.testing.assert_allclose(p[0] / p[-1], (config.n_max + np.sqrt(config.n_max)) / (config.n_min + np.sqrt(
+      config.n_max)))
+  uniform = depo.DepoConfig(**{**config.__dict__, "n_sampling": "uniform"})
+  np.testing.assert_allclose(uniform.n_probs(), 1.0 / len(values))
+
+
+def test_paper_layout_edges_in_sleep_windows_queries_in_prediction_window():
+  config, exs = examples("paper", "train", 300)
+  assert (config.context_len, config.n_queries, config.window, config.n_max) == (300, 10, 75, 75)
+  t, l = TASK.seq_len(config), TASK.window(config)
+  assert t == 360 and l == 75
+  starts = ex_lib.window_starts(t, l)
+  assert starts == [0, 75, 150, 225, 300]
+  for ex in exs:
+    edge_pos = np.nonzero(np.isin(ex["tokens"], [depo._ARROW, depo._COMMA]))[0]
+    assert edge_pos.max() < starts[-1]  # every edge token is in a consolidation window
+    assert np.all(ex["loss_mask"][:starts[-1]] == 0)
+    query_pos = np.nonzero(ex["tokens"] == depo._QUERY)[0]
+    assert query_pos.min() >= starts[-1] and len(query_pos) == 10
+  assert max(ex["meta"]["n"] for ex in exs) > 60  # long cycles do occur
+
+
+def test_train_eval_disjoint():
+  _, train = examples("small", "train", 2000)
+  _, evals = examples("small", "eval", 1000)
+  assert not {ex["tokens"].tobytes() for ex in train} & {ex["tokens"].tobytes() for ex in evals}
+
+
+def test_deterministic_and_index_sensitive():
+  config = TASK.preset("paper")
+  a, b = TASK.make_example(config, 1, 2, "eval"), TASK.make_example(config, 1, 2, "eval")
+  for key in ex_lib.ARRAY_KEYS:
+    np.testing.assert_array_equal(a[key], b[key])
+  assert not np.array_equal(a["tokens"], TASK.make_example(config, 1, 3, "eval")["tokens"])
+
+
+@pytest.mark.parametrize("kwargs,match", [
+    (dict(pool_size=75), "pool_size"),                  # more nodes than the pool
+    (dict(context_len=296), "context_len"),             # cannot hold 75 edges
+    (dict(context_len=320), "multiple of window"),
+    (dict(n_queries=13), "prediction window"),          # 78 query tokens > L = 75
+    (dict(n_min=1), "n_min"),
+    (dict(n_min=10, n_max=9), "n_max"),
+    (dict(k_max=0), "k_max"),
+    (dict(eval_ks=()), "eval_ks"),
+    (dict(eval_ks=(0, 1)), "eval_ks"),
+    (dict(n_sampling="zipf"), "n_sampling"),
+])
+def test_bad_config(kwargs, match):
+  with pytest.raises(ValueError, match=match):
+    depo.DepoConfig(**kwargs)
+
+
+def test_tokenizer_roundtrip():
+  config = TASK.preset("small")
+  tok = TASK.tokenizer(config)
+  ex = TASK.make_example(config, 0, 0)
+  assert tok.encode(tok.decode(ex["tokens"])) == ex["tokens"].tolist()
+  assert tok.vocab_size == TASK.vocab_size(config)
