@@ -1,0 +1,133 @@
+"""Evaluator against a brute-force per-example computation."""
+import collections
+import math
+
+import numpy as np
+import pytest
+
+import tasks
+from tasks.evaluation import Evaluator
+
+
+def stacked(task_name: str, n: int, split: str = "eval"):
+  task = tasks.get_task(task_name)
+  config = task.preset("small")
+  exs = [task.make_example(config, 0, i, split) for i in range(n)]
+  return task, config, {k: np.stack([e[k] for e in exs]) for k in ("tokens", "targets", "loss_mask", "depth",
+                                                                    "answer_id")}
+
+
+def noisy_predictions(batch, vocab, p_wrong, rng):
+  preds = batch["targets"].copy()
+  flip = rng.random(preds.shape) < p_wrong
+  preds[flip] = (preds[flip] + rng.integers(1, vocab, size=flip.sum())) % vocab
+  loss = np.where(batch["loss_mask"] > 0, rng.exponential(size=preds.shape), 0.0)
+  return preds, loss
+
+
+def brute_force(batch, preds, loss, headline, per_answer_id):
+  """Metrics by explicit loops over examples, answers and positions."""
+  unit = collections.defaultdict(list)
+  losses = collections.defaultdict(list)
+  slots = collections.defaultdict(list)
+  answers, examples = [], []
+  for b in range(preds.shape[0]):
+    per_answer = collections.defaultdict(list)
+    depth_of = {}
+    for t in range(preds.shape[1]):
+      if batch["loss_mask"][b, t] > 0:
+        a, d = int(batch["answer_id"][b, t]), int(batch["depth"][b, t])
+        per_answer[a].append(preds[b, t] == batch["targets"][b, t])
+        depth_of[a] = max(depth_of.get(a, d), d)
+        losses[d].append(loss[b, t])
+    if not per_answer:
+      continue
+    rights = {a: all(v) for a, v in per_answer.items()}
+    for a, r in rights.items():
+      answers.append(r)
+      slots[a].append(r)
+      if headline == "answer":
+        unit[depth_of[a]].append(r)
+    examples.append(all(rights.values()))
+    if headline == "example":
+      unit[max(depth_of.values())].append(all(rights.values()))
+  out = {"answer_accuracy": np.mean(answers), "example_accuracy": np.mean(examples),
+         "accuracy": np.mean(examples if headline == "example" else answers),
+         "loss": np.mean([x for v in losses.values() for x in v])}
+  out.update({f"accuracy/depth={d}": np.mean(v) for d, v in unit.items()})
+  out.update({f"loss/depth={d}": np.mean(v) for d, v in losses.items()})
+  if per_answer_id:
+    out.update({f"accuracy/answer_id={a}": np.mean(v) for a, v in slots.items()})
+  return out
+
+
+@pytest.mark.parametrize("task_name", ["rule110", "depo", "gsm_math"])
+def test_matches_brute_force(task_name):
+  task, config, batch = stacked(task_name, 96)
+  rng = np.random.default_rng(0)
+  preds, loss = noisy_predictions(batch, task.vocab_size(config), 0.15, rng)
+  ev = task.evaluator(config)
+  # Two updates accumulate like one.
+  half = {k: v[:40] for k, v in batch.items()}
+  rest = {k: v[40:] for k, v in batch.items()}
+  ev.update(half, preds[:40], loss[:40])
+  ev.update(rest, preds[40:], loss[40:])
+  got = ev.result()
+  want = brute_force(batch, preds, loss, ev.headline, ev.per_answer_id)
+  for key, value in want.items():
+    assert math.isclose(got[key], value, rel_tol=1e-12), (key, got[key], value)
+  sliced = ("accuracy/depth=", "loss/depth=", "accuracy/answer_id=")
+  assert {k for k in got if k.startswith(sliced)} == {k for k in want if k.startswith(sliced)}
+  assert 0.0 < got["accuracy"] < 1.0
+  assert got["n_examples"] == 96
+
+
+def test_headline_units():
+  assert tasks.get_task("rule110").evaluator(None).headline == "example"
+  assert tasks.get_task("depo").evaluator(None).headline == "answer"
+  assert tasks.get_task("gsm_math").evaluator(None).headline == "answer"
+
+
+def test_perfect_and_wrong_predictions():
+  _, _, batch = stacked("depo", 8)
+  ev = Evaluator("answer")
+  ev.update(batch, batch["targets"], np.zeros(batch["targets"].shape))
+  res = ev.result()
+  assert res["accuracy"] == res["example_accuracy"] == res["token_accuracy"] == 1.0 and res["loss"] == 0.0
+  ev.reset()
+  ev.update(batch, batch["targets"] + 1, np.ones(batch["targets"].shape))
+  res = ev.result()
+  assert res["accuracy"] == 0.0 and res["loss"] == 1.0
+  assert all(v == 0.0 for k, v in res.items() if k.startswith("accuracy/depth="))
+
+
+def test_predictions_off_the_mask_are_ignored():
+  _, _, batch = stacked("rule110", 8)
+  preds = np.where(batch["loss_mask"] > 0, batch["targets"], 0)
+  ev = Evaluator("example")
+  ev.update(batch, preds, np.zeros(preds.shape))
+  assert ev.result()["accuracy"] == 1.0
+
+
+def test_multi_token_answer_needs_every_token():
+  targets = np.array([[5, 6, 7, 8]])
+  batch = {"targets": targets, "loss_mask": np.array([[0, 1, 1, 1]], np.float32),
+           "depth": np.array([[-1, 3, 3, 2]]), "answer_id": np.array([[-1, 0, 0, 1]])}
+  ev = Evaluator("answer")
+  ev.update(batch, np.array([[0, 6, 0, 8]]), np.array([[0.0, 1.0, 2.0, 3.0]]))
+  res = ev.result()
+  assert res["answer_accuracy"] == 0.5 and res["example_accuracy"] == 0.0
+  assert res["accuracy/depth=3"] == 0.0 and res["accuracy/depth=2"] == 1.0
+  assert res["loss/depth=3"] == 1.5 and res["loss/depth=2"] == 3.0
+
+
+def test_bad_inputs():
+  _, _, batch = stacked("rule110", 2)
+  ev = Evaluator("example")
+  with pytest.raises(ValueError, match="predictions"):
+    ev.update(batch, batch["targets"][:, :-1], np.zeros(batch["targets"].shape))
+  with pytest.raises(ValueError, match="answer_id"):
+    ev.update({k: v for k, v in batch.items() if k != "answer_id"}, batch["targets"], batch["loss_mask"])
+  with pytest.raises(ValueError, match="headline"):
+    Evaluator("token")
+  assert math.isnan(Evaluator().result()["accuracy"])
