@@ -2,6 +2,7 @@
 
   python -m tasks list
   python -m tasks show rule110 --preset small -n 3 [--split eval] [--seed 0] [--start 0]
+  python -m tasks bench [--tasks rule110,depo] [--presets paper,small] [--seconds 2] [--workers 0,2]
 
 Each example prints its input text (runs of ``<pad>`` collapsed), the answer
 tokens with their positions, depth and answer id, and the structured ground
@@ -11,6 +12,7 @@ from __future__ import annotations
 
 import argparse
 import sys
+import time
 
 import numpy as np
 
@@ -60,6 +62,45 @@ def show(task_name: str, preset: str, n: int, split: str, seed: int, start: int)
   return "\n".join(lines)
 
 
+def _rate(fn, seconds: float) -> float:
+  """Calls ``fn`` (which returns an item count) for about ``seconds``; items per second."""
+  fn()  # warm-up (imports, first allocation)
+  count, start = 0, time.perf_counter()
+  while time.perf_counter() - start < seconds:
+    count += fn()
+  return count / (time.perf_counter() - start)
+
+
+def bench(task_names: list[str], presets: list[str], seconds: float, workers: list[int],
+          batch_size: int) -> str:
+  """Example-generation throughput, bare and through the grain pipeline.
+
+  For each task preset: examples/s and tokens/s of ``make_example`` in this
+  process, then of ``make_dataset`` iteration for each worker count, with the
+  ratio to bare generation side by side.
+  """
+  if any(w > 0 for w in workers):
+    from absl import flags  # pylint: disable=g-import-not-at-top
+    flags.FLAGS.mark_as_parsed()  # grain workers read absl flags (ENV.md G7)
+  rows = [f"{'task':10s} {'preset':14s} {'T':>5s} {'gen ex/s':>9s} {'gen tok/s':>10s}"
+          + "".join(f" {f'pipe w={w} ex/s':>15s} {'ratio':>6s}" for w in workers)]
+  for name in task_names:
+    task = tasks.get_task(name)
+    for preset in presets:
+      if preset not in task.presets:
+        continue
+      config = task.preset(preset)
+      counter = iter(range(1 << 62))
+      gen = _rate(lambda: task.make_example(config, 0, next(counter)) and 1, seconds)
+      row = f"{name:10s} {preset:14s} {task.seq_len(config):5d} {gen:9.1f} {gen * task.seq_len(config):10.0f}"
+      for w in workers:
+        it = iter(tasks.make_dataset(name, config, "train", seed=0, batch_size=batch_size, worker_count=w))
+        pipe = _rate(lambda: next(it)["tokens"].shape[0], seconds)
+        row += f" {pipe:15.1f} {pipe / gen:6.2f}"
+      rows.append(row)
+  return "\n".join(rows)
+
+
 def main(argv: list[str] | None = None) -> int:
   parser = argparse.ArgumentParser(prog="python -m tasks", description=__doc__.split("\n")[0])
   sub = parser.add_subparsers(dest="command", required=True)
@@ -71,7 +112,17 @@ def main(argv: list[str] | None = None) -> int:
   p_show.add_argument("--split", default="train", choices=("train", "eval"))
   p_show.add_argument("--seed", type=int, default=0)
   p_show.add_argument("--start", type=int, default=0, help="first example index")
+  p_bench = sub.add_parser("bench", help="example-generation throughput")
+  p_bench.add_argument("--tasks", default=",".join(tasks.list_tasks()))
+  p_bench.add_argument("--presets", default="paper,small")
+  p_bench.add_argument("--seconds", type=float, default=2.0)
+  p_bench.add_argument("--workers", default="0", help="comma-separated grain worker counts")
+  p_bench.add_argument("--batch-size", type=int, default=16)
   args = parser.parse_args(argv)
+  if args.command == "bench":
+    print(bench(args.tasks.split(","), args.presets.split(","), args.seconds,
+                [int(w) for w in args.workers.split(",")], args.batch_size))
+    return 0
   if args.command == "list":
     for name in tasks.list_tasks():
       print(f"{name}: presets {', '.join(tasks.get_task(name).presets)}")

@@ -41,6 +41,12 @@ def test_show_in_process(name, capsys):
   assert text in out
 
 
+def test_bench_runs(capsys):
+  assert cli.main(["bench", "--tasks", "rule110", "--presets", "small", "--seconds", "0.05"]) == 0
+  lines = capsys.readouterr().out.strip().splitlines()
+  assert len(lines) == 2 and lines[1].split()[:3] == ["rule110", "small", "34"]
+
+
 def test_cli_subprocess():
   out = subprocess.run([sys.executable, "-m", "tasks", "show", "rule110", "--preset", "small", "-n", "3"],
                        capture_output=True, text=True, cwd=REPO, timeout=120)

@@ -54,7 +54,7 @@ def check_against_brute_force(config, ex, tok):
   return t
 
 
-@pytest.mark.parametrize("preset,n", [("small", 2000), ("paper", 400), ("paper_depth", 400)])
+@pytest.mark.parametrize("preset,n", [("small", 2000), ("paper", 250), ("paper_depth", 250)])
 def test_labels_match_independent_simulation(preset, n):
   config, exs = examples(preset, "train", n)
   tok = TASK.tokenizer(config)
