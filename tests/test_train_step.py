@@ -25,7 +25,7 @@ def _run(tx, schedules, n_devices, steps=STEPS):
     put = lambda b: b
   else:
     mesh = parallel.make_data_mesh(n_devices)
-    fn = parallel.data_parallel_train_step(make, mesh)
+    fn = parallel.data_parallel_train_step(make(parallel.DATA_AXIS), mesh, schedule_names=tuple(schedules))
     state = parallel.replicate(state, mesh)
     put = lambda b: parallel.shard_batch(b, mesh)
   losses, norms = [], []

@@ -19,7 +19,7 @@ import numpy as np
 from jax.sharding import NamedSharding
 from jax.sharding import PartitionSpec as P
 
-from sleep_jax.train.step import PER_EXAMPLE_OUTPUTS
+from sleep_jax.train.step import PER_EXAMPLE_OUTPUTS, SCALAR_METRICS
 
 DATA_AXIS = "data"
 
@@ -90,39 +90,31 @@ def _metric_specs(metrics: dict) -> dict:
   return {k: (P(DATA_AXIS) if k in PER_EXAMPLE_OUTPUTS else P()) for k in metrics}
 
 
-def data_parallel_train_step(make_step: Callable[[str | None], Callable], mesh: jax.sharding.Mesh, *,
+def metric_specs(schedule_names) -> dict:
+  """shard_map out_specs of the step's metrics: scalars replicated, per-example split."""
+  specs = {k: P() for k in SCALAR_METRICS}
+  specs.update({f"lr/{n}": P() for n in schedule_names})
+  specs.update({k: P(DATA_AXIS) for k in PER_EXAMPLE_OUTPUTS})
+  return specs
+
+
+def data_parallel_train_step(train_step: Callable, mesh: jax.sharding.Mesh, *, schedule_names=(),
                              donate: bool = True) -> Callable:
   """Jits a train step over the data mesh.
 
   Args:
-    make_step: ``axis_name -> train_step``; called with ``None`` (to learn the
-      metric names by shape evaluation) and with ``"data"``.
+    train_step: built by ``make_train_step(..., axis_name="data")``.
     mesh: the data mesh.
+    schedule_names: the ``schedules`` keys given to ``make_train_step``.
     donate: donate the input state's buffers.
 
   Returns:
     ``step(state, batch) -> (state, metrics)`` on global arrays; the state is
     replicated, per-example metrics are split along ``data``.
   """
-  local_step = make_step(None)
-  sharded_step = make_step(DATA_AXIS)
-  cache = {}
-
-  def build(state, batch):
-    per_shard = {k: jax.ShapeDtypeStruct((v.shape[0] // mesh.devices.size,) + v.shape[1:], v.dtype)
-                 for k, v in batch.items()}
-    _, metrics = jax.eval_shape(local_step, state, per_shard)
-    fn = jax.shard_map(sharded_step, mesh=mesh, in_specs=(P(), P(DATA_AXIS)),
-                       out_specs=(P(), _metric_specs(metrics)))
-    return jax.jit(fn, donate_argnums=(0,) if donate else ())
-
-  def step(state, batch):
-    key = tuple(sorted((k, v.shape, str(v.dtype)) for k, v in batch.items()))
-    if key not in cache:
-      cache[key] = build(state, batch)
-    return cache[key](state, batch)
-
-  return step
+  fn = jax.shard_map(train_step, mesh=mesh, in_specs=(P(), P(DATA_AXIS)),
+                     out_specs=(P(), metric_specs(schedule_names)))
+  return jax.jit(fn, donate_argnums=(0,) if donate else ())
 
 
 def data_parallel_eval_step(eval_step: Callable, mesh: jax.sharding.Mesh) -> Callable:

@@ -59,17 +59,15 @@ def create_train_state(model_factory: ModelFactory, tx: optax.GradientTransforma
   Returns:
     ``(graphdef, state)``.
   """
-  model = model_factory(nnx.Rngs(seed))
-  graphdef, params, rest = split_model(model)
-  state = TrainState(step=jnp.zeros((), jnp.int32), params=params, opt_state=tx.init(params),
-                     rng=jax.random.PRNGKey(seed), model_state=rest)
-  return graphdef, state
+  graphdef = nnx.graphdef(nnx.eval_shape(lambda: model_factory(nnx.Rngs(seed))))
 
+  def init():
+    # Jitted: eager init would compile one tiny program per op.
+    _, params, rest = split_model(model_factory(nnx.Rngs(seed)))
+    return TrainState(step=jnp.zeros((), jnp.int32), params=params, opt_state=tx.init(params),
+                      rng=jax.random.PRNGKey(seed), model_state=rest)
 
-def abstract_train_state(model_factory: ModelFactory, tx: optax.GradientTransformation, seed: int):
-  """Like :func:`create_train_state` but with ``jax.ShapeDtypeStruct`` leaves (no allocation)."""
-  return jax.eval_shape(lambda: create_train_state(model_factory, tx, seed)[1]), \
-      nnx.graphdef(nnx.eval_shape(lambda: model_factory(nnx.Rngs(seed))))
+  return graphdef, jax.jit(init)()
 
 
 def count_params(params) -> int:

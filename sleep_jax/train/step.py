@@ -33,6 +33,17 @@ def _aux_get(aux, name):
   return getattr(aux, name, None)
 
 
+def _per_example(aux, batch) -> dict:
+  # Always present (zeros when aux lacks them) so the output structure, and
+  # hence the shard_map out_specs, is known without tracing the step.
+  shape = jnp.shape(batch["loss_mask"])
+  out = {}
+  for name, dtype in zip(PER_EXAMPLE_OUTPUTS, (jnp.int32, jnp.float32)):
+    value = _aux_get(aux, name)
+    out[name] = jnp.zeros(shape, dtype) if value is None else jnp.asarray(value, dtype)
+  return out
+
+
 def make_train_step(loss_fn: LossFn, tx: optax.GradientTransformation, graphdef, *,
                     schedules: dict[str, Callable] | None = None, axis_name: str | None = None,
                     with_rng: bool = False) -> Callable[[TrainState, dict], tuple[TrainState, dict]]:
@@ -52,7 +63,7 @@ def make_train_step(loss_fn: LossFn, tx: optax.GradientTransformation, graphdef,
     ``train_step(state, batch) -> (state, metrics)``. ``metrics`` holds the
     scalars ``loss`` (global masked mean), ``grad_norm`` (before clipping),
     ``n_tokens``, ``loss_finite``, ``grads_finite``, ``lr/<group>``, and
-    per-example ``predictions`` / ``token_loss`` when ``aux`` has them. A step
+    per-example ``predictions`` / ``token_loss`` (zeros when ``aux`` lacks them). A step
     whose loss or gradients are not finite leaves params and optimizer state
     unchanged (the host stops the run; see ``loop.py``).
   """
@@ -90,10 +101,7 @@ def make_train_step(loss_fn: LossFn, tx: optax.GradientTransformation, graphdef,
                "loss_finite": loss_finite, "grads_finite": grads_finite}
     for name, sched in schedules.items():
       metrics[f"lr/{name}"] = jnp.asarray(sched(state.step), jnp.float32)
-    for name in PER_EXAMPLE_OUTPUTS:
-      value = _aux_get(aux, name)
-      if value is not None:
-        metrics[name] = value
+    metrics.update(_per_example(aux, batch))
     return new_state, metrics
 
   return train_step
@@ -106,10 +114,7 @@ def make_eval_step(loss_fn: LossFn, graphdef) -> Callable[[TrainState, dict], di
     model = merge_model(graphdef, state)
     loss, aux = loss_fn(model, batch)
     out = {"loss": loss, "n_tokens": jnp.sum(batch["loss_mask"]).astype(jnp.float32)}
-    for name in PER_EXAMPLE_OUTPUTS:
-      value = _aux_get(aux, name)
-      if value is not None:
-        out[name] = value
+    out.update(_per_example(aux, batch))
     return out
 
   return eval_step

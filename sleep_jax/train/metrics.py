@@ -1,0 +1,130 @@
+"""Run metrics: JSONL records, non-finite detection, sleep cost, evaluation.
+
+One JSON object per line in ``<workdir>/metrics.jsonl``, each with ``step``,
+``tokens`` (training tokens seen, all positions) and a ``kind`` ("train",
+"eval" or "stop"). Plots and sweeps read these files back.
+"""
+from __future__ import annotations
+
+import json
+import math
+import os
+from typing import Any, Callable, Iterable
+
+import numpy as np
+
+
+class NonFiniteError(RuntimeError):
+  """The loss or the gradients became NaN or inf.
+
+  Attributes:
+    step: the 0-based step whose loss or gradients were not finite.
+    quantity: "loss" or "gradients".
+  """
+
+  def __init__(self, step: int, quantity: str, last_checkpoint: int | None):
+    self.step = step
+    self.quantity = quantity
+    self.last_checkpoint = last_checkpoint
+    kept = (f"the last good checkpoint (step {last_checkpoint}) is kept" if last_checkpoint is not None
+            else "no checkpoint was written")
+    super().__init__(f"non-finite {quantity} at step {step}; training stopped and {kept}")
+
+
+def check_finite(step: int, metrics: dict, last_checkpoint: int | None) -> None:
+  """Raises :class:`NonFiniteError` naming the step and the quantity."""
+  if not bool(metrics.get("loss_finite", True)):
+    raise NonFiniteError(step, "loss", last_checkpoint)
+  if not bool(metrics.get("grads_finite", True)):
+    raise NonFiniteError(step, "gradients", last_checkpoint)
+
+
+def sleep_cost(loss_mask: np.ndarray, window: int, n_passes: int) -> dict[str, float]:
+  """Block-stack passes a batch costs under Algorithm 1, relative to ``N = 1``.
+
+  A window whose loss mask is all zero (across the batch) is a consolidation
+  window and runs ``N`` passes; every other window runs one.
+
+  Args:
+    loss_mask: ``[B, T]``.
+    window: ``L``.
+    n_passes: ``N``.
+
+  Returns:
+    ``sleep/windows``, ``sleep/sleep_windows``, ``sleep/block_passes`` (per
+    sequence) and ``sleep/relative_cost`` (block passes over those of N=1).
+  """
+  mask = np.asarray(loss_mask)
+  t = mask.shape[-1]
+  n_windows = max(1, math.ceil(t / window))
+  per_window = [mask[..., i * window:(i + 1) * window] for i in range(n_windows)]
+  n_sleep = sum(1 for w in per_window if not np.any(w))
+  passes = n_sleep * n_passes + (n_windows - n_sleep)
+  return {"sleep/windows": float(n_windows), "sleep/sleep_windows": float(n_sleep),
+          "sleep/block_passes": float(passes), "sleep/relative_cost": passes / n_windows}
+
+
+def to_python(metrics: dict) -> dict[str, Any]:
+  """Scalars to plain Python numbers (per-example arrays are dropped)."""
+  out = {}
+  for k, v in metrics.items():
+    a = np.asarray(v)
+    if a.ndim == 0:
+      out[k] = a.item()
+  return out
+
+
+class JsonlWriter:
+  """Appends JSON records to a file (only on the writing process)."""
+
+  def __init__(self, path: str, enabled: bool = True):
+    self.path = path
+    self.enabled = enabled
+    if enabled:
+      os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
+
+  def write(self, record: dict) -> None:
+    if not self.enabled:
+      return
+    with open(self.path, "a") as f:
+      f.write(json.dumps(record, sort_keys=True, allow_nan=True) + "\n")
+
+
+def read_jsonl(path: str, kind: str | None = None) -> list[dict]:
+  """Reads the records of a metrics file, optionally of one ``kind``."""
+  out = []
+  with open(path) as f:
+    for line in f:
+      line = line.strip()
+      if line:
+        rec = json.loads(line)
+        if kind is None or rec.get("kind") == kind:
+          out.append(rec)
+  return out
+
+
+def evaluate(eval_fn: Callable[[dict], dict], batches: Iterable[dict], evaluator, *,
+             max_batches: int | None = None) -> dict[str, float]:
+  """Runs ``eval_fn`` over batches and feeds the task evaluator.
+
+  Args:
+    eval_fn: ``batch -> {"predictions", "token_loss", ...}`` (numpy, this
+      process's rows).
+    batches: numpy batches with ``targets``, ``loss_mask``, ``depth``,
+      ``answer_id``.
+    evaluator: the task's ``Evaluator`` (``update`` / ``result``).
+    max_batches: stop after this many (``None``: all).
+
+  Returns:
+    ``evaluator.result()`` plus ``eval/batches``.
+  """
+  n = 0
+  for batch in batches:
+    if max_batches is not None and n >= max_batches:
+      break
+    out = eval_fn(batch)
+    evaluator.update(batch, np.asarray(out["predictions"]), np.asarray(out["token_loss"]))
+    n += 1
+  result = {k: float(v) for k, v in evaluator.result().items()}
+  result["eval/batches"] = float(n)
+  return result
