@@ -33,7 +33,8 @@ from tasks.evaluation import Evaluator
 from tasks.registry import Task, register
 from tasks.tokenizer import Tokenizer
 
-# Next value of a cell, indexed by 4 * left + 2 * centre + right.
+# Next value of a cell, indexed by 4 * left + 2 * centre + right (documentation
+# and tests; ``rule110_steps`` uses the equivalent boolean form).
 RULE110_TABLE = np.array([0, 1, 1, 1, 0, 1, 1, 0], np.uint8)
 _BIT_IDS = np.array([1, 2], np.int32)  # token ids of "0" and "1"
 
@@ -86,8 +87,12 @@ class Rule110Config:
     return self.n_states * self.width + self.n_states
 
 
-def rule110_steps(states: np.ndarray, t: int) -> np.ndarray:
+def rule110_steps(states, t: int) -> np.ndarray:
   """Applies ``t`` Rule 110 steps with a periodic boundary.
+
+  Each state is packed into a Python integer (bit ``j`` = cell ``j``) and
+  stepped with the table's boolean form ``new = (c XOR r) OR (c AND NOT l)``,
+  which is several times faster than a per-cell table lookup on small states.
 
   Args:
     states: [..., W] array of 0/1 cells.
@@ -98,10 +103,16 @@ def rule110_steps(states: np.ndarray, t: int) -> np.ndarray:
   """
   s = np.asarray(states, np.uint8)
   w = s.shape[-1]
-  left, right = (np.arange(w) - 1) % w, (np.arange(w) + 1) % w
-  for _ in range(t):
-    s = RULE110_TABLE[(s[..., left] << 2) | (s << 1) | s[..., right]]
-  return s
+  mask = (1 << w) - 1
+  out = []
+  for row in s.reshape(-1, w).tolist():
+    x = sum(bit << j for j, bit in enumerate(row))
+    for _ in range(t):
+      left = ((x << 1) | (x >> (w - 1))) & mask  # bit j holds cell j - 1
+      right = ((x >> 1) | (x << (w - 1))) & mask  # bit j holds cell j + 1
+      x = ((x ^ right) | (x & ~left)) & mask
+    out.append([(x >> j) & 1 for j in range(w)])
+  return np.array(out, np.uint8).reshape(s.shape)
 
 
 def tokenizer(config: Rule110Config) -> Tokenizer:

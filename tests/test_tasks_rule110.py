@@ -62,6 +62,22 @@ def test_labels_match_independent_simulation(preset, n):
   assert set(ts) == set(range(config.t_min, config.t_max + 1))  # every depth bucket is populated
 
 
+def test_table_matches_wolfram_code_and_steps():
+  for pattern in range(8):
+    l, c, r = (pattern >> 2) & 1, (pattern >> 1) & 1, pattern & 1
+    assert rule110.RULE110_TABLE[pattern] == (110 >> pattern) & 1
+    # One step on a 3-cell ring: cell 1 sees exactly (l, c, r).
+    assert rule110.rule110_steps([l, c, r], 1)[1] == rule110.RULE110_TABLE[pattern]
+  states = np.random.default_rng(0).integers(0, 2, size=(3, 5, 11))
+  got = rule110.rule110_steps(states, 9)
+  assert got.shape == states.shape
+  for idx in np.ndindex(3, 5):
+    cells = states[idx].tolist()
+    for _ in range(9):
+      cells = wolfram_step(cells)
+    assert got[idx].tolist() == cells
+
+
 def test_rule110_steps_hand_example():
   # A lone 1 grows to the left: 001 -> 1, 010 -> 1, 100 -> 0.
   np.testing.assert_array_equal(rule110.rule110_steps([0, 0, 0, 1, 0, 0], 1), [0, 0, 1, 1, 0, 0])
