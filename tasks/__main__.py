@@ -81,7 +81,7 @@ def bench(task_names: list[str], presets: list[str], seconds: float, workers: li
   """
   if any(w > 0 for w in workers):
     from absl import flags  # pylint: disable=g-import-not-at-top
-    flags.FLAGS.mark_as_parsed()  # grain workers read absl flags (ENV.md G7)
+    flags.FLAGS.mark_as_parsed()  # grain workers read absl flags
   rows = [f"{'task':10s} {'preset':14s} {'T':>5s} {'gen ex/s':>9s} {'gen tok/s':>10s}"
           + "".join(f" {f'pipe w={w} ex/s':>15s} {'ratio':>6s}" for w in workers)]
   for name in task_names:

@@ -12,7 +12,7 @@ as
 whose iterator has JSON-serialisable ``get_state()`` / ``set_state()``: a
 restored iterator yields exactly the batches the original would have.
 
-Workers (ENV.md G7): with ``worker_count > 0`` grain spawns processes, so the
+Workers: with ``worker_count > 0`` grain spawns processes, so the
 caller must run under an ``if __name__ == "__main__":`` guard and have parsed
 absl flags (``absl.app.run`` or ``absl.flags.FLAGS.mark_as_parsed()``). The
 source and transform here are module-level and pickle by task name.
