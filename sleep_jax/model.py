@@ -1,0 +1,249 @@
+"""The hybrid attention / Gated DeltaNet language model.
+
+``HybridLM`` is ``Embed -> blocks -> RMSNorm -> OutProj``. A block is a pre-norm
+sequence mixer (causal attention with RoPE, or Gated DeltaNet) plus residual,
+then a pre-norm SwiGLU MLP plus residual. The layout (default: alternating
+attention and GDN, starting with attention) comes from ``ModelConfig``.
+
+The model exposes the pieces that the windowed forward (``windowed.py``), sleep
+(``consolidate.py``) and the streaming session (``session.py``) compose:
+:meth:`HybridLM.embed_tokens`, :meth:`HybridLM.run_blocks` over any block range
+(prelude ``[0, p)``, looped core ``[p, n - c)``, coda ``[n - c, n)``),
+:meth:`HybridLM.unembed`, and :meth:`HybridLM.decode_step` for one token. Fast
+weights are explicit inputs and outputs, never module attributes.
+"""
+from __future__ import annotations
+
+import jax
+import jax.numpy as jnp
+from flax import nnx
+
+from sleep_jax.config import BLOCK_TYPES, ModelConfig
+from sleep_jax.fast_weights import FastWeights, gdn_slots, init_fast_weights
+from sleep_jax.nn.attention import Attention, KVCache
+from sleep_jax.nn.gated_deltanet import GatedDeltaNet
+from sleep_jax.nn.mlp import SwiGLU
+from sleep_jax.nn.norms import RMSNorm
+
+
+def compute_dtype(config: ModelConfig):
+  return jnp.dtype(config.dtype)
+
+
+class Block(nnx.Module):
+  """Pre-norm mixer + residual, then pre-norm SwiGLU + residual."""
+
+  def __init__(self, kind: str, config: ModelConfig, *, rngs: nnx.Rngs):
+    if kind not in BLOCK_TYPES:
+      raise ValueError(f"unknown block type {kind!r}; known: {BLOCK_TYPES}")
+    dtype = compute_dtype(config)
+    self.kind = kind
+    self.mixer_norm = RMSNorm(config.d_model, eps=config.norm_eps)
+    if kind == "attn":
+      self.mixer = Attention(config.d_model, config.n_heads, config.head_dim, rope_theta=config.rope_theta,
+                             dtype=dtype, rngs=rngs)
+    else:
+      self.mixer = GatedDeltaNet(config.d_model, config.num_gdn_heads, config.gdn_head_dim, config.gdn_v_dim,
+                                 conv_size=config.conv_size, norm_eps=config.norm_eps, dtype=dtype,
+                                 impl=config.gdn_impl, chunk_size=config.gdn_chunk_size, rngs=rngs)
+    self.mlp_norm = RMSNorm(config.d_model, eps=config.norm_eps)
+    self.mlp = SwiGLU(config.d_model, config.mlp_width, dtype=dtype, rngs=rngs)
+
+  def __call__(self, x, positions, *, state=None, prefix=None, window=None):
+    """Runs the block over a window.
+
+    Args:
+      x: ``[B, T, D]``.
+      positions: ``[T]`` int32 absolute positions.
+      state: GDN fast-weight state ``[B, H, Dk, Dv]`` (GDN blocks only).
+      prefix: kept ``KVCache`` (attention blocks only; sliding eviction).
+      window: attention span ``L`` (None: unlimited).
+
+    Returns:
+      ``(x, state, kv)``: ``state`` is None for attention, ``kv`` None for GDN.
+    """
+    y = self.mixer_norm(x)
+    kv = None
+    if self.kind == "attn":
+      y, kv = self.mixer(y, positions, prefix=prefix, window=window)
+    else:
+      y, state = self.mixer(y, state)
+    x = x + y.astype(x.dtype)
+    x = x + self.mlp(self.mlp_norm(x)).astype(x.dtype)
+    return x, state, kv
+
+  def step(self, x, position, cache, *, window=None):
+    """One decoding token. ``cache`` is a ``KVCache`` ring (attention) or
+    ``(state, conv_history)`` (GDN); returns ``(x, cache)``."""
+    y = self.mixer_norm(x)
+    if self.kind == "attn":
+      y, cache = self.mixer.step(y, position, cache, window=window)
+    else:
+      state, history = cache
+      y, state, history = self.mixer.step(y, state, history)
+      cache = (state, history)
+    x = x + y.astype(x.dtype)
+    x = x + self.mlp(self.mlp_norm(x)).astype(x.dtype)
+    return x, cache
+
+
+class HybridLM(nnx.Module):
+  """Hybrid attention / Gated DeltaNet LM.
+
+  Params are float32; activations run in ``config.dtype``; logits and fast
+  weights are float32.
+
+  Attributes:
+    config: the ``ModelConfig``.
+    embed: token embedding, init ``N(0, embed_init_std^2)``.
+    blocks: the layout's blocks.
+    final_norm: RMSNorm before the output projection.
+    lm_head: output projection (absent when ``tie_embeddings``).
+  """
+
+  def __init__(self, config: ModelConfig, *, rngs: nnx.Rngs):
+    if not isinstance(config, ModelConfig):
+      raise ValueError(f"config must be a ModelConfig, got {type(config).__name__}")
+    for i, kind in enumerate(config.block_types):
+      if kind not in BLOCK_TYPES:
+        raise ValueError(f"config.layout[{i}] = {kind!r} is not a known block type {BLOCK_TYPES}")
+    self.config = config
+    dtype = compute_dtype(config)
+    self.embed = nnx.Embed(config.vocab_size, config.d_model, dtype=dtype, param_dtype=jnp.float32,
+                           embedding_init=nnx.initializers.normal(stddev=config.embed_init_std), rngs=rngs)
+    self.blocks = nnx.List([Block(kind, config, rngs=rngs) for kind in config.block_types])
+    self.final_norm = RMSNorm(config.d_model, eps=config.norm_eps)
+    if not config.tie_embeddings:
+      self.lm_head = nnx.Linear(config.d_model, config.vocab_size, use_bias=False, dtype=dtype,
+                                param_dtype=jnp.float32, rngs=rngs)
+
+  # -- static structure -------------------------------------------------------------------------
+  @property
+  def n_blocks(self) -> int:
+    return len(self.config.block_types)
+
+  @property
+  def gdn_slots(self) -> tuple[int, ...]:
+    """Per block: index into ``FastWeights.states`` or -1."""
+    return gdn_slots(self.config)
+
+  @property
+  def attn_slots(self) -> tuple[int, ...]:
+    """Per block: index into the tuple of attention caches or -1."""
+    slots, n = [], 0
+    for kind in self.config.block_types:
+      slots.append(n if kind == "attn" else -1)
+      n += kind == "attn"
+    return tuple(slots)
+
+  @property
+  def n_attn(self) -> int:
+    return sum(1 for kind in self.config.block_types if kind == "attn")
+
+  def init_fast_weights(self, batch_size: int) -> FastWeights:
+    return init_fast_weights(self.config, batch_size)
+
+  # -- pieces ------------------------------------------------------------------------------------
+  def embed_tokens(self, tokens: jax.Array) -> jax.Array:
+    """``[B, T]`` int tokens -> ``[B, T, D]`` hidden states in the compute dtype."""
+    return self.embed(tokens)
+
+  def unembed(self, h: jax.Array) -> jax.Array:
+    """``[B, T, D]`` -> float32 logits ``[B, T, V]``."""
+    h = self.final_norm(h)
+    if self.config.tie_embeddings:
+      logits = self.embed.attend(h)
+    else:
+      logits = self.lm_head(h)
+    return logits.astype(jnp.float32)
+
+  def run_blocks(self, h: jax.Array, fast_weights: FastWeights, positions: jax.Array, *, start: int = 0,
+                 stop: int | None = None, prefixes=None, window: int | None = None):
+    """Runs blocks ``[start, stop)`` over one window.
+
+    Args:
+      h: ``[B, T, D]``.
+      fast_weights: states at the window (or pass) start; only the slots of
+        GDN blocks in the range are read and replaced.
+      positions: ``[T]`` int32 absolute positions.
+      start: first block.
+      stop: one past the last block (None: all).
+      prefixes: None, or a tuple with one ``KVCache`` (or None) per attention
+        block in layout order: the kept keys/values of sliding eviction.
+      window: attention span ``L`` (None: unlimited).
+
+    Returns:
+      ``(h, fast_weights, kvs)`` with ``kvs`` a dict from attention slot to the
+      ``KVCache`` of this window's own keys/values, for the blocks in range.
+    """
+    stop = self.n_blocks if stop is None else stop
+    gslots, aslots = self.gdn_slots, self.attn_slots
+    updates, kvs = {}, {}
+    for i in range(start, stop):
+      block = self.blocks[i]
+      if block.kind == "attn":
+        prefix = None if prefixes is None else prefixes[aslots[i]]
+        h, _, kv = block(h, positions, prefix=prefix, window=window)
+        kvs[aslots[i]] = kv
+      else:
+        h, s, _ = block(h, positions, state=fast_weights.states[gslots[i]])
+        updates[gslots[i]] = s
+    return h, fast_weights.replace(updates), kvs
+
+  def __call__(self, tokens: jax.Array, fast_weights: FastWeights | None = None, *,
+               positions: jax.Array | None = None) -> tuple[jax.Array, FastWeights]:
+    """One ordinary pass over ``tokens`` with full causal attention (no eviction).
+
+    Args:
+      tokens: ``[B, T]`` int32.
+      fast_weights: initial states (None: zeros).
+      positions: ``[T]`` positions (None: ``0..T-1``).
+
+    Returns:
+      ``(logits [B, T, V] float32, fast_weights)``.
+    """
+    if fast_weights is None:
+      fast_weights = self.init_fast_weights(tokens.shape[0])
+    if positions is None:
+      positions = jnp.arange(tokens.shape[1], dtype=jnp.int32)
+    h, fast_weights, _ = self.run_blocks(self.embed_tokens(tokens), fast_weights, positions)
+    return self.unembed(h), fast_weights
+
+  # -- decoding ----------------------------------------------------------------------------------
+  def init_conv_histories(self, batch_size: int) -> tuple[jax.Array, ...]:
+    """Zero short-conv histories, one per GDN block (reset at each window start)."""
+    return tuple(b.mixer.init_conv_history(batch_size) for b in self.blocks if b.kind == "gdn")
+
+  def init_kv_caches(self, batch_size: int, size: int) -> tuple[KVCache, ...]:
+    """Empty ring caches of ``size`` slots, one per attention block."""
+    dtype = compute_dtype(self.config)
+    return tuple(KVCache.empty(batch_size, size, self.config.n_heads, self.config.head_dim, dtype)
+                 for _ in range(self.n_attn))
+
+  def decode_step(self, tokens: jax.Array, position: jax.Array, fast_weights: FastWeights,
+                  kv_caches: tuple[KVCache, ...], conv_histories: tuple[jax.Array, ...], *,
+                  window: int | None = None):
+    """One ordinary forward for one token per batch row.
+
+    Args:
+      tokens: ``[B]`` int32.
+      position: scalar int32 absolute position.
+      fast_weights: GDN states.
+      kv_caches: ring caches per attention block.
+      conv_histories: short-conv histories per GDN block.
+      window: attention span ``L`` (None: unlimited; then the rings must hold
+        the whole context).
+
+    Returns:
+      ``(logits [B, V] float32, fast_weights, kv_caches, conv_histories)``.
+    """
+    h = self.embed_tokens(tokens[:, None])
+    states, kvs, convs = list(fast_weights.states), list(kv_caches), list(conv_histories)
+    gslots, aslots = self.gdn_slots, self.attn_slots
+    for i, block in enumerate(self.blocks):
+      if block.kind == "attn":
+        h, kvs[aslots[i]] = block.step(h, position, kvs[aslots[i]], window=window)
+      else:
+        g = gslots[i]
+        h, (states[g], convs[g]) = block.step(h, position, (states[g], convs[g]))
+    return self.unembed(h)[:, 0], FastWeights(tuple(states)), tuple(kvs), tuple(convs)

@@ -1,0 +1,11 @@
+"""Layers of the hybrid model (Flax NNX)."""
+from sleep_jax.nn.attention import Attention, KVCache, attention_mask, dot_product_attention
+from sleep_jax.nn.gated_deltanet import GatedDeltaNet, causal_conv
+from sleep_jax.nn.mlp import SwiGLU
+from sleep_jax.nn.norms import GatedRMSNorm, RMSNorm
+from sleep_jax.nn.rope import apply_rope
+
+__all__ = [
+    "Attention", "GatedDeltaNet", "GatedRMSNorm", "KVCache", "RMSNorm", "SwiGLU", "apply_rope",
+    "attention_mask", "causal_conv", "dot_product_attention",
+]

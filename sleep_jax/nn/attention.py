@@ -1,0 +1,160 @@
+"""Causal multi-head attention with RoPE over a window, a kept prefix or a ring cache.
+
+One masking rule serves every mode. A query at absolute position ``p`` may attend
+to a key at position ``s`` iff the key slot is filled (``s >= 0``), ``s <= p``
+and, when a ``window`` ``L`` is given, ``s > p - L``. With hard eviction a
+window holds at most ``L`` tokens and no prefix, so the rule reduces to a causal
+mask inside the window. With sliding eviction the previous window's keys and
+values (from its last sleep pass) are passed as a prefix and the rule keeps
+exactly the ``L - 1`` most recent of them. Decoding writes each token into a
+ring buffer of ``L`` slots at ``position % L``; the same rule masks stale slots.
+"""
+from __future__ import annotations
+
+import dataclasses
+
+import jax
+import jax.numpy as jnp
+from flax import nnx
+
+from sleep_jax.nn.rope import apply_rope
+
+_NEG = -1e30
+
+
+@jax.tree_util.register_dataclass
+@dataclasses.dataclass(frozen=True)
+class KVCache:
+  """Keys and values of one attention layer, with the position of each slot.
+
+  Attributes:
+    k: ``[B, S, H, K]`` keys after RoPE.
+    v: ``[B, S, H, K]`` values.
+    pos: ``[S]`` int32 absolute position held by each slot, ``-1`` if empty.
+  """
+  k: jax.Array
+  v: jax.Array
+  pos: jax.Array
+
+  @property
+  def size(self) -> int:
+    return self.pos.shape[0]
+
+  @classmethod
+  def empty(cls, batch: int, size: int, n_heads: int, head_dim: int, dtype=jnp.float32) -> "KVCache":
+    """An all-empty cache of ``size`` slots."""
+    z = jnp.zeros((batch, size, n_heads, head_dim), dtype)
+    return cls(k=z, v=z, pos=jnp.full((size,), -1, jnp.int32))
+
+  def cleared(self) -> "KVCache":
+    """The same buffers with every slot marked empty (hard eviction)."""
+    return KVCache(k=self.k, v=self.v, pos=jnp.full_like(self.pos, -1))
+
+
+def attention_mask(q_pos: jax.Array, k_pos: jax.Array, window: int | None) -> jax.Array:
+  """``[T, S]`` boolean mask: filled, causal and (if ``window``) within ``L``."""
+  q = q_pos[:, None]
+  k = k_pos[None, :]
+  ok = (k >= 0) & (k <= q)
+  if window is not None:
+    ok = ok & (k > q - window)
+  return ok
+
+
+def dot_product_attention(q, k, v, mask):
+  """Softmax attention; logits and softmax in float32.
+
+  Args:
+    q: ``[B, T, H, K]``.
+    k: ``[B, S, H, K]``.
+    v: ``[B, S, H, K]``.
+    mask: ``[T, S]`` boolean; every row must allow at least one key.
+
+  Returns:
+    ``[B, T, H, K]`` in ``v``'s dtype.
+  """
+  scale = q.shape[-1] ** -0.5
+  logits = jnp.einsum("bthk,bshk->bhts", q, k, preferred_element_type=jnp.float32) * scale
+  logits = jnp.where(mask[None, None], logits, _NEG)
+  probs = jax.nn.softmax(logits, axis=-1).astype(v.dtype)
+  return jnp.einsum("bhts,bshk->bthk", probs, v)
+
+
+class Attention(nnx.Module):
+  """Causal multi-head self-attention with RoPE.
+
+  Params are float32; projections and scores run in ``dtype`` with float32
+  softmax.
+  """
+
+  def __init__(self, d_model: int, n_heads: int, head_dim: int, *, rope_theta: float = 10_000.0,
+               dtype=jnp.float32, rngs: nnx.Rngs):
+    kw = dict(use_bias=False, dtype=dtype, param_dtype=jnp.float32, rngs=rngs)
+    self.q_proj = nnx.Linear(d_model, n_heads * head_dim, **kw)
+    self.k_proj = nnx.Linear(d_model, n_heads * head_dim, **kw)
+    self.v_proj = nnx.Linear(d_model, n_heads * head_dim, **kw)
+    self.o_proj = nnx.Linear(n_heads * head_dim, d_model, **kw)
+    self.n_heads = n_heads
+    self.head_dim = head_dim
+    self.rope_theta = rope_theta
+
+  def _qkv(self, x, positions):
+    b, t, _ = x.shape
+    shape = (b, t, self.n_heads, self.head_dim)
+    q = apply_rope(self.q_proj(x).reshape(shape), positions, theta=self.rope_theta)
+    k = apply_rope(self.k_proj(x).reshape(shape), positions, theta=self.rope_theta)
+    v = self.v_proj(x).reshape(shape)
+    return q, k, v
+
+  def __call__(self, x: jax.Array, positions: jax.Array, *, prefix: KVCache | None = None,
+               window: int | None = None) -> tuple[jax.Array, KVCache]:
+    """Attends over ``prefix`` (if any) and the tokens of ``x`` causally.
+
+    Args:
+      x: ``[B, T, D]``.
+      positions: ``[T]`` int32 absolute positions of ``x``'s tokens.
+      prefix: kept keys/values from earlier tokens (sliding eviction), or None.
+      window: ``L``; keys more than ``L - 1`` positions back are masked. None
+        means unlimited (full causal attention).
+
+    Returns:
+      ``(out [B, T, D], kv)`` where ``kv`` holds this call's own keys/values
+      and positions (not the prefix).
+    """
+    q, k, v = self._qkv(x, positions)
+    positions = positions.astype(jnp.int32)
+    own = KVCache(k=k, v=v, pos=positions)
+    if prefix is not None and prefix.size:
+      k_all = jnp.concatenate([prefix.k.astype(k.dtype), k], axis=1)
+      v_all = jnp.concatenate([prefix.v.astype(v.dtype), v], axis=1)
+      pos_all = jnp.concatenate([prefix.pos, positions])
+    else:
+      k_all, v_all, pos_all = k, v, positions
+    o = dot_product_attention(q, k_all, v_all, attention_mask(positions, pos_all, window))
+    b, t = x.shape[:2]
+    return self.o_proj(o.reshape(b, t, self.n_heads * self.head_dim)), own
+
+  def step(self, x: jax.Array, position: jax.Array, cache: KVCache, *,
+           window: int | None = None) -> tuple[jax.Array, KVCache]:
+    """Decodes one token into a ring cache.
+
+    Args:
+      x: ``[B, 1, D]``.
+      position: scalar int32 absolute position of the token.
+      cache: ring of ``S`` slots; the token is written at ``position % S``.
+      window: ``L`` (None: no limit, the cache must then be large enough to
+        hold the whole context).
+
+    Returns:
+      ``(out [B, 1, D], updated cache)``.
+    """
+    position = jnp.asarray(position, jnp.int32)
+    q, k, v = self._qkv(x, position[None])
+    slot = position % cache.size
+    cache = KVCache(
+        k=jax.lax.dynamic_update_slice_in_dim(cache.k, k.astype(cache.k.dtype), slot, axis=1),
+        v=jax.lax.dynamic_update_slice_in_dim(cache.v, v.astype(cache.v.dtype), slot, axis=1),
+        pos=jax.lax.dynamic_update_index_in_dim(cache.pos, position, slot, axis=0))
+    o = dot_product_attention(q, cache.k.astype(q.dtype), cache.v.astype(q.dtype),
+                              attention_mask(position[None], cache.pos, window))
+    return self.o_proj(o.reshape(x.shape[0], 1, self.n_heads * self.head_dim)), cache

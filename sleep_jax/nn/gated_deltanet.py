@@ -1,0 +1,153 @@
+"""Gated DeltaNet sequence mixer (fla's parameterisation).
+
+Per token, with ``x`` the normed block input::
+
+    q, k, v = SiLU(conv(W_q x)), SiLU(conv(W_k x)), SiLU(conv(W_v x))   # causal depthwise conv
+    q, k    = q / |q|, k / |k|                                          # per head L2 norm
+    log_alpha = -exp(A_log) * softplus(W_a x + dt_bias)                 # forget gate, log space
+    beta      = sigmoid(W_b x)                                          # write strength
+    o, S  = gated_delta_rule(q, k, v, log_alpha, beta, initial_state=S)
+    out   = W_o (GatedRMSNorm(o, W_g x))
+
+The fast-weight state ``S`` (``[B, H, Dk, Dv]``, float32) is passed in and
+returned; it is the only thing that crosses window boundaries. The short
+convolution restarts from zeros at the start of every call (every sleep pass
+and every window): design decision, ours, so that only ``S`` carries memory
+across passes and windows. During token-by-token decoding the convolution's
+last ``conv_size - 1`` inputs are carried in a :class:`ConvState`-like buffer
+that the caller zeroes at each window start.
+
+SiLU is applied to ``v`` as well as ``q``/``k`` (fla's default short-conv
+activation).
+"""
+from __future__ import annotations
+
+import math
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+from flax import nnx
+
+from sleep_jax import ops
+from sleep_jax.nn.norms import GatedRMSNorm
+
+
+def causal_conv(x: jax.Array, weight: jax.Array, history: jax.Array | None = None) -> jax.Array:
+  """Depthwise causal convolution.
+
+  Args:
+    x: ``[B, T, C]``.
+    weight: ``[K, C]``; ``out[t] = sum_j weight[j] * x[t - K + 1 + j]``.
+    history: ``[B, K - 1, C]`` inputs preceding ``x`` (None: zeros).
+
+  Returns:
+    ``[B, T, C]`` in ``x``'s dtype.
+  """
+  ksize = weight.shape[0]
+  b, t, c = x.shape
+  if history is None:
+    history = jnp.zeros((b, ksize - 1, c), x.dtype)
+  xp = jnp.concatenate([history.astype(x.dtype), x], axis=1)
+  w = weight.astype(x.dtype)
+  out = sum(xp[:, j:j + t] * w[j] for j in range(ksize))
+  return out
+
+
+def _l2_normalize(x: jax.Array, eps: float = 1e-6) -> jax.Array:
+  x32 = x.astype(jnp.float32)
+  return (x32 * jax.lax.rsqrt(jnp.sum(x32 * x32, -1, keepdims=True) + eps)).astype(x.dtype)
+
+
+class GatedDeltaNet(nnx.Module):
+  """Gated DeltaNet mixer; see the module docstring for the math."""
+
+  def __init__(self, d_model: int, n_heads: int, head_dim: int, value_dim: int, *, conv_size: int = 4,
+               norm_eps: float = 1e-6, dtype=jnp.float32, impl: str = "auto", chunk_size: int = 64,
+               rngs: nnx.Rngs):
+    kw = dict(use_bias=False, dtype=dtype, param_dtype=jnp.float32, rngs=rngs)
+    self.q_proj = nnx.Linear(d_model, n_heads * head_dim, **kw)
+    self.k_proj = nnx.Linear(d_model, n_heads * head_dim, **kw)
+    self.v_proj = nnx.Linear(d_model, n_heads * value_dim, **kw)
+    self.a_proj = nnx.Linear(d_model, n_heads, **kw)
+    self.b_proj = nnx.Linear(d_model, n_heads, **kw)
+    self.g_proj = nnx.Linear(d_model, n_heads * value_dim, **kw)
+    self.o_proj = nnx.Linear(n_heads * value_dim, d_model, **kw)
+    channels = n_heads * (2 * head_dim + value_dim)
+    bound = 1.0 / math.sqrt(conv_size)
+    self.conv_weight = nnx.Param(
+        jax.random.uniform(rngs.params(), (conv_size, channels), jnp.float32, -bound, bound))
+    # Mamba-style inits: decay rates A in [1, 16], time steps dt in [1e-3, 1e-1].
+    self.A_log = nnx.Param(jnp.log(jax.random.uniform(rngs.params(), (n_heads,), jnp.float32, 1.0, 16.0)))
+    dt = jnp.exp(jax.random.uniform(rngs.params(), (n_heads,), jnp.float32, np.log(1e-3), np.log(1e-1)))
+    self.dt_bias = nnx.Param(dt + jnp.log(-jnp.expm1(-dt)))  # inverse softplus
+    self.o_norm = GatedRMSNorm(value_dim, eps=norm_eps)
+    self.n_heads = n_heads
+    self.head_dim = head_dim
+    self.value_dim = value_dim
+    self.conv_size = conv_size
+    self.dtype = dtype
+    self.impl = impl
+    self.chunk_size = chunk_size
+
+  @property
+  def conv_channels(self) -> int:
+    return self.n_heads * (2 * self.head_dim + self.value_dim)
+
+  def _features(self, x, history):
+    """Projections, conv and gates for a ``[B, T, D]`` input."""
+    b, t, _ = x.shape
+    h, dk, dv = self.n_heads, self.head_dim, self.value_dim
+    raw = jnp.concatenate([self.q_proj(x), self.k_proj(x), self.v_proj(x)], axis=-1)
+    full = jnp.concatenate([jnp.zeros((b, self.conv_size - 1, raw.shape[-1]), raw.dtype)
+                            if history is None else history.astype(raw.dtype), raw], axis=1)
+    new_history = full[:, full.shape[1] - (self.conv_size - 1):]
+    mixed = jax.nn.silu(causal_conv(raw, self.conv_weight[...], history))
+    q, k, v = jnp.split(mixed, [h * dk, 2 * h * dk], axis=-1)
+    q = _l2_normalize(q.reshape(b, t, h, dk))
+    k = _l2_normalize(k.reshape(b, t, h, dk))
+    v = v.reshape(b, t, h, dv)
+    a = self.a_proj(x).astype(jnp.float32) + self.dt_bias[...]
+    log_alpha = -jnp.exp(self.A_log[...]) * jax.nn.softplus(a)
+    beta = jax.nn.sigmoid(self.b_proj(x).astype(jnp.float32))
+    return q, k, v, log_alpha, beta, new_history
+
+  def _output(self, x, o):
+    b, t, _ = x.shape
+    g = self.g_proj(x).reshape(b, t, self.n_heads, self.value_dim)
+    y = self.o_norm(o.astype(self.dtype), g)
+    return self.o_proj(y.reshape(b, t, self.n_heads * self.value_dim))
+
+  def __call__(self, x: jax.Array, state: jax.Array) -> tuple[jax.Array, jax.Array]:
+    """Runs over a window, conv state starting from zeros.
+
+    Args:
+      x: ``[B, T, D]``.
+      state: ``[B, H, Dk, Dv]`` float32 fast weights at the window start.
+
+    Returns:
+      ``(out [B, T, D], state after the last token)``.
+    """
+    q, k, v, log_alpha, beta, _ = self._features(x, None)
+    o, state = ops.gated_delta_rule(q, k, v, log_alpha, beta, initial_state=state, impl=self.impl,
+                                    chunk_size=self.chunk_size)
+    return self._output(x, o), state
+
+  def init_conv_history(self, batch: int) -> jax.Array:
+    """Zero conv history ``[B, conv_size - 1, C]`` for decoding."""
+    return jnp.zeros((batch, self.conv_size - 1, self.conv_channels), self.dtype)
+
+  def step(self, x: jax.Array, state: jax.Array, history: jax.Array):
+    """Decodes one token.
+
+    Args:
+      x: ``[B, 1, D]``.
+      state: ``[B, H, Dk, Dv]`` float32.
+      history: ``[B, conv_size - 1, C]`` previous conv inputs of this window.
+
+    Returns:
+      ``(out [B, 1, D], state, history)``.
+    """
+    q, k, v, log_alpha, beta, history = self._features(x, history)
+    o, state = ops.gated_delta_step(q[:, 0], k[:, 0], v[:, 0], log_alpha[:, 0], beta[:, 0], state)
+    return self._output(x, o[:, None]), state, history

@@ -1,0 +1,50 @@
+"""RMSNorm and the gated RMSNorm used on the Gated DeltaNet output.
+
+Statistics are computed in float32 whatever the compute dtype; the result is
+returned in the input's dtype.
+"""
+from __future__ import annotations
+
+import jax
+import jax.numpy as jnp
+from flax import nnx
+
+
+def rms_normalize(x: jax.Array, eps: float) -> jax.Array:
+  """``x / sqrt(mean(x**2, -1) + eps)`` computed in float32, returned in float32."""
+  x32 = x.astype(jnp.float32)
+  return x32 * jax.lax.rsqrt(jnp.mean(x32 * x32, axis=-1, keepdims=True) + eps)
+
+
+class RMSNorm(nnx.Module):
+  """Root-mean-square norm over the last axis with a learned scale (init 1).
+
+  Attributes:
+    scale: ``[features]`` float32 parameter.
+    eps: numerical floor inside the square root.
+  """
+
+  def __init__(self, features: int, *, eps: float = 1e-6, rngs: nnx.Rngs | None = None):
+    del rngs  # deterministic init; accepted for a uniform constructor signature
+    self.scale = nnx.Param(jnp.ones((features,), jnp.float32))
+    self.eps = eps
+
+  def __call__(self, x: jax.Array) -> jax.Array:
+    return (rms_normalize(x, self.eps) * self.scale[...]).astype(x.dtype)
+
+
+class GatedRMSNorm(nnx.Module):
+  """``RMSNorm(x) * silu(gate)``, fla's output gate of Gated DeltaNet.
+
+  Normalises over the last axis (one head's value dimension), so heads are
+  normalised independently.
+  """
+
+  def __init__(self, features: int, *, eps: float = 1e-6, rngs: nnx.Rngs | None = None):
+    del rngs
+    self.scale = nnx.Param(jnp.ones((features,), jnp.float32))
+    self.eps = eps
+
+  def __call__(self, x: jax.Array, gate: jax.Array) -> jax.Array:
+    y = rms_normalize(x, self.eps) * self.scale[...] * jax.nn.silu(gate.astype(jnp.float32))
+    return y.astype(x.dtype)

@@ -1,0 +1,320 @@
+"""Algorithm 1: the forward pass with eviction every ``L`` tokens, and its loss.
+
+A sequence of ``T`` tokens is cut into windows of ``L`` (the last may be
+shorter). Each window:
+
+1. runs one ordinary ("wake") pass: prelude, core, coda, output projection.
+   Its logits are the window's logits: what the model predicts for these tokens
+   online, before it sleeps on them;
+2. if it is a consolidation window (its loss mask is zero across the whole
+   batch), sleeps: the looped core runs ``N - 1`` more times, each pass
+   consuming the previous pass's core output (so the core runs ``N`` times in
+   all, pass 1 being the wake pass), then the coda runs once on the last core
+   output, starting again from its window-start state (its wake-time update is
+   discarded). The prelude runs once (its wake pass). With no prelude or coda
+   this is exactly the paper's ``repeat N times: h, S <- Blocks(h, S)``;
+3. evicts: only the fast weights ``S`` cross into the next window (hard), or
+   ``S`` plus the window's keys/values from its last pass, of which attention
+   keeps the ``L - 1`` most recent (sliding).
+
+Design decisions (ours):
+
+* Which windows sleep is decided per window: from ``sleep_schedule`` if given
+  (a static tuple of bools, the cheapest under ``jit``), else from
+  ``loss_mask`` when it is concrete, else with a ``lax.cond`` on
+  ``all(loss_mask[:, window] == 0)`` so the loss works under ``jit`` with a
+  traced mask (only the taken branch runs on CPU/GPU; under ``vmap`` both
+  branches run). Without a loss mask every full window sleeps, as at serving
+  time (:func:`serving_schedule`).
+* ``N = 0`` means a consolidation window is not slept on at all: the fast
+  weights revert to their window-start value (the window is forgotten).
+* Short convolutions restart from zeros every pass and window; RoPE uses
+  absolute positions ``0..T-1``.
+* A call with ``fast_weights`` continues a sequence's memory but starts with an
+  empty attention cache even in sliding mode (only ``S`` is carried).
+* ``remat_windows`` checkpoints each window (memory O(1) in ``T / L`` for
+  activations); ``remat_passes`` checkpoints each sleep pass.
+"""
+from __future__ import annotations
+
+import dataclasses
+import functools
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+from flax import nnx
+
+from sleep_jax.config import SleepConfig
+from sleep_jax.consolidate import sleep_consolidate
+from sleep_jax.fast_weights import FastWeights, init_fast_weights
+
+
+@jax.tree_util.register_dataclass
+@dataclasses.dataclass(frozen=True)
+class WindowedOutput:
+  """Output of :func:`windowed_forward`.
+
+  Attributes:
+    logits: ``[B, T, V]`` float32 wake-pass logits (None if not requested).
+    fast_weights: fast weights after the last window.
+  """
+  logits: jax.Array | None
+  fast_weights: FastWeights
+
+
+@jax.tree_util.register_dataclass
+@dataclasses.dataclass(frozen=True)
+class LossAux:
+  """Auxiliary outputs of :func:`windowed_loss`.
+
+  Attributes:
+    logits: ``[B, T, V]`` float32.
+    token_loss: ``[B, T]`` cross-entropy, 0 where the loss mask is 0.
+    n_tokens: scalar, the sum of the loss mask.
+    predictions: ``[B, T]`` int32 argmax of the logits.
+    fast_weights: fast weights after the last window.
+  """
+  logits: jax.Array
+  token_loss: jax.Array
+  n_tokens: jax.Array
+  predictions: jax.Array
+  fast_weights: FastWeights
+
+
+# -- schedule ---------------------------------------------------------------------------------------
+def window_spans(length: int, window: int) -> tuple[tuple[int, int], ...]:
+  """``[(start, stop), ...]`` of consecutive windows of ``window`` tokens (last may be short)."""
+  if window < 1:
+    raise ValueError(f"window (L) must be >= 1, got {window}")
+  return tuple((s, min(s + window, length)) for s in range(0, length, window))
+
+
+def serving_schedule(length: int, window: int) -> tuple[bool, ...]:
+  """Serving-time rule: every full window sleeps; a trailing partial one does not."""
+  return tuple(stop - start == window for start, stop in window_spans(length, window))
+
+
+def schedule_from_mask(loss_mask, window: int) -> tuple[bool, ...]:
+  """Static schedule from a concrete mask: a window sleeps iff its mask is all zero."""
+  m = np.asarray(loss_mask)
+  return tuple(bool(np.all(m[:, a:b] == 0)) for a, b in window_spans(m.shape[1], window))
+
+
+def _is_concrete(x) -> bool:
+  return not isinstance(x, jax.core.Tracer)
+
+
+# -- one window ---------------------------------------------------------------------------------------
+def run_window(model, tokens, positions, fast_weights: FastWeights, prefixes, sleep: SleepConfig,
+               consolidate, *, want_logits: bool = True):
+  """Wake pass over one window, then (if ``consolidate``) sleep on it.
+
+  Args:
+    model: a ``HybridLM``.
+    tokens: ``[B, W]`` int32, ``W <= L``.
+    positions: ``[W]`` int32 absolute positions.
+    fast_weights: states at the window start.
+    prefixes: None, or one kept ``KVCache`` per attention block (sliding).
+    sleep: the ``SleepConfig``.
+    consolidate: Python bool, or a traced boolean scalar (``lax.cond``).
+    want_logits: compute the wake-pass logits.
+
+  Returns:
+    ``(logits [B, W, V] or None, fast_weights, kvs)`` with ``kvs`` a tuple of
+    this window's ``KVCache`` per attention block, from the last pass.
+  """
+  cfg = model.config
+  n_blocks = len(cfg.block_types)
+  c0, c1 = cfg.core_range
+  L = sleep.window
+  run = functools.partial(model.run_blocks, positions=positions, prefixes=prefixes, window=L)
+
+  h = model.embed_tokens(tokens)
+  h, fw, kv_pre = run(h, fast_weights, start=0, stop=c0)
+  h_core, fw_core, kv_core = run(h, fw, start=c0, stop=c1)
+  h_out, fw_wake, kv_coda = run(h_core, fw_core, start=c1, stop=n_blocks)
+  logits = model.unembed(h_out) if want_logits else None
+  core_slots = sorted({model.gdn_slots[i] for i in range(c0, c1)} - {-1})
+
+  def awake():
+    return fw_wake, {**kv_core, **kv_coda}
+
+  def asleep():
+    n_extra = sleep.n_passes - 1
+    if n_extra < 0:  # N = 0: forget the window
+      return fast_weights, {**kv_core, **kv_coda}
+
+    def core_pass(hh, carry):
+      states, _ = carry
+      hh, fw_out, kv = run(hh, fw_core.replace(states), start=c0, stop=c1)
+      return hh, ({i: fw_out.states[i] for i in core_slots}, kv)
+
+    grad_passes = sleep.grad_passes
+    if grad_passes is not None and grad_passes >= sleep.n_passes:
+      grad_passes = None
+    carry = ({i: fw_core.states[i] for i in core_slots}, kv_core)
+    (states, kv_last), h_last = sleep_consolidate(core_pass, h_core, carry, n_extra, remat=sleep.remat_passes,
+                                                  grad_passes=grad_passes, return_hidden=True)
+    # The coda restarts from its window-start states (fw_core's coda slots).
+    _, fw_out, kv_coda_n = run(h_last, fw_core.replace(states), start=c1, stop=n_blocks)
+    return fw_out, {**kv_last, **kv_coda_n}
+
+  if isinstance(consolidate, (bool, np.bool_)):
+    fw_out, kvs = asleep() if (consolidate and sleep.n_passes != 1) else awake()
+  elif sleep.n_passes == 1:
+    fw_out, kvs = awake()
+  else:
+    fw_out, kvs = jax.lax.cond(consolidate, asleep, awake)
+  kvs = {**kv_pre, **kvs}
+  return logits, fw_out, tuple(kvs[i] for i in range(len(kvs)))
+
+
+# -- the whole sequence -------------------------------------------------------------------------------
+def _validate(model, tokens, loss_mask, sleep, sleep_schedule, return_logits):
+  if not isinstance(sleep, SleepConfig):
+    raise ValueError(f"sleep must be a SleepConfig, got {type(sleep).__name__}")
+  if return_logits not in ("all", "none"):
+    raise ValueError(f"return_logits must be 'all' or 'none', got {return_logits!r}")
+  if getattr(tokens, "ndim", None) != 2:
+    raise ValueError(f"tokens must be a [B, T] integer array, got shape {getattr(tokens, 'shape', None)}")
+  if not jnp.issubdtype(tokens.dtype, jnp.integer):
+    raise ValueError(f"tokens must be integers, got dtype {tokens.dtype}")
+  if tokens.shape[1] < 1:
+    raise ValueError("tokens must hold at least one position (T >= 1)")
+  if loss_mask is not None and tuple(loss_mask.shape) != tuple(tokens.shape):
+    raise ValueError(f"loss_mask must have the tokens' shape {tuple(tokens.shape)}, got {tuple(loss_mask.shape)}")
+  if _is_concrete(tokens):
+    t = np.asarray(tokens)
+    lo, hi = int(t.min()), int(t.max())
+    if lo < 0 or hi >= model.config.vocab_size:
+      raise ValueError(f"tokens must lie in [0, {model.config.vocab_size}) (vocab_size); got min {lo}, max {hi}")
+  n_windows = len(window_spans(tokens.shape[1], sleep.window))
+  if sleep_schedule is not None:
+    sleep_schedule = tuple(sleep_schedule)
+    if len(sleep_schedule) != n_windows:
+      raise ValueError(f"sleep_schedule must have one entry per window ({n_windows}), got {len(sleep_schedule)}")
+
+
+def windowed_forward(model, tokens, loss_mask, sleep: SleepConfig, *, fast_weights: FastWeights | None = None,
+                     return_logits: str = "all", sleep_schedule: tuple[bool, ...] | None = None,
+                     ) -> WindowedOutput:
+  """Runs Algorithm 1 over a batch (see the module docstring).
+
+  Args:
+    model: a ``HybridLM``.
+    tokens: ``[B, T]`` int token ids in ``[0, vocab_size)``.
+    loss_mask: ``[B, T]`` float mask (1 on answer targets) or None. A window
+      whose mask is zero across the whole batch is a consolidation window.
+    sleep: the ``SleepConfig`` (window ``L``, passes ``N``, eviction mode).
+    fast_weights: states at the sequence start (None: zeros).
+    return_logits: "all" (``[B, T, V]`` float32) or "none".
+    sleep_schedule: optional static tuple, one bool per window (True: sleep);
+      overrides the mask.
+
+  Returns:
+    ``WindowedOutput(logits, fast_weights)``.
+
+  Raises:
+    ValueError: on a bad argument (tokens outside the vocabulary when concrete,
+      a mask of the wrong shape, a schedule of the wrong length, ...).
+  """
+  _validate(model, tokens, loss_mask, sleep, sleep_schedule, return_logits)
+  b, t = tokens.shape
+  L = sleep.window
+  spans = window_spans(t, L)
+  if sleep_schedule is not None:
+    schedule = tuple(bool(s) for s in sleep_schedule)
+  elif loss_mask is None:
+    schedule = serving_schedule(t, L)
+  elif _is_concrete(loss_mask):
+    schedule = schedule_from_mask(loss_mask, L)
+  else:
+    schedule = None
+  if schedule is None:
+    preds = [jnp.all(loss_mask[:, a:z] == 0) for a, z in spans]
+  else:
+    preds = [None] * len(spans)
+  if fast_weights is None:
+    fast_weights = init_fast_weights(model.config, b)
+  want_logits = return_logits == "all"
+  graphdef, state = nnx.split(model)
+  prefixes = None
+  if sleep.eviction == "sliding":
+    prefixes = model.init_kv_caches(b, L)
+
+  def window_fn(width, consolidate_static, state, carry, xs):
+    fw, prefixes = carry
+    start, tokens_w, pred = xs
+    m = nnx.merge(graphdef, state)
+    positions = start + jnp.arange(width, dtype=jnp.int32)
+    consolidate = pred if consolidate_static is None else consolidate_static
+    lg, fw, kvs = run_window(m, tokens_w, positions, fw, prefixes, sleep, consolidate, want_logits=want_logits)
+    if sleep.eviction == "sliding":
+      prefixes = kvs
+    return (fw, prefixes), lg
+
+  # Consecutive windows of the same width and static schedule share one scanned
+  # (so once-compiled) window body.
+  groups = []
+  for w, (a, z) in enumerate(spans):
+    key = (z - a, None if schedule is None else schedule[w])
+    if groups and groups[-1][0] == key:
+      groups[-1][1].append(w)
+    else:
+      groups.append((key, [w]))
+
+  carry, logits = (fast_weights, prefixes), []
+  for (width, static), ws in groups:
+    fn = functools.partial(window_fn, width, static, state)
+    if sleep.remat_windows:
+      fn = jax.checkpoint(fn)
+    starts = jnp.asarray([spans[w][0] for w in ws], jnp.int32)
+    toks = jnp.stack([tokens[:, spans[w][0]:spans[w][1]].astype(jnp.int32) for w in ws])
+    pred = None if static is not None else jnp.stack([preds[w] for w in ws])
+    if len(ws) == 1:
+      carry, lg = fn(carry, (starts[0], toks[0], None if pred is None else pred[0]))
+      lg = None if lg is None else lg[None]
+    else:
+      carry, lg = jax.lax.scan(fn, carry, (starts, toks, pred))
+    if want_logits:
+      logits.append(jnp.moveaxis(lg, 0, 1).reshape(b, len(ws) * width, -1))
+  out = jnp.concatenate(logits, axis=1) if want_logits else None
+  return WindowedOutput(logits=out, fast_weights=carry[0])
+
+
+def windowed_loss(model, batch: dict, sleep: SleepConfig, *,
+                  sleep_schedule: tuple[bool, ...] | None = None) -> tuple[jax.Array, LossAux]:
+  """Mean masked cross-entropy of :func:`windowed_forward`.
+
+  Args:
+    model: a ``HybridLM``.
+    batch: dict with ``tokens`` ``[B, T]`` int, ``targets`` ``[B, T]`` int and
+      ``loss_mask`` ``[B, T]`` float (other keys are ignored).
+    sleep: the ``SleepConfig``.
+    sleep_schedule: optional static per-window schedule (see
+      :func:`windowed_forward`).
+
+  Returns:
+    ``(loss, LossAux)``; ``loss`` is ``sum(token_loss) / max(sum(mask), 1)``.
+
+  Raises:
+    ValueError: if a key is missing or ``targets`` has the wrong shape.
+  """
+  for key in ("tokens", "targets", "loss_mask"):
+    if key not in batch:
+      raise ValueError(f"batch is missing {key!r}; it has {sorted(batch)}")
+  tokens, targets, mask = batch["tokens"], batch["targets"], batch["loss_mask"]
+  if tuple(targets.shape) != tuple(tokens.shape):
+    raise ValueError(f"batch['targets'] must have the tokens' shape {tuple(tokens.shape)}, got {tuple(targets.shape)}")
+  out = windowed_forward(model, tokens, mask, sleep, sleep_schedule=sleep_schedule)
+  logits = out.logits
+  mask = jnp.asarray(mask, jnp.float32)
+  logz = jax.nn.logsumexp(logits, axis=-1)
+  picked = jnp.take_along_axis(logits, jnp.asarray(targets, jnp.int32)[..., None], axis=-1)[..., 0]
+  token_loss = (logz - picked) * mask
+  n_tokens = jnp.sum(mask)
+  loss = jnp.sum(token_loss) / jnp.maximum(n_tokens, 1.0)
+  aux = LossAux(logits=logits, token_loss=token_loss, n_tokens=n_tokens,
+                predictions=jnp.argmax(logits, axis=-1).astype(jnp.int32), fast_weights=out.fast_weights)
+  return loss, aux
