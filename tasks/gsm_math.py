@@ -282,7 +282,7 @@ def _build(config: GsmMathConfig, rng: np.random.Generator) -> dict:
   rows[:, 0] = var_tok
   rows[:, 1] = _EQ
   rows[:, 2] = np.where(is_const, _num_id(const), var_tok[a_idx])
-  rows[:, 3] = np.where(is_const, _SEMI, 5 + kind)
+  rows[:, 3] = np.where(is_const, _SEMI, _OP_ID[OPERATORS[0]] + kind)
   rows[:, 4] = var_tok[b_idx]
   rows[:, 5] = _SEMI
   width = np.where(is_const, CONST_TOKENS, OP_TOKENS)
