@@ -12,25 +12,27 @@ oracle). Two backends share the per-chunk math written here:
 Axis legend: ``b`` batch, ``t`` time, ``h`` heads, ``k``/``v`` head dims, ``c``
 chunk length ``C``, ``n`` number of chunks.
 
-Chunk math (per head, state ``S0 [Dk, Dv]`` at the chunk start; ``G`` the
-chunk-local inclusive cumulative sum of ``log_alpha``; ``Q`` already scaled)::
+Chunk math (per head, state ``S0 [Dk, Dv]`` at the chunk start; ``Q`` already
+scaled; ``D_ij = sum_{j < t <= i} log_alpha_t`` and ``G_i = D_i,start``)::
 
-    Gam_ij = exp(G_i - G_j) for i >= j else 0         (masked BEFORE exp: no overflow)
+    Gam_ij = exp(D_ij) for i >= j else 0              (masked BEFORE exp: no overflow)
     A      = strict_lower(diag(beta) (K K^T * Gam))
     Tinv   = (I + A)^{-1}                             (nilpotent doubling identity, matmuls only)
     U      = Tinv diag(beta) V - Tinv diag(beta exp(G)) K S0     (the per-token write errors)
     O      = diag(exp(G)) Q S0 + (Q K^T * Gam) U
     S1     = exp(G_C) S0 + K^T diag(exp(G_C - G)) U
 
-Every exponent above is ``<= 0`` whenever ``log_alpha <= 0``, so a cumulative
-log-decay of any size inside a chunk underflows to 0 instead of overflowing,
-and ``log_alpha == 0`` is an ordinary value. The backward pass is written out
-by hand (:func:`chunk_backward`) so that it lowers to the same small set of
-primitives as the forward (2-D matmuls, transposes, exp, select, row sums).
+Every exponent above is ``<= 0`` whenever ``log_alpha <= 0``, so a log-decay of
+any size inside a chunk underflows to 0 instead of overflowing, and
+``log_alpha == 0`` is an ordinary value. Each exponent is formed as a masked
+sum (or a 0/1 matmul) of exactly the gates it spans, not as a difference of
+cumulative sums, so one huge decay does not wash out the small gates after it.
+The backward pass is written out by hand (:func:`chunk_backward`) so that it
+lowers to the same small set of primitives as the forward (2-D matmuls, exp,
+select, row and column sums).
 
 The ``jax.custom_vjp`` wraps only the kernels, on padded, float32,
-``[b*h, t, d]``-shaped arrays with the chunk-local cumulative log-decay as the
-gate input; padding, the query scale, the cumulative sum and dtype casts live
+``[b*h, t, d]``-shaped arrays; padding, the query scale and dtype casts live
 outside it and are differentiated by JAX itself.
 """
 from __future__ import annotations
@@ -81,7 +83,7 @@ def _rowsum(x):
 def _masks(c):
   row = jax.lax.broadcasted_iota(jnp.int32, (c, c), 0)
   col = jax.lax.broadcasted_iota(jnp.int32, (c, c), 1)
-  return row >= col, row > col, row == col
+  return row >= col, row > col, row == col, row < col
 
 
 def _inv_unit_lower(a, eye):
@@ -103,18 +105,26 @@ def _inv_unit_lower(a, eye):
   return x
 
 
-def _chunk_common(q, k, v, gc, gr, bc):
+def _chunk_common(q, k, v, lr, bc):
   """Quantities of one chunk that do not depend on the incoming state."""
   c = q.shape[0]
-  incl, strict, diag = _masks(c)
+  incl, strict, diag, later = _masks(c)
   eye = jnp.where(diag, 1.0, 0.0).astype(_F32)
-  # Mask before exp: above the diagonal G_i - G_j > 0 and can be huge.
-  gam_i = jnp.where(incl, jnp.exp(jnp.where(incl, gc - gr, 0.0)), 0.0)
+  strict_f = jnp.where(strict, 1.0, 0.0).astype(_F32)
+  # Every decay exponent is a masked sum of exactly the log-gates it spans, never
+  # a difference of two cumulative sums: G_i - G_j loses the small gates once a
+  # huge one (say -1e4) has entered both sums, and then exp(G_i - G_j) is wrong
+  # by ulp(|G|). A masked sum is accurate relative to its own terms.
+  lmat = jnp.where(incl, lr, 0.0)                   # lmat_it = la_t [t <= i]
+  g = _rowsum(lmat)                                 # [C, 1] log-decay chunk start -> i
+  to_end = _rowsum(jnp.where(later, lr, 0.0))       # [C, 1] log-decay i -> chunk end
+  g_last = jnp.sum(lr, axis=1, keepdims=True)       # [1, 1]
+  dmat = _mm(lmat, strict_f)                        # D_ij = sum_{j < t <= i} la_t
+  # Mask before exp: above the diagonal D is meaningless (and may be huge).
+  gam_i = jnp.where(incl, jnp.exp(jnp.where(incl, dmat, 0.0)), 0.0)
   gam_s = jnp.where(strict, gam_i, 0.0)
-  lane = jax.lax.broadcasted_iota(jnp.int32, gr.shape, 1)
-  g_last = _rowsum(jnp.where(lane == c - 1, gr, 0.0))          # [1, 1]
-  eg = jnp.exp(gc)                                               # [C, 1]
-  decay_to_end = jnp.exp(g_last - gc)                            # [C, 1]
+  eg = jnp.exp(g)
+  decay_to_end = jnp.exp(to_end)
   kk = _mm_nt(k, k)
   a = bc * kk * gam_s
   tinv = _inv_unit_lower(a, eye)
@@ -122,26 +132,26 @@ def _chunk_common(q, k, v, gc, gr, bc):
   kbg = (bc * eg) * k
   u_tilde = _mm(tinv, vb)
   w = _mm(tinv, kbg)
-  return dict(incl=incl, strict=strict, gam_i=gam_i, gam_s=gam_s, g_last=g_last, eg=eg,
-              decay_to_end=decay_to_end, kk=kk, tinv=tinv, vb=vb, kbg=kbg, u_tilde=u_tilde, w=w)
+  return dict(incl=incl, strict=strict, later=later, strict_f=strict_f, gam_i=gam_i, gam_s=gam_s,
+              g_last=g_last, eg=eg, decay_to_end=decay_to_end, kk=kk, tinv=tinv, vb=vb, kbg=kbg,
+              u_tilde=u_tilde, w=w)
 
 
-def chunk_forward(q, k, v, gc, gr, bc, s0):
+def chunk_forward(q, k, v, lr, bc, s0):
   """One chunk of the forward pass.
 
   Args:
     q: ``[C, Dk]`` float32 query, already scaled.
     k: ``[C, Dk]`` float32 key.
     v: ``[C, Dv]`` float32 value.
-    gc: ``[C, 1]`` chunk-local cumulative log-decay (column).
-    gr: ``[1, C]`` the same values as a row.
-    bc: ``[C, 1]`` beta (column).
+    lr: ``[1, C]`` log_alpha of the chunk's tokens (a row).
+    bc: ``[C, 1]`` beta (a column).
     s0: ``[Dk, Dv]`` float32 state at the chunk start.
 
   Returns:
     ``(o [C, Dv], s1 [Dk, Dv])``.
   """
-  m = _chunk_common(q, k, v, gc, gr, bc)
+  m = _chunk_common(q, k, v, lr, bc)
   u = m["u_tilde"] - _mm(m["w"], s0)
   p = _mm_nt(q, k) * m["gam_i"]
   o = _mm(m["eg"] * q, s0) + _mm(p, u)
@@ -149,20 +159,18 @@ def chunk_forward(q, k, v, gc, gr, bc, s0):
   return o, s1
 
 
-def chunk_backward(q, k, v, gc, gr, bc, s0, do, ds1):
+def chunk_backward(q, k, v, lr, bc, s0, do, ds1):
   """Vector-Jacobian product of :func:`chunk_forward`, written out.
 
   Args:
-    q, k, v, gc, gr, bc, s0: as for :func:`chunk_forward` (recomputed here).
+    q, k, v, lr, bc, s0: as for :func:`chunk_forward` (recomputed here).
     do: ``[C, Dv]`` cotangent of ``o``.
     ds1: ``[Dk, Dv]`` cotangent of the state at the chunk end.
 
   Returns:
-    ``(dq, dk, dv, dg [C, 1], db [C, 1], ds0)``, where ``dg`` is the gradient
-    with respect to the chunk-local cumulative log-decay.
+    ``(dq, dk, dv, dlog_alpha [1, C], dbeta [C, 1], ds0)``.
   """
-  c = q.shape[0]
-  m = _chunk_common(q, k, v, gc, gr, bc)
+  m = _chunk_common(q, k, v, lr, bc)
   gam_i, gam_s, eg, dte, tinv = m["gam_i"], m["gam_s"], m["eg"], m["decay_to_end"], m["tinv"]
   u = m["u_tilde"] - _mm(m["w"], s0)
   qk = _mm_nt(q, k)
@@ -198,13 +206,15 @@ def chunk_backward(q, k, v, gc, gr, bc, s0, do, ds1):
   f = bc * da * gam_s
   dk = dk + _mm(f, k) + _mm_tn(f, k)
 
-  # Gates: Gam_ij = exp(G_i - G_j) gives +rowsum -colsum of dGam * Gam.
-  h = dp * qk * gam_i + (da * bc * m["kk"]) * gam_s
-  lane = jax.lax.broadcasted_iota(jnp.int32, gc.shape, 0)
-  is_last = jnp.where(lane == c - 1, 1.0, 0.0)
-  dg = (_rowsum(h) - _rowsum(h.T) + d_eg * eg - d_dte * dte
-        + is_last * (d_glast + jnp.sum(d_dte * dte, axis=0, keepdims=True)))
-  return dq, dk, dv, dg, db, ds0
+  # Gates. Gam = exp(D) gives dD = dGam * Gam; D = lmat @ strict_f gives
+  # d lmat = dD @ strict_f^T; lmat, g and to_end are masked copies / row sums
+  # of the log-gates, so their gradients come back as column sums.
+  d_dmat = dp * qk * gam_i + (da * bc * m["kk"]) * gam_s
+  d_lmat = _mm_nt(d_dmat, m["strict_f"]) + d_eg * eg
+  colsum = lambda x: jnp.sum(x, axis=0, keepdims=True)
+  dla = (colsum(jnp.where(m["incl"], d_lmat, 0.0))
+         + colsum(jnp.where(m["later"], d_dte * dte, 0.0)) + d_glast)
+  return dq, dk, dv, dla, db, ds0
 
 
 # ---------------------------------------------------------------------------
@@ -307,7 +317,7 @@ def _backend_module(backend):
 
 @functools.partial(jax.custom_vjp, nondiff_argnums=(6, 7, 8))
 def _kernel_core(q, k, v, g, b, s0, backend, chunk_size, interpret):
-  """``[n, t, dk]``-shaped padded float32 inputs, ``g`` chunk-local cumulative."""
+  """``[n, t, d]``-shaped padded float32 inputs; ``g`` is log_alpha ``[n, t]``."""
   o, s_final, _ = _backend_module(backend).forward(q, k, v, g, b, s0, chunk_size=chunk_size,
                                                    interpret=interpret)
   return o, s_final
@@ -381,7 +391,16 @@ def gated_delta_rule_pallas(q, k, v, log_alpha, beta, *, initial_state=None, sca
   backend = resolve_backend(backend)
   interpret = resolve_interpret(interpret, backend)
   check_chunk_size(backend, chunk_size)
+  return _padded_rule(q, k, v, log_alpha, beta, initial_state, scale, chunk_size, backend,
+                      interpret)
 
+
+def _padded_rule(q, k, v, log_alpha, beta, initial_state, scale, chunk_size, backend, interpret):
+  """The computation behind :func:`gated_delta_rule_pallas`, arguments resolved.
+
+  Separate so that tests can lower it for GPU/TPU (``interpret=False``) on a
+  CPU-only host, where the public entry point refuses compiled kernels.
+  """
   bsz, t, h, dk = q.shape
   dv = v.shape[-1]
   scale = dk ** -0.5 if scale is None else scale
@@ -393,9 +412,8 @@ def gated_delta_rule_pallas(q, k, v, log_alpha, beta, *, initial_state=None, sca
   kr = _to_rows(k, t_p, dk_p)
   vr = _to_rows(v, t_p, dv_p)
   # Padded tokens: log_alpha = 0 and beta = 0 leave the state unchanged.
-  la = _to_rows(log_alpha[..., None], t_p, 1)[..., 0]
+  g = _to_rows(log_alpha[..., None], t_p, 1)[..., 0]
   br = _to_rows(beta[..., None], t_p, 1)[..., 0]
-  g = jnp.cumsum(la.reshape(bsz * h, n_chunks, chunk_size), axis=-1).reshape(bsz * h, t_p)
   if initial_state is None:
     s0 = jnp.zeros((bsz * h, dk_p, dv_p), _F32)
   else:

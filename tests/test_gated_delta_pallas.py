@@ -1,0 +1,244 @@
+"""Pallas gated delta rule kernels (Triton and Mosaic) against the per-token oracle.
+
+On CPU every kernel runs in Pallas interpret mode. On a GPU or TPU host,
+``SLEEP_JAX_PALLAS_INTERPRET=0`` (with ``JAX_PLATFORMS`` set to that platform)
+compiles the kernels of the host's own backend; the other backend still runs
+interpreted.
+"""
+from __future__ import annotations
+
+import os
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+from sleep_jax import testing
+from sleep_jax.ops.gated_delta import pallas as pallas_mod
+from sleep_jax.ops.gated_delta.pallas import gated_delta_rule_pallas
+from sleep_jax.ops.gated_delta.reference import gated_delta_rule_reference
+
+BACKENDS = ("triton", "mosaic")
+_PLATFORM_OF = {"triton": ("gpu", "cuda", "rocm"), "mosaic": ("tpu",)}
+
+
+def _interpret(backend):
+  """Interpret unless asked to compile and the host can compile this backend."""
+  compiled = os.environ.get(pallas_mod.INTERPRET_ENV) == "0"
+  return not (compiled and jax.default_backend() in _PLATFORM_OF[backend])
+
+
+def _gates(key, shape, mode):
+  """log_alpha for a gate regime.
+
+  "zero": log_alpha exactly 0 (gate at 1, fla #389); "strong": cumulative
+  log-decay far beyond 100 inside one chunk (exp overflow regime); "mixed":
+  exact zeros, ordinary gates and -40 spikes (also beyond 100 per chunk).
+  """
+  k1, k2 = jax.random.split(key)
+  if mode == "zero":
+    return jnp.zeros(shape, jnp.float32)
+  if mode == "strong":
+    return -jax.random.uniform(k1, shape, minval=3.0, maxval=8.0)
+  la = -jax.random.uniform(k1, shape, maxval=3.0)
+  pick = jax.random.randint(k2, shape, 0, 8)
+  return jnp.where(pick < 2, 0.0, jnp.where(pick == 7, -40.0, la))
+
+
+def _inputs(seed, b, t, h, dk, dv, gates="mixed", dtype=jnp.float32):
+  ks = jax.random.split(jax.random.PRNGKey(seed), 8)
+  unit = lambda x: x / jnp.linalg.norm(x, axis=-1, keepdims=True)
+  q = unit(jax.random.normal(ks[0], (b, t, h, dk)))
+  k = unit(jax.random.normal(ks[1], (b, t, h, dk)))
+  v = jax.random.normal(ks[2], (b, t, h, dv))
+  la = _gates(ks[3], (b, t, h), gates)
+  beta = jax.random.uniform(ks[4], (b, t, h), minval=0.01, maxval=0.99)
+  s0 = jax.random.normal(ks[5], (b, h, dk, dv))
+  co = jax.random.normal(ks[6], (b, t, h, dv))          # cotangent of o
+  cs = jax.random.normal(ks[7], (b, h, dk, dv))         # cotangent of the final state
+  args = tuple(x.astype(dtype) for x in (q, k, v, la, beta)) + (s0,)
+  return args, (co, cs)
+
+
+def _value_and_grads(fn, args, cts):
+  co, cs = cts
+
+  def loss(q, k, v, la, beta, s0):
+    o, s = fn(q, k, v, la, beta, initial_state=s0)
+    return jnp.sum(o.astype(jnp.float32) * co) + jnp.sum(s * cs), (o, s)
+
+  (_, outs), grads = jax.jit(jax.value_and_grad(loss, argnums=tuple(range(6)), has_aux=True))(*args)
+  return outs, grads
+
+
+_ORACLE_CACHE = {}
+
+
+def _oracle(case, args, cts):
+  """Oracle outputs and gradients, computed once per case and shared by both backends."""
+  if case not in _ORACLE_CACHE:
+    _ORACLE_CACHE[case] = _value_and_grads(gated_delta_rule_reference, args, cts)
+  return _ORACLE_CACHE[case]
+
+
+def _check_against_oracle(backend, case, args, cts, chunk_size, dtype="float32"):
+  kernel = lambda *a, **kw: gated_delta_rule_pallas(*a, chunk_size=chunk_size, backend=backend,
+                                                    interpret=_interpret(backend), **kw)
+  outs, grads = _value_and_grads(kernel, args, cts)
+  for x in jax.tree.leaves((outs, grads)):
+    assert np.all(np.isfinite(np.asarray(x, np.float32))), f"{backend}: NaN/inf"
+  ref_outs, ref_grads = _oracle(case, args, cts)
+  assert outs[0].dtype == args[2].dtype and outs[1].dtype == jnp.float32
+  grad_row = "float32_grad" if dtype == "float32" else dtype
+  testing.assert_close(ref_outs, outs, dtype, metric="rel_rms", what=f"{backend} outputs")
+  names = ("dq", "dk", "dv", "dlog_alpha", "dbeta", "dinitial_state")
+  for name, r, g in zip(names, ref_grads, grads):
+    assert g.shape == r.shape and g.dtype == r.dtype, name
+    testing.assert_close(r, g, grad_row, metric="rel_rms", what=f"{backend} {name}")
+
+
+# Covering set for the default run: every T, head dim, H and gate regime of the
+# grid appears at least once per backend. The full product is slow-marked below.
+# T = 64 with cumulative decay > 100 in one chunk is test_extreme_gates.
+_FAST_CASES = [
+    # b, t, h, dk, dv, gates, chunk
+    (2, 1, 1, 16, 16, "mixed", 16),
+    (1, 75, 4, 60, 100, "mixed", 32),
+    (1, 63, 1, 100, 64, "zero", 16),
+]
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+@pytest.mark.parametrize("b,t,h,dk,dv,gates,chunk", _FAST_CASES)
+def test_matches_oracle(backend, b, t, h, dk, dv, gates, chunk):
+  case = (b, t, h, dk, dv, gates)
+  args, cts = _inputs(0, *case)
+  _check_against_oracle(backend, case, args, cts, chunk)
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("backend", BACKENDS)
+@pytest.mark.parametrize("t", [1, 63, 64, 75])
+@pytest.mark.parametrize("dk,dv", [(16, 16), (60, 100), (64, 64), (100, 60)])
+@pytest.mark.parametrize("h", [1, 4])
+@pytest.mark.parametrize("gates", ["zero", "mixed", "strong"])
+def test_matches_oracle_grid(backend, t, dk, dv, h, gates):
+  case = (1, t, h, dk, dv, gates)
+  args, cts = _inputs(1, *case)
+  _check_against_oracle(backend, ("grid",) + case, args, cts, 16 if backend == "mosaic" else 32)
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("backend", BACKENDS)
+def test_matches_oracle_long(backend):
+  args, cts = _inputs(2, 2, 500, 2, 64, 64, "mixed")
+  _check_against_oracle(backend, "long", args, cts, 64)
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+def test_bfloat16_inputs(backend):
+  # The oracle runs on the same bf16 inputs (it computes in float32 too), so the
+  # only differences come from rounding o and the gradients to bf16.
+  args, cts = _inputs(3, 1, 40, 2, 32, 48, "mixed", dtype=jnp.bfloat16)
+  _check_against_oracle(backend, "bf16", args, cts, 16, dtype="bfloat16")
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+def test_extreme_gates(backend):
+  # One 64-token chunk holding a run of log_alpha exactly 0 (fla #389), then
+  # decays of -1e4 (cumulative log-decay ~1e5: exp overflow if not masked, and
+  # small gates lost if decays are formed as differences of cumulative sums)
+  # between ordinary gates, with beta near 0 and near 1. Outputs and every
+  # gradient must be finite and match the oracle.
+  args, cts = _inputs(4, 1, 64, 1, 64, 16, "zero")
+  pos = jnp.arange(64)[None, :, None]
+  small = -jax.random.uniform(jax.random.PRNGKey(40), pos.shape, maxval=1.0)
+  la = jnp.where(pos < 8, 0.0, jnp.where(pos % 4 == 0, -1e4, small))
+  beta = jnp.where(pos % 2 == 0, 1e-6, 1.0 - 1e-6)
+  args = args[:3] + (la, beta) + args[5:]
+  _check_against_oracle(backend, "extreme", args, cts, 64)
+
+
+def test_jit_vmap_grad_compose():
+  args, cts = _inputs(5, 1, 20, 1, 16, 16, "mixed")
+  stacked = jax.tree.map(lambda x: jnp.stack([x, 0.5 * x]), args)
+
+  def loss(fn, q, k, v, la, beta, s0):
+    o, s = fn(q, k, v, la, beta, initial_state=s0)
+    return jnp.sum(o * cts[0]) + jnp.sum(s * cts[1])
+
+  kernel = lambda *a, **kw: gated_delta_rule_pallas(*a, chunk_size=16, backend="triton",
+                                                    interpret=_interpret("triton"), **kw)
+  grad_of = lambda fn: jax.grad(lambda *a: loss(fn, *a), argnums=tuple(range(6)))
+  got = jax.jit(jax.vmap(grad_of(kernel)))(*stacked)
+  want = jax.vmap(grad_of(gated_delta_rule_reference))(*stacked)
+  testing.assert_close(want, got, "float32_grad", metric="rel_rms", what="vmap(grad)")
+
+
+def test_defaults_resolve_on_cpu():
+  if jax.default_backend() != "cpu":
+    pytest.skip("checks the CPU defaults")
+  assert pallas_mod.resolve_backend(None) == "triton"
+  env = os.environ.pop(pallas_mod.INTERPRET_ENV, None)
+  try:
+    assert pallas_mod.resolve_interpret(None, "triton") is True
+    assert pallas_mod.resolve_interpret(None, "mosaic") is True
+  finally:
+    if env is not None:
+      os.environ[pallas_mod.INTERPRET_ENV] = env
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+def test_lowers_for_hardware(backend):
+  # Runs the real Triton / Mosaic lowering (kernel -> Triton IR / Mosaic MLIR)
+  # on this host for forward and backward. Compilation itself (ptxas / libtpu
+  # layout passes) needs the hardware and is not covered.
+  platform = "cuda" if backend == "triton" else "tpu"
+  args, _ = _inputs(7, 1, 40, 2, 60, 100)
+  chunk = 32 if backend == "triton" else 16
+
+  def loss(q, k, v, la, beta, s0):
+    o, s = pallas_mod._padded_rule(q, k, v, la, beta, s0, None, chunk, backend, False)
+    return jnp.sum(o) + jnp.sum(s)
+
+  fwd = jax.jit(loss).trace(*args).lower(lowering_platforms=(platform,)).as_text()
+  bwd = jax.jit(jax.grad(loss, argnums=tuple(range(6)))).trace(*args).lower(
+      lowering_platforms=(platform,)).as_text()
+  target = "__gpu$xla.gpu.triton" if backend == "triton" else "tpu_custom_call"
+  assert target in fwd and target in bwd
+  assert bwd.count(target) >= 2  # forward (residuals) and backward kernels
+
+
+def _bad(**overrides):
+  args, _ = _inputs(8, 1, 4, 1, 16, 16)
+  kw = dict(zip(("q", "k", "v", "log_alpha", "beta"), args[:5]))
+  kw.update(overrides)
+  q, k, v, la, beta = (kw.pop(n) for n in ("q", "k", "v", "log_alpha", "beta"))
+  return gated_delta_rule_pallas(q, k, v, la, beta, **kw)
+
+
+@pytest.mark.parametrize("overrides,match", [
+    (dict(backend="cuda"), "backend must be one of"),
+    (dict(backend="triton", chunk_size=24), "chunk_size must be a power of two"),
+    (dict(backend="mosaic", chunk_size=12), "chunk_size must be a positive multiple of 8"),
+    (dict(k=jnp.zeros((1, 4, 1, 8))), "k must have q's shape"),
+    (dict(q=jnp.zeros((4, 1, 16)), k=jnp.zeros((4, 1, 16))), "q must be"),
+    (dict(v=jnp.zeros((1, 5, 1, 16))), "v must be"),
+    (dict(beta=jnp.zeros((1, 4))), "beta must be"),
+    (dict(log_alpha=jnp.zeros((1, 4, 2))), "log_alpha must be"),
+    (dict(initial_state=jnp.zeros((1, 1, 16, 8))), "initial_state must be"),
+    (dict(q=jnp.zeros((1, 0, 1, 16)), k=jnp.zeros((1, 0, 1, 16)), v=jnp.zeros((1, 0, 1, 16)),
+          log_alpha=jnp.zeros((1, 0, 1)), beta=jnp.zeros((1, 0, 1))), "T = 0"),
+])
+def test_bad_arguments(overrides, match):
+  with pytest.raises(ValueError, match=match):
+    _bad(**overrides)
+
+
+def test_interpret_false_on_cpu_is_an_error():
+  if jax.default_backend() != "cpu":
+    pytest.skip("only meaningful on CPU")
+  for backend in BACKENDS:
+    with pytest.raises(ValueError, match="interpret=False"):
+      _bad(backend=backend, interpret=False)
