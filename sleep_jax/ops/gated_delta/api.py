@@ -28,6 +28,10 @@ from sleep_jax.ops.gated_delta import chunked
 from sleep_jax.ops.gated_delta import reference
 
 _LOG = logging.getLogger(__name__)
+# Jitted so that eager calls (tests, notebooks) do not dispatch op by op; under
+# an outer jit this is inlined.
+_reference_rule = jax.jit(reference.gated_delta_rule_reference, static_argnames=("scale", "chunk_size"))
+_reference_step = jax.jit(reference.gated_delta_step_reference, static_argnames=("scale",))
 _LOGGED: set[tuple[str, str]] = set()
 
 
@@ -123,14 +127,16 @@ def gated_delta_rule(q, k, v, log_alpha, beta, *, initial_state=None, scale=None
   checks.check_log_alpha_values(log_alpha)
   scale = None if scale is None else float(scale)
   if resolved is Impl.REFERENCE:
-    return reference.gated_delta_rule_reference(q, k, v, log_alpha, beta, initial_state=initial_state,
-                                                scale=scale)
+    return _reference_rule(q, k, v, log_alpha, beta, initial_state=initial_state, scale=scale)
   if resolved is Impl.CHUNKED:
     return chunked.gated_delta_rule_chunked(q, k, v, log_alpha, beta, initial_state=initial_state,
                                             scale=scale, chunk_size=int(chunk_size))
   rule = _pallas_rule()
+  # interpret=None: the kernels run interpreted exactly when the platform is
+  # cpu (pallas.resolve_interpret; an environment switch can force it on
+  # GPU/TPU hosts for debugging).
   return rule(q, k, v, log_alpha, beta, initial_state=initial_state, scale=scale,
-              chunk_size=int(chunk_size), interpret=jax.default_backend() == "cpu")
+              chunk_size=int(chunk_size), interpret=None)
 
 
 def gated_delta_step(q, k, v, log_alpha, beta, state, *, scale=None):
@@ -160,4 +166,4 @@ def gated_delta_step(q, k, v, log_alpha, beta, state, *, scale=None):
   checks.check_step_inputs(q, k, v, log_alpha, beta, state)
   checks.check_log_alpha_values(log_alpha)
   scale = None if scale is None else float(scale)
-  return reference.gated_delta_step_reference(q, k, v, log_alpha, beta, state, scale=scale)
+  return _reference_step(q, k, v, log_alpha, beta, state, scale=scale)

@@ -55,7 +55,7 @@ def check_log_alpha_values(log_alpha, name: str = "log_alpha") -> None:
   if values.size and not np.all(values <= 0):  # Also catches NaN.
     bad = values[~(values <= 0)]
     raise ValueError(f"{name} must be <= 0 everywhere (it is the log of a forget gate in (0, 1]); "
-                     f"found {bad.size} entries violating it, e.g. {bad.flat[0]!r}")
+                     f"found {bad.size} entries violating it, e.g. {float(bad.flat[0])}")
 
 
 def check_scale(scale) -> None:
