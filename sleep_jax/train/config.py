@@ -16,7 +16,7 @@ SCHEDULES = ("cosine", "constant", "linear")
 # norms, gates, biases and scalars. Everything else that is 2-D goes to Muon.
 DEFAULT_ADAMW_PATTERNS = (
     "embed", "lm_head", "head", "out_proj", "unembed", "norm", "bias", "scale",
-    "a_proj", "b_proj", "alpha", "beta", "a_log", "dt_bias", "gate_proj_gdn", "conv",
+    "a_proj", "b_proj", "alpha", "beta", "a_log", "dt_bias", "conv",
 )
 
 

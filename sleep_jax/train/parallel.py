@@ -5,10 +5,14 @@ axis (``P("data")``). The mesh uses ``Auto`` axes: ``jax.make_mesh`` defaults
 to ``Explicit`` in this jax version, which makes shard_map reject inputs whose
 sharding differs from ``in_specs`` and breaks some plain-jit code.
 
-Gradient semantics: the step reduces the *loss* over the axis (see
-``step.py``); with ``check_vma=True`` the gradient of the replicated params is
-then already the global gradient. ``lax.pmean`` of the grads (the pmap idiom)
-would give ``n_devices x`` the gradient.
+Gradient semantics: the step runs with ``check_vma=False`` (pmap semantics:
+the gradient of the replicated params is the shard's own) and psums each
+shard's token-weighted loss share and gradient (see ``step.py``). With the
+default ``check_vma=True`` the gradient of a replicated input would already
+come back summed, and the usual ``pmean`` of grads would give ``n_devices x``
+the gradient; it would also reject kernels whose loop carries are not
+annotated as varying over the axis (the chunked gated delta rule's
+``fori_loop`` is one), so the unchecked mode is the robust choice here.
 """
 from __future__ import annotations
 
@@ -113,7 +117,7 @@ def data_parallel_train_step(train_step: Callable, mesh: jax.sharding.Mesh, *, s
     replicated, per-example metrics are split along ``data``.
   """
   fn = jax.shard_map(train_step, mesh=mesh, in_specs=(P(), P(DATA_AXIS)),
-                     out_specs=(P(), metric_specs(schedule_names)))
+                     out_specs=(P(), metric_specs(schedule_names)), check_vma=False)
   return jax.jit(fn, donate_argnums=(0,) if donate else ())
 
 
@@ -127,4 +131,5 @@ def data_parallel_eval_step(eval_step: Callable, mesh: jax.sharding.Mesh) -> Cal
     out = eval_step(state, batch)
     return {k: (v if k in PER_EXAMPLE_OUTPUTS else v[None]) for k, v in out.items()}
 
-  return jax.jit(jax.shard_map(per_shard, mesh=mesh, in_specs=(P(), P(DATA_AXIS)), out_specs=P(DATA_AXIS)))
+  return jax.jit(jax.shard_map(per_shard, mesh=mesh, in_specs=(P(), P(DATA_AXIS)), out_specs=P(DATA_AXIS),
+                               check_vma=False))

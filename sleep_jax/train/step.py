@@ -78,15 +78,20 @@ def make_train_step(loss_fn: LossFn, tx: optax.GradientTransformation, graphdef,
       model = merge_model(graphdef, TrainState(state.step, params, None, state.rng, state.model_state))
       loss, aux = loss_fn(model, batch, rng) if with_rng else loss_fn(model, batch)
       if axis_name:
-        # Re-weight each shard's masked mean by its token count so the global
-        # loss is the mean over all masked tokens, exactly as on one device.
-        # The loss (not the grads) is reduced: with check_vma, the gradient of
-        # a replicated input already comes back summed over the axis.
-        weighted = jnp.where(n_local > 0, loss * n_local, 0.0)
-        loss = lax.psum(weighted, axis_name) / jnp.maximum(n_total, 1.0)
+        # This shard's share of the global masked mean: re-weighting by token
+        # counts makes the summed loss the mean over all masked tokens, exactly
+        # as on one device (shards may hold different numbers of answer tokens).
+        loss = jnp.where(n_local > 0, loss * n_local, 0.0) / jnp.maximum(n_total, 1.0)
       return loss, aux
 
     (loss, aux), grads = jax.value_and_grad(objective, has_aux=True)(state.params)
+    if axis_name:
+      # The step runs under shard_map(check_vma=False) (pmap semantics): the
+      # gradient above is this shard's, so the global one is the psum. (With
+      # check_vma=True jax would already have summed it, and a psum/pmean here
+      # would scale it by n_devices.)
+      loss = lax.psum(loss, axis_name)
+      grads = lax.psum(grads, axis_name)
     grad_norm = optax.tree.norm(grads)
     loss_finite = jnp.isfinite(loss)
     grads_finite = jnp.isfinite(grad_norm)
