@@ -142,7 +142,7 @@ def checkpoint_dir(workdir: str) -> str:
   return os.path.join(workdir, "checkpoints")
 
 
-def load_params(source: str, abstract_params):
+def load_params(source: str, abstract_params, *, step: int | None = None, return_step: bool = False):
   """Loads only the parameters from another run's latest good checkpoint.
 
   Used to retrofit sleep onto a model trained with ``N = 1``: same model
@@ -152,9 +152,12 @@ def load_params(source: str, abstract_params):
     source: a run's workdir, or its ``checkpoints`` directory.
     abstract_params: the current model's params tree (arrays or
       ``ShapeDtypeStruct``), used for structure, shapes and dtypes.
+    step: load this step instead of the newest one that restores.
+    return_step: also return the step loaded.
 
   Returns:
-    The params tree with the loaded values (numpy arrays).
+    The params tree with the loaded values (numpy arrays), and the step if
+    ``return_step``.
 
   Raises:
     CheckpointError: no restorable checkpoint, or a parameter missing or of the
@@ -169,12 +172,17 @@ def load_params(source: str, abstract_params):
   steps = sorted(mngr.all_steps())
   if not steps:
     raise CheckpointError(f"init_from: no checkpoints in {directory}")
+  if step is not None:
+    if step not in steps:
+      raise CheckpointError(f"no checkpoint step {step} in {directory}; steps: {steps}")
+    steps = [step]
   errors = []
   for step in reversed(steps):
     try:
       raw = mngr.restore(step, args=ocp.args.Composite(state=ocp.args.StandardRestore()))["state"]
       break
-    except Exception as e:
+    except Exception as e:  # orbax raises many types for damaged files.
+      log.warning("checkpoint step %d in %s does not restore (%s)", step, directory, type(e).__name__)
       errors.append(f"step {step}: {type(e).__name__}")
   else:
     raise CheckpointError(f"init_from: no checkpoint in {directory} restores ({'; '.join(errors)})")
@@ -190,4 +198,5 @@ def load_params(source: str, abstract_params):
                             f"{tuple(like.shape)} in the model")
     return value.astype(like.dtype)
 
-  return jax.tree_util.tree_map_with_path(pick, abstract_params)
+  params = jax.tree_util.tree_map_with_path(pick, abstract_params)
+  return (params, step) if return_step else params

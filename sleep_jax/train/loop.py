@@ -16,6 +16,7 @@ from typing import Any, Callable, Iterator
 
 import jax
 import numpy as np
+import optax
 from jax.sharding import NamedSharding
 from jax.sharding import PartitionSpec as P
 
@@ -249,3 +250,36 @@ def train(spec: RunSpec, config: TrainConfig, workdir: str) -> TrainResult:
     checkpointer.close()
   return TrainResult(step=config.num_steps, state=state, graphdef=graphdef, last_train=last_train,
                      eval=result, resumed_from=restored.step if restored is not None else None)
+
+
+def evaluate_checkpoint(spec: RunSpec, config: TrainConfig, source: str, *, step: int | None = None,
+                        max_batches: int | None = None) -> tuple[int, dict]:
+  """Evaluates the parameters of a run's checkpoint on ``spec.eval_data``.
+
+  Args:
+    spec: the model, loss, eval data and evaluator (the model config must
+      match the checkpoint's; the sleep config may differ, e.g. more passes).
+    config: supplies the seed, ``num_devices`` and ``batch_size`` checks.
+    source: a run's workdir or its ``checkpoints`` directory.
+    step: the checkpoint step (``None``: the newest that restores).
+    max_batches: eval batches (``None``: the whole split).
+
+  Returns:
+    ``(step, result)`` with the task evaluator's result.
+
+  Raises:
+    CheckpointError: nothing restorable at ``source``.
+    ValueError: no eval data or evaluator in ``spec``, or a bad batch split.
+  """
+  if spec.eval_data is None or spec.evaluator is None:
+    raise ValueError("spec needs eval_data and evaluator to evaluate")
+  mesh = parallel.make_data_mesh(config.num_devices)
+  parallel.check_batch_size(config.batch_size, mesh)
+  graphdef, fresh = state_lib.create_train_state(spec.model_factory, optax.identity(), config.seed)
+  params, loaded = ckpt_lib.load_params(source, fresh.params, step=step, return_step=True)
+  state = parallel.replicate(dataclasses.replace(fresh, step=np.int32(loaded), params=params), mesh)
+  eval_fn = make_eval_fn(spec.loss_fn, graphdef, mesh)
+  result = metrics_lib.evaluate(functools.partial(eval_fn, state), spec.eval_data(), spec.evaluator(),
+                                max_batches=max_batches)
+  return loaded, result
+

@@ -1,0 +1,152 @@
+"""Figures of runs and sweeps (matplotlib, Agg backend; PNG files).
+
+Shapes follow the paper: Fig. 2b plots accuracy against training tokens, one
+line per number of sleep passes ``N``; Fig. 3 plots accuracy (or loss)
+against depth, one line per ``N``. The inputs are plain records (dicts read
+from ``metrics.jsonl`` or a sweep table), so the functions are testable
+without training.
+"""
+from __future__ import annotations
+
+import math
+import re
+from typing import Iterable, Mapping, Sequence
+
+import matplotlib
+
+matplotlib.use("Agg")
+import matplotlib.pyplot as plt  # noqa: E402  pylint: disable=g-import-not-at-top
+
+DEPTH_KEY = re.compile(r"^(accuracy|loss)/depth=(-?\d+)$")
+
+
+def curve(records: Sequence[dict], metric: str) -> tuple[list[float], list[float]]:
+  """``(tokens, values)`` of one metric from a run's records, skipping records without it.
+
+  For metric "accuracy" the eval records are used when there are at least
+  two, else the training records' ``train/accuracy``.
+  """
+  evals = [r for r in records if r.get("kind") == "eval" and metric in r]
+  if len(evals) >= 2:
+    chosen, key = evals, metric
+  else:
+    key = metric if any(metric in r for r in records if r.get("kind") == "train") else f"train/{metric}"
+    chosen = [r for r in records if r.get("kind") == "train" and key in r]
+  xs = [float(r["tokens"]) for r in chosen]
+  ys = [float(r[key]) for r in chosen]
+  return xs, ys
+
+
+def plot_training_curves(runs: Mapping[str, Sequence[dict]], metric: str = "accuracy", *,
+                         title: str | None = None, log_x: bool = False):
+  """Fig. 2b: ``metric`` against training tokens, one line per run.
+
+  Args:
+    runs: label (e.g. "N=2") -> records of that run's ``metrics.jsonl``.
+    metric: "accuracy", "loss", or any recorded key.
+    title: figure title.
+    log_x: logarithmic token axis.
+
+  Returns:
+    The matplotlib figure.
+
+  Raises:
+    ValueError: if no run has the metric.
+  """
+  fig, ax = plt.subplots(figsize=(6, 4), dpi=120)
+  drawn = 0
+  for label, records in runs.items():
+    xs, ys = curve(records, metric)
+    if xs:
+      ax.plot(xs, ys, marker="o", markersize=3, label=label)
+      drawn += 1
+  if not drawn:
+    plt.close(fig)
+    raise ValueError(f"no run has metric {metric!r}")
+  ax.set_xlabel("training tokens")
+  ax.set_ylabel(metric)
+  if log_x:
+    ax.set_xscale("log")
+  ax.grid(alpha=0.3)
+  ax.legend()
+  ax.set_title(title or f"{metric} vs training tokens")
+  fig.tight_layout()
+  return fig
+
+
+def depth_values(result: Mapping[str, float], kind: str = "accuracy") -> dict[int, float]:
+  """``{depth: value}`` from an evaluator result's ``<kind>/depth=<d>`` keys."""
+  out = {}
+  for k, v in result.items():
+    m = DEPTH_KEY.match(k)
+    if m and m.group(1) == kind and not (isinstance(v, float) and math.isnan(v)):
+      out[int(m.group(2))] = float(v)
+  return dict(sorted(out.items()))
+
+
+def plot_vs_depth(results: Mapping[str, Mapping[str, float]], kind: str = "accuracy", *,
+                  depth_name: str = "depth", title: str | None = None):
+  """Fig. 3: accuracy (or loss) against depth, one line per label (e.g. per ``N``).
+
+  Args:
+    results: label -> evaluator result with ``<kind>/depth=<d>`` keys.
+    kind: "accuracy" or "loss".
+    depth_name: axis label (the task's depth knob, e.g. "t", "k", "ops").
+    title: figure title.
+
+  Raises:
+    ValueError: if no result has per-depth values.
+  """
+  fig, ax = plt.subplots(figsize=(6, 4), dpi=120)
+  drawn = 0
+  for label, result in results.items():
+    values = depth_values(result, kind)
+    if values:
+      ax.plot(list(values), list(values.values()), marker="o", label=label)
+      drawn += 1
+  if not drawn:
+    plt.close(fig)
+    raise ValueError(f"no result has {kind}/depth=<d> values")
+  ax.set_xlabel(depth_name)
+  ax.set_ylabel(kind)
+  ax.grid(alpha=0.3)
+  ax.legend()
+  ax.set_title(title or f"{kind} vs {depth_name}")
+  fig.tight_layout()
+  return fig
+
+
+def plot_vs_passes(rows: Iterable[Mapping], value: str = "accuracy", *, title: str | None = None):
+  """Accuracy against ``N``, one line per depth, from sweep-table rows.
+
+  Args:
+    rows: dicts with ``n_passes``, ``depth`` (int or "all") and ``value``.
+    value: the column to plot.
+    title: figure title.
+  """
+  series: dict[str, dict[int, float]] = {}
+  for r in rows:
+    v = r.get(value)
+    if v is None or (isinstance(v, float) and math.isnan(v)):
+      continue
+    series.setdefault(str(r["depth"]), {})[int(r["n_passes"])] = float(v)
+  if not series:
+    raise ValueError(f"no rows with {value!r}")
+  fig, ax = plt.subplots(figsize=(6, 4), dpi=120)
+  for label in sorted(series, key=lambda s: (s == "all", int(s) if s.lstrip("-").isdigit() else 0)):
+    pts = dict(sorted(series[label].items()))
+    ax.plot(list(pts), list(pts.values()), marker="o", label=f"depth {label}")
+  ax.set_xlabel("sleep passes N")
+  ax.set_ylabel(value)
+  ax.grid(alpha=0.3)
+  ax.legend(fontsize=8)
+  ax.set_title(title or f"{value} vs N")
+  fig.tight_layout()
+  return fig
+
+
+def save(fig, path: str) -> str:
+  """Writes a figure as PNG and closes it; returns the path."""
+  fig.savefig(path, format="png")
+  plt.close(fig)
+  return path
