@@ -39,7 +39,6 @@ from __future__ import annotations
 
 import functools
 import importlib
-import os
 
 import jax
 import jax.numpy as jnp
@@ -49,10 +48,6 @@ _F32 = jnp.float32
 
 BACKENDS = ("triton", "mosaic")
 _PLATFORM_BACKEND = {"gpu": "triton", "cuda": "triton", "rocm": "triton", "tpu": "mosaic"}
-
-# Environment switch for the kernel tests on real hardware: "0" runs the
-# kernels compiled (needs a GPU or TPU), "1" forces interpret mode.
-INTERPRET_ENV = "SLEEP_JAX_PALLAS_INTERPRET"
 
 
 # ---------------------------------------------------------------------------
@@ -72,8 +67,10 @@ def _mm_nt(a, b):
 
 
 def _mm_tn(a, b):
-  """``a.T @ b``."""
-  return _mm(a.T, b)
+  """``a.T @ b``, as one dot_general: Mosaic folds the transpose into the
+  matmul, Triton inserts ``tt.trans``."""
+  return jax.lax.dot_general(a, b, (((0,), (0,)), ((), ())), precision=_HI,
+                             preferred_element_type=_F32)
 
 
 def _rowsum(x):
@@ -237,7 +234,7 @@ def resolve_backend(backend):
   if backend is None:
     platform = jax.default_backend()
     if platform == "cpu":
-      # On CPU both backends only run interpreted; Triton's interpreter is the faster.
+      # On CPU either backend only runs interpreted (same math); pick one.
       return "triton"
     if platform not in _PLATFORM_BACKEND:
       raise ValueError(f"backend=None: no Pallas backend for platform {platform!r}; "
@@ -249,19 +246,10 @@ def resolve_backend(backend):
 
 
 def resolve_interpret(interpret, backend):
-  """``interpret`` or its default: interpret exactly when the platform is CPU.
-
-  The environment variable ``SLEEP_JAX_PALLAS_INTERPRET`` (``"0"`` / ``"1"``)
-  overrides the default (not an explicit argument); tests use it to run the
-  compiled kernels on GPU/TPU hosts.
-  """
+  """``interpret`` or its default: interpret exactly when the platform is CPU."""
   platform = jax.default_backend()
   if interpret is None:
-    env = os.environ.get(INTERPRET_ENV, "")
-    if env in ("0", "1"):
-      interpret = env == "1"
-    else:
-      interpret = platform == "cpu"
+    interpret = platform == "cpu"
   interpret = bool(interpret)
   if not interpret:
     if platform == "cpu":
@@ -368,7 +356,8 @@ def gated_delta_rule_pallas(q, k, v, log_alpha, beta, *, initial_state=None, sca
     q: ``[B, T, H, Dk]`` query.
     k: ``[B, T, H, Dk]`` key (L2-normalised by the caller).
     v: ``[B, T, H, Dv]`` value.
-    log_alpha: ``[B, T, H]`` log forget gate, ``<= 0``.
+    log_alpha: ``[B, T, H]`` log forget gate, ``<= 0`` (values are not checked
+      here: they may be traced; positive values can overflow ``exp``).
     beta: ``[B, T, H]`` write strength in ``(0, 1)``.
     initial_state: ``[B, H, Dk, Dv]`` float32, or ``None`` for zeros.
     scale: query scale; ``None`` means ``Dk ** -0.5``.
@@ -377,7 +366,7 @@ def gated_delta_rule_pallas(q, k, v, log_alpha, beta, *, initial_state=None, sca
     backend: ``"triton"`` (GPU), ``"mosaic"`` (TPU) or ``None`` for the
       platform's own (``"triton"`` on CPU, where only interpret mode runs).
     interpret: run the kernels in Pallas interpret mode; ``None`` means
-      ``True`` exactly on CPU (overridable with ``SLEEP_JAX_PALLAS_INTERPRET``).
+      ``True`` exactly on CPU.
 
   Returns:
     ``(o, final_state)``: ``o`` ``[B, T, H, Dv]`` in ``v``'s dtype and
@@ -389,8 +378,8 @@ def gated_delta_rule_pallas(q, k, v, log_alpha, beta, *, initial_state=None, sca
   """
   _check_inputs(q, k, v, log_alpha, beta, initial_state)
   backend = resolve_backend(backend)
-  interpret = resolve_interpret(interpret, backend)
   check_chunk_size(backend, chunk_size)
+  interpret = resolve_interpret(interpret, backend)
   return _padded_rule(q, k, v, log_alpha, beta, initial_state, scale, chunk_size, backend,
                       interpret)
 

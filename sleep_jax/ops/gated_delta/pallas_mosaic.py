@@ -16,7 +16,7 @@ Block shapes obey Mosaic's rule that the last two dims are multiples of
 
 Interpret mode uses ``interpret=True`` (the generic Pallas interpreter) rather
 than ``pltpu.InterpretParams()``: both run these kernels, but the TPU-semantics
-interpreter was slower on CPU for the same check (the kernels use no DMA,
+interpreter took 1.4x the CPU time on the same fwd+bwd check (the kernels use no DMA,
 semaphores or cross-core communication, the things it adds checks for).
 """
 from __future__ import annotations
