@@ -123,6 +123,45 @@ def experiment_from_config(cfg) -> Experiment:
                     plain_transformer=plain)
 
 
+class CheckedSchedule:
+  """Wraps a batch iterator and checks every batch sleeps on the expected windows.
+
+  The loss is compiled with a static per-window sleep schedule (cheaper than
+  deciding per window inside the step); a batch whose all-zero-mask windows
+  differ would silently get the wrong passes, so it is rejected here instead.
+  """
+
+  def __init__(self, it, schedule: tuple[bool, ...], window: int):
+    self.it, self.schedule, self.window = it, schedule, window
+
+  def __iter__(self):
+    return self
+
+  def __next__(self):
+    from sleep_jax.windowed import schedule_from_mask
+    batch = next(self.it)
+    got = schedule_from_mask(batch["loss_mask"], self.window)
+    if got != self.schedule:
+      raise ValueError(f"a batch's consolidation windows {got} differ from the task's {self.schedule}; "
+                       "this task needs a per-batch schedule")
+    return batch
+
+  def get_state(self):
+    return self.it.get_state()
+
+  def set_state(self, state):
+    self.it.set_state(state)
+
+
+def task_schedule(exp: Experiment, n_examples: int = 16) -> tuple[bool, ...]:
+  """Which windows sleep (loss mask all zero), from the task's first examples."""
+  import numpy as np
+  from sleep_jax.windowed import schedule_from_mask
+  masks = np.stack([exp.task.make_example(exp.task_config, exp.train.seed, i)["loss_mask"]
+                    for i in range(n_examples)])
+  return schedule_from_mask(masks, exp.sleep.window)
+
+
 def build_run_spec(exp: Experiment, *, meta: dict | None = None):
   """The model factory, loss, data and evaluator of an experiment (a ``RunSpec``)."""
   import jax
@@ -136,24 +175,25 @@ def build_run_spec(exp: Experiment, *, meta: dict | None = None):
   n_proc, pid = jax.process_count(), jax.process_index()
   local_batch = exp.train.batch_size // n_proc
   data_seed = exp.train.seed
+  schedule = task_schedule(exp)
 
   def train_data():
     ds = tasks.make_dataset(task, exp.task_config, "train", seed=data_seed, batch_size=local_batch,
                             worker_count=exp.train.data_workers, shard_index=pid, shard_count=n_proc)
-    return iter(ds)
+    return CheckedSchedule(iter(ds), schedule, exp.sleep.window)
 
   def eval_data():
     ds = tasks.make_dataset(task, exp.task_config, "eval", seed=data_seed, batch_size=local_batch, num_epochs=1,
                             shuffle=False, shard_index=pid, shard_count=n_proc)
-    return iter(ds)
+    return CheckedSchedule(iter(ds), schedule, exp.sleep.window)
 
   return loop.RunSpec(
       model_factory=lambda rngs: HybridLM(exp.model, rngs=rngs),
-      loss_fn=functools.partial(windowed_loss, sleep=exp.sleep),
+      loss_fn=functools.partial(windowed_loss, sleep=exp.sleep, sleep_schedule=schedule),
       train_data=train_data, eval_data=eval_data,
       evaluator=lambda: task.evaluator(exp.task_config),
       sleep_cost=lambda mask: metrics_lib.sleep_cost(mask, exp.sleep.window, exp.sleep.n_passes),
-      meta=dict(meta or {}))
+      meta=dict(meta or {}, sleep_schedule=list(schedule)))
 
 
 def depth_table(result: dict) -> str:

@@ -1,0 +1,63 @@
+"""Plots and sweep tables from synthetic records (no training)."""
+import os
+
+import numpy as np
+import pytest
+
+from sleep_jax.train import metrics as metrics_lib
+from sleep_jax.train import plotting
+
+
+def _records(n, slope):
+  recs = [{"kind": "train", "step": s, "tokens": s * 100, "loss": 1.0 / (1 + slope * s),
+           "train/accuracy": min(1.0, slope * s / 10)} for s in range(1, 6)]
+  recs += [{"kind": "eval", "step": s, "tokens": s * 100, "accuracy": min(1.0, slope * s / 8),
+            "accuracy/depth=2": 0.9, "accuracy/depth=4": 0.1 * n} for s in (2, 4)]
+  return recs
+
+
+def _is_png(path):
+  with open(path, "rb") as f:
+    return f.read(8) == b"\x89PNG\r\n\x1a\n" and os.path.getsize(path) > 5000
+
+
+def test_curves_prefer_eval_records_and_fall_back_to_train():
+  xs, ys = plotting.curve(_records(1, 1.0), "accuracy")
+  assert xs == [200.0, 400.0] and ys == [0.25, 0.5]
+  xs, ys = plotting.curve([r for r in _records(1, 1.0) if r["kind"] == "train"], "accuracy")
+  assert len(xs) == 5 and ys[0] == pytest.approx(0.1)
+  assert plotting.curve(_records(1, 1.0), "loss")[1][0] == pytest.approx(0.5)
+
+
+def test_figures_and_sweep_table(tmp_path):
+  from launch import plot as plot_cli
+  from launch import sweep
+  runs = {f"N={n}": _records(n, n) for n in (1, 2, 4)}
+  p1 = plotting.save(plotting.plot_training_curves(runs, "accuracy"), str(tmp_path / "a.png"))
+  results = {f"N={n}": {"accuracy": 0.5, "accuracy/depth=2": 0.9, "accuracy/depth=4": 0.2 * n,
+                        "loss/depth=2": 0.1, "loss/depth=4": 1.0 / n} for n in (1, 2, 4)}
+  p2 = plotting.save(plotting.plot_vs_depth(results, "accuracy", depth_name="t"), str(tmp_path / "d.png"))
+  rows = []
+  for n in (1, 2, 4):
+    rows += sweep.result_rows(f"n{n}", n, None, results[f"N={n}"], tokens=500, steps=5)
+  assert [r["depth"] for r in rows[:3]] == [2, 4, "all"]
+  csv_path, md_path = sweep.write_table(rows, str(tmp_path))
+  back = plot_cli.read_table(csv_path)
+  assert back[1] == {"run": "n1", "n_passes": 1, "train_depth": "", "depth": 4, "accuracy": 0.2, "loss": 1.0,
+                     "tokens": 500, "steps": 5}
+  assert plot_cli.table_results(back, "accuracy")["N=4"] == {"accuracy/depth=2": 0.9, "accuracy/depth=4": 0.8}
+  p3 = plotting.save(plotting.plot_vs_passes(back, "accuracy"), str(tmp_path / "n.png"))
+  assert "| n4 | 4 |" in open(md_path).read()
+  for p in (p1, p2, p3):
+    assert _is_png(p)
+  with pytest.raises(ValueError, match="no run has metric"):
+    plotting.plot_training_curves(runs, "nonexistent")
+
+
+def test_sleep_cost_counts_consolidation_windows():
+  mask = np.zeros((2, 10), np.float32)
+  mask[:, 8] = 1.0  # windows of 4: [0,4) and [4,8) sleep, [8,10) predicts
+  cost = metrics_lib.sleep_cost(mask, window=4, n_passes=3)
+  assert cost == {"sleep/windows": 3.0, "sleep/sleep_windows": 2.0, "sleep/block_passes": 7.0,
+                  "sleep/relative_cost": 7.0 / 3.0}
+  assert metrics_lib.sleep_cost(mask, window=4, n_passes=1)["sleep/relative_cost"] == 1.0
