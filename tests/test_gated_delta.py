@@ -25,6 +25,9 @@ from sleep_jax.testing import assert_close, rel_rms_error, tolerance
 _HAS_PALLAS = importlib.util.find_spec("sleep_jax.ops.gated_delta.pallas") is not None
 pallas_required = pytest.mark.skipif(not _HAS_PALLAS, reason="sleep_jax/ops/gated_delta/pallas.py absent")
 FAST_IMPLS = ["chunked", pytest.param("pallas", marks=pallas_required)]
+# The Pallas interpreter is slow to trace and run on CPU: its secondary checks
+# (the grid and the extreme regimes stay in the default run) are marked slow.
+SLOW_PALLAS = ["chunked", pytest.param("pallas", marks=[pallas_required, pytest.mark.slow])]
 ARG_NAMES = ("q", "k", "v", "log_alpha", "beta", "initial_state")
 
 
@@ -157,15 +160,17 @@ def test_chunked_matches_float64_numpy():
 
 def test_unit_lower_inverse_matches_numpy_and_autodiff():
   rng = np.random.default_rng(0)
+  inverse = jax.jit(chunked.unit_lower_inverse)
   for c in (1, 5, 24, 64):
     a = jnp.asarray(np.tril(rng.normal(size=(3, c, c)) * 0.3, -1), jnp.float32)
     want = np.linalg.inv(np.eye(c) + np.asarray(a, np.float64))
-    assert_close(want, chunked.unit_lower_inverse(a), "float32", what=f"inverse C={c}")
-  # The closed-form VJP against autodiff of the forward substitution itself.
+    assert_close(want, inverse(a), "float32", what=f"inverse C={c}")
+  # The closed-form VJP against autodiff of the block substitution itself.
   cot = jnp.asarray(rng.normal(size=(3, 24, 24)), jnp.float32)
   a = jnp.asarray(np.tril(rng.normal(size=(3, 24, 24)) * 0.3, -1), jnp.float32)
-  g_closed = jax.vjp(chunked.unit_lower_inverse, a)[1](cot)[0]
-  g_auto = jax.vjp(chunked._unit_lower_inverse_impl, a)[1](cot)[0]  # pylint: disable=protected-access
+  vjp_of = lambda f: jax.jit(lambda a, ct: jax.vjp(f, a)[1](ct)[0])  # pylint: disable=unnecessary-lambda-assignment
+  g_closed = vjp_of(chunked.unit_lower_inverse)(a, cot)
+  g_auto = vjp_of(chunked._unit_lower_inverse_impl)(a, cot)  # pylint: disable=protected-access
   assert_close(g_auto, g_closed, "float32_grad", what="inverse vjp")
 
 
@@ -201,7 +206,7 @@ def test_no_nan_or_inf_in_extreme_regimes(impl):
   assert_matches(fwd_bwd(args, cts, "reference"), (o, s, grads), f"{impl} extreme")
 
 
-@pytest.mark.parametrize("impl", FAST_IMPLS)
+@pytest.mark.parametrize("impl", SLOW_PALLAS)
 def test_chunk_size_invariance(impl):
   args = make_inputs(5, 1, 100, 2, 16, 16, "moderate", "uniform")
   cts = cotangents(5, 1, 100, 2, 16, 16)
@@ -234,25 +239,25 @@ def test_steps_equal_sequence(impl):
 
 
 def test_jit_vmap_grad_compose():
-  # An extra leading axis mapped by vmap over the whole (jitted) gradient.
-  argsets = [make_inputs(20 + i, 1, 40, 2, 16, 16, "moderate", "uniform") for i in range(3)]
+  # An extra leading axis mapped by vmap over the whole gradient, under jit,
+  # against per-example oracle gradients.
+  argsets = [make_inputs(20 + i, 1, 40, 2, 16, 16, "moderate", "uniform") for i in range(2)]
   stacked = [jnp.stack(xs) for xs in zip(*argsets)]
 
   def loss(q, k, v, la, be, s0, impl):
     o, s = gated_delta_rule(q, k, v, la, be, initial_state=s0, impl=impl, chunk_size=16)
     return jnp.sum(o * o) + jnp.sum(jnp.sin(s))
 
-  for impl in ("chunked", "reference"):
-    grad = jax.grad(functools.partial(loss, impl=impl), argnums=tuple(range(6)))
-    batched = jax.jit(jax.vmap(grad))(*stacked)
-    for i, args in enumerate(argsets):
-      want = jax.grad(functools.partial(loss, impl="reference"), argnums=tuple(range(6)))(*args)
-      got = [g[i] for g in batched]
-      for name, w, g in zip(ARG_NAMES, want, got):
-        assert_close(w, g, "float32_grad", metric="rel_rms", what=f"{impl} vmap d{name}")
+  grad = jax.grad(functools.partial(loss, impl="chunked"), argnums=tuple(range(6)))
+  batched = jax.jit(jax.vmap(grad))(*stacked)
+  ref_grad = jax.jit(jax.grad(functools.partial(loss, impl="reference"), argnums=tuple(range(6))))
+  for i, args in enumerate(argsets):
+    want = ref_grad(*args)
+    for name, w, g in zip(ARG_NAMES, want, [g[i] for g in batched]):
+      assert_close(w, g, "float32_grad", metric="rel_rms", what=f"vmap d{name}")
 
 
-@pytest.mark.parametrize("impl", FAST_IMPLS)
+@pytest.mark.parametrize("impl", SLOW_PALLAS)
 def test_bfloat16_inputs_float32_state(impl):
   args = make_inputs(9, 2, 70, 2, 64, 64, "moderate", "uniform", dtype=jnp.bfloat16)
   o, s = gated_delta_rule(*args[:5], initial_state=args[5], impl=impl)

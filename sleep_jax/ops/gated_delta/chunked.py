@@ -37,8 +37,8 @@ overflow beyond ~88) are masked to 0 *before* ``exp`` and the result masked
 again, so a cumulative log-decay of thousands inside one chunk gives exact
 zeros rather than ``0 * inf = NaN``, and the gradient through the masked
 entries is exactly zero. ``log_alpha == 0`` everywhere is just ``G = 0``.
-``(I + A)^{-1}`` is built by block forward substitution (rows inside 16 x 16
-blocks, then ``log2(C / 16)`` doublings by batched matmuls), never with
+``(I + A)^{-1}`` is built by block forward substitution (``log2 C`` block
+doublings, all batched matmuls), never with
 ``lax.linalg.triangular_solve`` (whose backward hung on CPU). All matmuls run
 in float32 at ``Precision.HIGHEST``. ``T`` not a multiple of the chunk size
 is padded with ``log_alpha = 0, beta = 0, k = 0`` tokens, which leave ``S``
@@ -64,14 +64,22 @@ def _mm(spec, *xs):
   return jnp.einsum(spec, *xs, precision=_HI)
 
 
-_BASE_BLOCK = 16  # Diagonal blocks inverted by row-wise forward substitution.
+_BASE_BLOCK = 16  # Diagonal blocks inverted by full-block doubling, then merged.
 
 
 def _diagonal_blocks(a, size):
   """``[..., C, C]`` -> its ``C // size`` diagonal blocks ``[..., C // size, size, size]``."""
-  batch, c = a.shape[:-2], a.shape[-1]
-  nb = c // size
-  return jnp.einsum("...iaib->...iab", a.reshape(batch + (nb, size, nb, size)))
+  nb = a.shape[-1] // size
+  # Static slices: cheaper to compile than a diagonal einsum or a gather.
+  return jnp.stack([a[..., i * size:(i + 1) * size, i * size:(i + 1) * size] for i in range(nb)],
+                   axis=-3)
+
+
+def _subdiagonal_blocks(a, size):
+  """The lower-left ``size`` blocks of each ``2 * size`` diagonal block: ``L21``."""
+  nb = a.shape[-1] // (2 * size)
+  return jnp.stack([a[..., (2 * i + 1) * size:(2 * i + 2) * size, 2 * i * size:(2 * i + 1) * size]
+                    for i in range(nb)], axis=-3)
 
 
 def _unit_lower_inverse_impl(a):
@@ -82,23 +90,24 @@ def _unit_lower_inverse_impl(a):
     pad = [(0, 0)] * (a.ndim - 2) + [(0, cp - c), (0, cp - c)]
     a = jnp.pad(a, pad)
   batch = a.shape[:-2]
-  # Row-wise forward substitution inside each small diagonal block, all blocks
-  # at once: row i of X = e_i - A[i, :i] X[:i, :].
-  s = min(_BASE_BLOCK, cp)
-  blocks = _diagonal_blocks(a, s)
-  eye = jnp.eye(s, dtype=a.dtype)
-  # A fori_loop rather than an unrolled Python loop: same speed, faster compile.
-  def row(i, x):
-    a_i = jax.lax.dynamic_index_in_dim(blocks, i, -2, keepdims=False)
-    x_i = jax.lax.dynamic_index_in_dim(eye, i, 0, keepdims=False) - _mm("...j,...jk->...k", a_i, x)
-    return jax.lax.dynamic_update_index_in_dim(x, x_i, i, -2)
-
-  x = jax.lax.fori_loop(1, s, row, jnp.broadcast_to(eye, blocks.shape))
-  # Then the diagonal blocks double in size: inv([[L11, 0], [L21, L22]]) =
-  # [[X11, 0], [-X22 L21 X11, X22]].
+  # Small diagonal blocks (size s0): with X_s the inverse of the s-block-diagonal
+  # part and R_s the L21 parts of the 2s blocks, X_2s = X_s - X_s R_s X_s is
+  # exact (R_s X_s R_s = 0). Full s0 x s0 matmuls: no loop, fast to compile.
+  s0 = min(_BASE_BLOCK, cp)
+  blocks = _diagonal_blocks(a, s0)
+  idx = jnp.arange(s0)
+  x = jnp.broadcast_to(jnp.eye(s0, dtype=a.dtype), blocks.shape)
+  s = 1
+  while s < s0:
+    in_pair = (idx[:, None] // (2 * s)) == (idx[None, :] // (2 * s))
+    lower_left = in_pair & ((idx[:, None] // s) > (idx[None, :] // s))
+    r = jnp.where(lower_left, blocks, 0.0)
+    x = x - _mm("...ij,...jk,...kl->...il", x, r, x)
+    s *= 2
+  # Larger blocks: inv([[L11, 0], [L21, L22]]) = [[X11, 0], [-X22 L21 X11, X22]].
   while s < cp:
     nb = cp // (2 * s)
-    l21 = _diagonal_blocks(a, 2 * s)[..., s:, :s]
+    l21 = _subdiagonal_blocks(a, s)
     pairs = x.reshape(batch + (nb, 2, s, s))
     x11, x22 = pairs[..., 0, :, :], pairs[..., 1, :, :]
     off = -_mm("...ij,...jk->...ik", x22, _mm("...ij,...jk->...ik", l21, x11))
@@ -113,10 +122,11 @@ def _unit_lower_inverse_impl(a):
 def unit_lower_inverse(a: jax.Array) -> jax.Array:
   """Inverse of ``I + a`` for strictly lower-triangular ``a``, by matmuls only.
 
-  Block forward substitution: row by row inside 16 x 16 diagonal blocks, then
-  ``inv([[L11, 0], [L21, L22]]) = [[X11, 0], [-X22 L21 X11, X22]]`` doubles the
-  blocks up to ``C`` (``C`` is padded to a power of two with an identity
-  block). This is as stable as plain forward substitution, unlike the
+  Block forward substitution: ``inv([[L11, 0], [L21, L22]]) =
+  [[X11, 0], [-X22 L21 X11, X22]]`` doubles the inverted diagonal blocks from
+  1 x 1 up to ``C`` (inside 16 x 16 blocks as full masked 16 x 16 matmuls,
+  above that on the blocks themselves; ``C`` is padded to a power of two with
+  an identity block). This is as stable as plain forward substitution, unlike the
   product identity ``prod_m (I + (-a)^(2^m))``, whose intermediate powers can
   grow combinatorially and cancel catastrophically in float32. No
   ``lax.linalg.triangular_solve`` (its backward hung on CPU). The gradient is
@@ -171,6 +181,8 @@ def _intra_chunk(q, k, v, g, beta, scale):
 
   One flat leading axis ``m`` (batch x heads x chunks): XLA compiles
   single-batch-dim matmuls much faster than ones with several batch dims.
+  Matmuls sharing an operand are fused by concatenation (``[Q; K] K^T``,
+  ``T [K' | V']``, ``P [W | Uw]``, ``Kd^T [W | Uw]``): fewer, larger products.
 
   Args:
     q, k: ``[m, c, Dk]`` float32.
@@ -180,10 +192,11 @@ def _intra_chunk(q, k, v, g, beta, scale):
     scale: query scale.
 
   Returns:
-    ``(qe, p, uw, d, e)``: ``qe [m, c, Dk]``, ``p [m, c, c]``,
-    ``uw [m, c, Dv]``, ``d [m, Dk, Dk]``, ``e [m, Dk, Dv]``.
+    ``(qe, pu, d, e)``: ``qe [m, c, Dk]``, ``pu = P Uw [m, c, Dv]``,
+    ``d [m, Dk, Dk]``, ``e [m, Dk, Dv]``; the chunk output is
+    ``qe S_n + pu``.
   """
-  c = g.shape[-1]
+  c, dk = g.shape[-1], k.shape[-1]
   cum = jnp.cumsum(g, axis=-1)  # G_i <= 0, non-increasing.
   diff = cum[:, :, None] - cum[:, None, :]  # G_i - G_j
   row = jnp.arange(c)[:, None]
@@ -193,19 +206,21 @@ def _intra_chunk(q, k, v, g, beta, scale):
   # so neither the value nor its gradient can become inf or NaN.
   decay_incl = jnp.where(incl, jnp.exp(jnp.where(incl, diff, 0.0)), 0.0)
   decay_strict = jnp.where(row > col, decay_incl, 0.0)
-  a = beta[:, :, None] * _mm("mik,mjk->mij", k, k) * decay_strict
+  qk_k = _mm("mik,mjk->mij", jnp.concatenate([q, k], axis=1), k)  # [Q K^T; K K^T]
+  a = beta[:, :, None] * qk_k[:, c:] * decay_strict
+  p = scale * qk_k[:, :c] * decay_incl
   tinv = unit_lower_inverse(a)
   e_cum = jnp.exp(cum)
-  w = _mm("mij,mjk->mik", tinv, k * (beta * e_cum)[:, :, None])
-  uw = _mm("mij,mjv->miv", tinv, v * beta[:, :, None])
-  p = scale * _mm("mik,mjk->mij", q, k) * decay_incl
-  qe = scale * q * e_cum[:, :, None] - _mm("mij,mjk->mik", p, w)
+  rhs = jnp.concatenate([k * (beta * e_cum)[:, :, None], v * beta[:, :, None]], axis=-1)
+  wu = _mm("mij,mjx->mix", tinv, rhs)  # [W | Uw]
+  p_wu = _mm("mij,mjx->mix", p, wu)  # [P W | P Uw]
+  qe = scale * q * e_cum[:, :, None] - p_wu[..., :dk]
   last = cum[:, -1:]
   kd = k * jnp.exp(last - cum)[:, :, None]
-  eye = jnp.eye(k.shape[-1], dtype=k.dtype)
-  d = jnp.exp(last)[:, :, None] * eye - _mm("mik,mil->mkl", kd, w)
-  e = _mm("mik,miv->mkv", kd, uw)
-  return qe, p, uw, d, e
+  kd_wu = _mm("mik,mix->mkx", kd, wu)  # [Kd^T W | Kd^T Uw]
+  eye = jnp.eye(dk, dtype=k.dtype)
+  d = jnp.exp(last)[:, :, None] * eye - kd_wu[..., :dk]
+  return qe, p_wu[..., dk:], d, kd_wu[..., dk:]
 
 
 def _flat(x):
@@ -243,16 +258,16 @@ def _chunk_states(d, e, s0):
   return jnp.moveaxis(starts, 0, 1), final
 
 
-def _outputs(qe, p, uw, starts):
+def _outputs(qe, pu, starts):
   """``O = Qe S_n + P Uw`` for every chunk: ``[z, n, c, Dv]``."""
-  return _mm("znck,znkv->zncv", qe, starts) + _mm("znij,znjv->zniv", p, uw)
+  return _mm("znck,znkv->zncv", qe, starts) + pu
 
 
 def _forward_chunks(q, k, v, g, beta, s0, scale):
   """Forward on ``[z, n, c, ...]``; returns ``(o, final, starts)``."""
-  qe, p, uw, d, e = _intra_chunked_layout(q, k, v, g, beta, scale)
+  qe, pu, d, e = _intra_chunked_layout(q, k, v, g, beta, scale)
   starts, final = _chunk_states(d, e, s0)
-  return _outputs(qe, p, uw, starts), final, starts
+  return _outputs(qe, pu, starts), final, starts
 
 
 @functools.partial(jax.custom_vjp, nondiff_argnums=(6,))
@@ -272,11 +287,9 @@ def _chunks_bwd(scale, res, cts):
   q, k, v, g, beta, starts = res
   do, dfinal = cts
   intra = functools.partial(_intra_chunked_layout, scale=scale)
-  (qe, p, uw, d, _), intra_vjp = jax.vjp(intra, q, k, v, g, beta)
-  # O = Qe S_n + P Uw: local cotangents.
+  (qe, _, d, _), intra_vjp = jax.vjp(intra, q, k, v, g, beta)
+  # O = Qe S_n + PU: local cotangents.
   dqe = _mm("zncv,znkv->znck", do, starts)
-  dp = _mm("zniv,znjv->znij", do, uw)
-  duw = _mm("znij,zniv->znjv", p, do)
   ds_local = _mm("znck,zncv->znkv", qe, do)  # dL/dS_n through the outputs.
 
   # Reverse-time state-gradient pass: dS_n = ds_local_n + D_n^T dS_{n+1}.
@@ -288,7 +301,7 @@ def _chunks_bwd(scale, res, cts):
                                reverse=True)
   ds_after = jnp.moveaxis(ds_after, 0, 1)  # dL/dS_{n+1} for every chunk n.
   dd = _mm("znkv,znlv->znkl", ds_after, starts)
-  dq, dk, dv, dg, dbeta = intra_vjp((dqe, dp, duw, dd, ds_after))
+  dq, dk, dv, dg, dbeta = intra_vjp((dqe, do, dd, ds_after))
   return dq, dk, dv, dg, dbeta, ds0
 
 
