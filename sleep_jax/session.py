@@ -1,0 +1,294 @@
+"""Wake-time streaming inference with sleep: ``SleepSession``.
+
+Tokens are fed one at a time or in blocks. Every token runs one ordinary
+forward (the wake pass) against a fixed-size attention cache (a ring of ``L``
+slots per attention block) and the GDN fast weights, so per-token latency does
+not grow with the context. When a window of ``L`` tokens fills, the session
+sleeps on it before eviction, exactly as training does (``windowed.run_window``
+with ``consolidate=True``): design decision (ours), every full window sleeps at
+serving time; the partial window holding the query/answer runs once. Then it
+evicts: hard mode clears the cache; sliding mode keeps the window's keys and
+values from its last sleep pass (the mask then uses the ``L - 1`` most recent).
+
+Sleeping re-runs the window from its start state (the fast weights and kept
+cache snapshotted when the window began, plus the window's tokens), so it is
+bit-for-bit the training computation: ``N`` passes of the core plus the wake
+pass that produced the logits (``N + 1`` core passes of compute per window in
+all; the wake pass's hidden states are not kept). With ``N = 1`` nothing is
+re-run: the streamed fast weights and keys/values are already pass 1's. A
+block of ``L`` tokens that starts at a window boundary is run as one window
+call (wake plus sleep), which is how long contexts are ingested quickly.
+
+All jitted functions are pure functions of ``(params, SessionState, ...)`` with
+static shapes; the host keeps only the Python position counter that decides
+when a window starts or ends. The whole state (fast weights, caches, window
+snapshot, pending window tokens, position, last logits) saves and restores
+with orbax.
+"""
+from __future__ import annotations
+
+import dataclasses
+import functools
+import os
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import orbax.checkpoint as ocp
+from flax import nnx
+
+from sleep_jax.config import SleepConfig
+from sleep_jax.fast_weights import FastWeights
+from sleep_jax.nn.attention import KVCache
+from sleep_jax.windowed import run_window
+
+
+@jax.tree_util.register_dataclass
+@dataclasses.dataclass(frozen=True)
+class SessionState:
+  """Everything a streaming session carries (a pytree of arrays).
+
+  Attributes:
+    fast_weights: current GDN states.
+    kv_caches: one ring ``KVCache`` of ``L`` slots per attention block.
+    conv_histories: one short-conv history per GDN block (zero at window start).
+    window_fast_weights: fast weights when the current window began.
+    window_prefix: the kept caches when the current window began (sliding).
+    window_tokens: ``[B, L]`` int32 tokens of the current window so far.
+    position: scalar int32, tokens consumed so far.
+    last_logits: ``[B, V]`` float32 logits after the last consumed token.
+  """
+  fast_weights: FastWeights
+  kv_caches: tuple[KVCache, ...]
+  conv_histories: tuple[jax.Array, ...]
+  window_fast_weights: FastWeights
+  window_prefix: tuple[KVCache, ...]
+  window_tokens: jax.Array
+  position: jax.Array
+  last_logits: jax.Array
+
+
+def init_session_state(model, sleep: SleepConfig, batch_size: int) -> SessionState:
+  """The state of a fresh session (position 0, empty caches, zero fast weights)."""
+  fw = model.init_fast_weights(batch_size)
+  kv = model.init_kv_caches(batch_size, sleep.window)
+  return SessionState(fast_weights=fw, kv_caches=kv, conv_histories=model.init_conv_histories(batch_size),
+                      window_fast_weights=fw, window_prefix=kv,
+                      window_tokens=jnp.zeros((batch_size, sleep.window), jnp.int32),
+                      position=jnp.zeros((), jnp.int32),
+                      last_logits=jnp.zeros((batch_size, model.config.vocab_size), jnp.float32))
+
+
+# -- pure functions (jitted by the session) -------------------------------------------------------
+def decode_token(model, sleep: SleepConfig, state: SessionState, tokens: jax.Array):
+  """One wake-time token (no window bookkeeping): ``(logits [B, V], state)``."""
+  logits, fw, kvs, convs = model.decode_step(tokens, state.position, state.fast_weights, state.kv_caches,
+                                             state.conv_histories, window=sleep.window)
+  slot = state.position % sleep.window
+  window_tokens = jax.lax.dynamic_update_index_in_dim(state.window_tokens, tokens.astype(jnp.int32), slot, axis=1)
+  return logits, dataclasses.replace(state, fast_weights=fw, kv_caches=kvs, conv_histories=convs,
+                                     window_tokens=window_tokens, position=state.position + 1,
+                                     last_logits=logits)
+
+
+def _positions(state: SessionState, start_offset: int, width: int):
+  return state.position - start_offset + jnp.arange(width, dtype=jnp.int32)
+
+
+def _prefix(sleep: SleepConfig, state: SessionState):
+  return state.window_prefix if sleep.eviction == "sliding" else None
+
+
+def sleep_window(model, sleep: SleepConfig, state: SessionState) -> SessionState:
+  """Sleeps on the just-filled window (the position is at its end)."""
+  if sleep.n_passes == 1:
+    return state  # streaming already computed pass 1's fast weights and keys/values
+  positions = _positions(state, sleep.window, sleep.window)
+  _, fw, kvs = run_window(model, state.window_tokens, positions, state.window_fast_weights,
+                          _prefix(sleep, state), sleep, True, want_logits=False)
+  return dataclasses.replace(state, fast_weights=fw, kv_caches=kvs)
+
+
+def run_full_window(model, sleep: SleepConfig, state: SessionState, tokens: jax.Array):
+  """Wake pass plus sleep over ``L`` tokens starting at a window boundary."""
+  positions = _positions(state, 0, sleep.window)
+  logits, fw, kvs = run_window(model, tokens, positions, state.fast_weights, _prefix(sleep, state), sleep, True)
+  state = dataclasses.replace(state, fast_weights=fw, kv_caches=kvs, window_tokens=tokens.astype(jnp.int32),
+                              position=state.position + sleep.window, last_logits=logits[:, -1])
+  return logits, state
+
+
+def begin_window(model, sleep: SleepConfig, state: SessionState) -> SessionState:
+  """Evicts and snapshots at a window boundary."""
+  kvs = state.kv_caches
+  if sleep.eviction == "hard":
+    kvs = tuple(kv.cleared() for kv in kvs)
+  batch = state.window_tokens.shape[0]
+  return dataclasses.replace(state, kv_caches=kvs, conv_histories=model.init_conv_histories(batch),
+                             window_fast_weights=state.fast_weights, window_prefix=kvs)
+
+
+# Jitted on (graphdef, sleep) as static arguments, so sessions over the same
+# model shape share compiled code (a restored session does not recompile). No
+# donation: a state holds aliased buffers (the window snapshot is the live state
+# right after a boundary).
+def _jit_pure(fn):
+  def wrapped(graphdef, sleep, params, *args):
+    return fn(nnx.merge(graphdef, params), sleep, *args)
+  return jax.jit(wrapped, static_argnums=(0, 1))
+
+
+_decode_jit = _jit_pure(decode_token)
+_sleep_jit = _jit_pure(sleep_window)
+_window_jit = _jit_pure(run_full_window)
+_begin_jit = _jit_pure(begin_window)
+
+
+# -- the session ------------------------------------------------------------------------------------
+class SleepSession:
+  """A streaming session over a ``HybridLM`` that sleeps before each eviction.
+
+  Example::
+
+      session = SleepSession(model, SleepConfig(window=24, n_passes=4), batch_size=1)
+      session.feed(context_tokens)          # sleeps on every full window
+      answer = session.generate(4)          # greedy, one ordinary forward per token
+
+  Attributes:
+    sleep: the ``SleepConfig``.
+    state: the current ``SessionState``.
+  """
+
+  def __init__(self, model, sleep: SleepConfig, batch_size: int = 1, *, state: SessionState | None = None):
+    if not isinstance(sleep, SleepConfig):
+      raise ValueError(f"sleep must be a SleepConfig, got {type(sleep).__name__}")
+    if not isinstance(batch_size, int) or batch_size < 1:
+      raise ValueError(f"batch_size must be an integer >= 1, got {batch_size!r}")
+    self.sleep = sleep
+    self.batch_size = batch_size
+    self.vocab_size = model.config.vocab_size
+    self._graphdef, self._params = nnx.split(model)
+    self._template = init_session_state(model, sleep, batch_size)
+    self.state = self._template if state is None else state
+    self._pos = int(self.state.position)
+
+    self._decode = functools.partial(_decode_jit, self._graphdef, sleep)
+    self._sleep = functools.partial(_sleep_jit, self._graphdef, sleep)
+    self._window = functools.partial(_window_jit, self._graphdef, sleep)
+    self._begin = functools.partial(_begin_jit, self._graphdef, sleep)
+
+  @property
+  def position(self) -> int:
+    """Tokens consumed so far."""
+    return self._pos
+
+  @property
+  def fast_weights(self) -> FastWeights:
+    return self.state.fast_weights
+
+  @property
+  def last_logits(self) -> jax.Array:
+    """``[B, V]`` logits after the last consumed token (predicting the next)."""
+    return self.state.last_logits
+
+  def _as_tokens(self, tokens) -> np.ndarray:
+    t = np.asarray(tokens)
+    if t.ndim == 0:
+      t = np.full((self.batch_size, 1), t)
+    elif t.ndim == 1:
+      t = t[None] if self.batch_size == 1 else t[:, None]
+    if t.ndim != 2 or t.shape[0] != self.batch_size:
+      raise ValueError(f"tokens must be [B={self.batch_size}, n] (or [n] with B == 1, or [B] for one token each), "
+                       f"got shape {np.shape(tokens)}")
+    if not np.issubdtype(t.dtype, np.integer):
+      raise ValueError(f"tokens must be integers, got dtype {t.dtype}")
+    if t.size and (t.min() < 0 or t.max() >= self.vocab_size):
+      raise ValueError(f"tokens must lie in [0, {self.vocab_size}) (vocab_size); got min {t.min()}, max {t.max()}")
+    return t.astype(np.int32)
+
+  def feed(self, tokens) -> jax.Array:
+    """Consumes tokens, sleeping whenever a window fills.
+
+    Args:
+      tokens: ``[B, n]`` int array (or ``[n]`` when ``B == 1``, or ``[B]`` for
+        one token per row), values in ``[0, vocab_size)``.
+
+    Returns:
+      ``[B, n, V]`` float32 wake logits, one per fed token (predicting the
+      token after it).
+
+    Raises:
+      ValueError: for a bad shape, dtype or out-of-vocabulary token.
+    """
+    t = self._as_tokens(tokens)
+    L = self.sleep.window
+    out, i = [], 0
+    while i < t.shape[1]:
+      if self._pos % L == 0 and t.shape[1] - i >= L:
+        logits, self.state = self._window(self._params, self.state, jnp.asarray(t[:, i:i + L]))
+        self._pos += L
+        i += L
+        out.append(logits)
+        self.state = self._begin(self._params, self.state)
+        continue
+      logits, self.state = self._decode(self._params, self.state, jnp.asarray(t[:, i]))
+      self._pos += 1
+      i += 1
+      out.append(logits[:, None])
+      if self._pos % L == 0:
+        self.state = self._sleep(self._params, self.state)
+        self.state = self._begin(self._params, self.state)
+    if not out:
+      return jnp.zeros((self.batch_size, 0, self.vocab_size), jnp.float32)
+    return jnp.concatenate(out, axis=1)
+
+  def generate(self, n_tokens: int) -> np.ndarray:
+    """Greedy decoding of ``n_tokens`` tokens, each fed back into the stream.
+
+    Args:
+      n_tokens: number of tokens to produce (``>= 0``). The first is the argmax
+        of the logits after the last consumed token, so feed a prompt first.
+
+    Returns:
+      ``[B, n_tokens]`` int32 tokens.
+
+    Raises:
+      ValueError: if ``n_tokens < 0`` or nothing has been fed yet.
+    """
+    if not isinstance(n_tokens, int) or n_tokens < 0:
+      raise ValueError(f"n_tokens must be an integer >= 0, got {n_tokens!r}")
+    if self._pos == 0 and n_tokens:
+      raise ValueError("generate needs context: feed at least one token first")
+    produced = []
+    for _ in range(n_tokens):
+      token = np.asarray(jnp.argmax(self.state.last_logits, axis=-1)).astype(np.int32)
+      produced.append(token)
+      self.feed(token[:, None])
+    if not produced:
+      return np.zeros((self.batch_size, 0), np.int32)
+    return np.stack(produced, axis=1)
+
+  # -- persistence ---------------------------------------------------------------------------------
+  def save(self, directory: str | os.PathLike) -> None:
+    """Writes the session state to a fresh ``directory`` (orbax; absolute path)."""
+    ckptr = ocp.StandardCheckpointer()
+    leaves = jax.tree.leaves(self.state)
+    ckptr.save(os.path.abspath(directory), {f"{i:04d}": x for i, x in enumerate(leaves)})
+    ckptr.wait_until_finished()
+
+  @classmethod
+  def restore(cls, directory: str | os.PathLike, model, sleep: SleepConfig, batch_size: int = 1) -> "SleepSession":
+    """Rebuilds a session saved by :meth:`save` for the same model shape and ``sleep``.
+
+    Raises:
+      ValueError: if the checkpoint does not match this model / config.
+    """
+    template = init_session_state(model, sleep, batch_size)
+    leaves, treedef = jax.tree.flatten(template)
+    target = {f"{i:04d}": jax.ShapeDtypeStruct(x.shape, x.dtype) for i, x in enumerate(leaves)}
+    try:
+      restored = ocp.StandardCheckpointer().restore(os.path.abspath(directory), target)
+    except (ValueError, KeyError) as err:
+      raise ValueError(f"checkpoint at {directory} does not match this model / SleepConfig / batch_size: {err}") from err
+    state = jax.tree.unflatten(treedef, [restored[f"{i:04d}"] for i in range(len(leaves))])
+    return cls(model, sleep, batch_size, state=state)
