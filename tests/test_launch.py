@@ -33,7 +33,9 @@ def _launch(module, *args, timeout=600):
                         timeout=timeout)
 
 
+@pytest.mark.slow
 def test_train_cli_one_step_rule110_then_eval(tmp_path):
+  # Slow: two processes each compile the windowed model (about 2 minutes on 2 busy cores).
   wd = str(tmp_path / "run")
   p = _launch("launch.train", "--config=launch/configs/rule110_small.py", f"--workdir={wd}", *TINY)
   assert p.returncode == 0, p.stderr[-3000:]
@@ -53,6 +55,7 @@ def test_train_cli_one_step_rule110_then_eval(tmp_path):
 @pytest.mark.slow
 @pytest.mark.parametrize("name", ["depo_small", "gsm_math_small"])
 def test_one_step_other_tasks(tmp_path, name):
+  # In-process (no absl); the CLI path is covered by the rule110 test above.
   result = experiment.run(_tiny(_config(name)), str(tmp_path))
   assert result.step == 1 and 0.0 <= result.eval["accuracy"] <= 1.0
 

@@ -79,3 +79,11 @@ def test_init_from_copies_params_only(tmp_path):
   assert int(child.state.step) == 0
   with pytest.raises(ckpt_lib.CheckpointError, match="not a directory"):
     ckpt_lib.load_params(str(tmp_path / "nope"), base.state.params)
+  # A corrupt checkpoint directory is reported by name, not crashed on.
+  for root, _, files in os.walk(os.path.join(tmp_path, "base", "checkpoints", "3", "state")):
+    for f in files:
+      open(os.path.join(root, f), "wb").write(b"garbage")
+  with pytest.raises(ckpt_lib.CheckpointError, match="no checkpoint in .*base/checkpoints restores"):
+    loop.train(_spec(), _config(4, num_devices=1), str(tmp_path / "base"))
+  with pytest.raises(ckpt_lib.CheckpointError, match="init_from: no checkpoint in .* restores"):
+    ckpt_lib.load_params(str(tmp_path / "base"), base.state.params)

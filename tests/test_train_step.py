@@ -47,7 +47,8 @@ def test_data_parallel_matches_single_device(kind):
                               STEPS)
     tx, schedules = opt.tx, opt.schedules
   ref_state, ref_loss, ref_norm = _run(tx, schedules, None)
-  for n in (1, 2, 4):
+  # Mesh sizes 2 and 4 for plain SGD (the gradient-scale check); 4 for Muon+AdamW to bound compile time.
+  for n in ((2, 4) if kind == "sgd" else (4,)):
     state, loss, norm = _run(tx, schedules, n)
     assert_close(ref_loss, loss, "float32", what=f"loss on {n} devices")
     assert_close(ref_norm, norm, "float32", what=f"grad norm on {n} devices")

@@ -16,4 +16,7 @@ def get_config():
   c.optimizer.kind = "adamw"
   c.optimizer.lr = 1e-3
   c.optimizer.warmup_steps = 100
+  # Activation checkpointing only costs time at this size on CPU (measured: compile 190 s -> 24 s,
+  # step 1.9 s -> 0.6 s on busy cores); the paper-scale configs keep it.
+  c.sleep.update(remat_windows=False, remat_passes=False)
   return c
