@@ -178,6 +178,39 @@ def test_jit_vmap_grad_compose():
   testing.assert_close(want, got, "float32_grad", metric="rel_rms", what="vmap(grad)")
 
 
+@pytest.mark.slow
+def test_inside_shard_map():
+  # Pallas calls are not partitioned by XLA; multi-device callers run them per
+  # shard inside jax.shard_map (batch-sharded here over the fake CPU devices).
+  # Numbers: interpreted, with check_vma=False, because jax's Pallas
+  # interpreter itself rejects varying manual axes in its grid loop ("Scan
+  # carry input and output got mismatched varying manual axes"). Compiled
+  # kernels with check_vma=True: lowered for both platforms below.
+  n = len(jax.devices())
+  args, cts = _inputs(9, n, 20, 2, 16, 16, "mixed")
+  mesh = jax.make_mesh((n,), ("data",), axis_types=(jax.sharding.AxisType.Auto,))
+  spec = jax.sharding.PartitionSpec("data")
+
+  def rule(q, k, v, la, beta, s0):
+    return gated_delta_rule_pallas(q, k, v, la, beta, initial_state=s0, chunk_size=16,
+                                   backend="triton", interpret=_interpret("triton"))
+
+  sharded = jax.shard_map(rule, mesh=mesh, in_specs=(spec,) * 6, out_specs=(spec, spec),
+                          check_vma=False)
+  got = _value_and_grads(lambda *a, initial_state: sharded(*a, initial_state), args, cts)
+  want = _value_and_grads(gated_delta_rule_reference, args, cts)
+  testing.assert_close(want, got, "float32_grad", metric="rel_rms", what="shard_map")
+
+  for backend, platform in (("triton", "cuda"), ("mosaic", "tpu")):
+    compiled = jax.shard_map(
+        lambda *a, backend=backend: pallas_mod._padded_rule(*a, None, 16, backend, False),
+        mesh=mesh, in_specs=(spec,) * 6, out_specs=(spec, spec))
+    loss = lambda *a, compiled=compiled: jnp.sum(compiled(*a)[0]) + jnp.sum(compiled(*a)[1])
+    text = jax.jit(jax.grad(loss, argnums=tuple(range(6)))).trace(*args).lower(
+        lowering_platforms=(platform,)).as_text()
+    assert ("triton" if backend == "triton" else "tpu_custom_call") in text
+
+
 def test_defaults_resolve_on_cpu():
   if jax.default_backend() != "cpu":
     pytest.skip("checks the CPU defaults")

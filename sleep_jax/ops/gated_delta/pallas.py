@@ -303,6 +303,33 @@ def _backend_module(backend):
 # The custom VJP around the kernels.
 
 
+def _varying_axes(x):
+  mat = getattr(jax.typeof(x), "manual_axis_type", None)
+  return frozenset() if mat is None else frozenset(mat.varying)
+
+
+def _match_varying(*xs):
+  """Casts every array to vary over the union of the manual mesh axes any varies over.
+
+  Inside ``jax.shard_map`` (with its default ``check_vma=True``) a
+  ``pallas_call`` must declare how its outputs vary across the mesh; the
+  backends copy that from their first input, so all inputs must agree.
+  Outside ``shard_map`` there are no such axes and this is the identity.
+  """
+  axes = frozenset().union(*(_varying_axes(x) for x in xs))
+  if not axes:
+    return xs
+  return tuple(x if _varying_axes(x) == axes
+               else jax.lax.pcast(x, tuple(sorted(axes - _varying_axes(x))), to="varying")
+               for x in xs)
+
+
+def out_struct(shape, like):
+  """``ShapeDtypeStruct`` (float32) for a kernel output varying like ``like``."""
+  return jax.ShapeDtypeStruct(shape, _F32,
+                              manual_axis_type=getattr(jax.typeof(like), "manual_axis_type", None))
+
+
 @functools.partial(jax.custom_vjp, nondiff_argnums=(6, 7, 8))
 def _kernel_core(q, k, v, g, b, s0, backend, chunk_size, interpret):
   """``[n, t, d]``-shaped padded float32 inputs; ``g`` is log_alpha ``[n, t]``."""
@@ -321,10 +348,9 @@ def _kernel_core_fwd(q, k, v, g, b, s0, backend, chunk_size, interpret):
 
 def _kernel_core_bwd(backend, chunk_size, interpret, res, cts):
   q, k, v, g, b, states = res
-  do, ds_final = cts
-  return _backend_module(backend).backward(q, k, v, g, b, states, do.astype(_F32),
-                                           ds_final.astype(_F32), chunk_size=chunk_size,
-                                           interpret=interpret)
+  do, ds_final = _match_varying(cts[0].astype(_F32), cts[1].astype(_F32), q)[:2]
+  return _backend_module(backend).backward(q, k, v, g, b, states, do, ds_final,
+                                           chunk_size=chunk_size, interpret=interpret)
 
 
 _kernel_core.defvjp(_kernel_core_fwd, _kernel_core_bwd)
@@ -409,6 +435,8 @@ def _padded_rule(q, k, v, log_alpha, beta, initial_state, scale, chunk_size, bac
     s0 = initial_state.astype(_F32).reshape(bsz * h, dk, dv)
     s0 = jnp.pad(s0, ((0, 0), (0, dk_p - dk), (0, dv_p - dv)))
 
+  # Outside the custom VJP, so that JAX transposes the casts (a psum) itself.
+  qr, kr, vr, g, br, s0 = _match_varying(qr, kr, vr, g, br, s0)
   o, s_final = _kernel_core(qr, kr, vr, g, br, s0, backend, chunk_size, interpret)
   o = jnp.moveaxis(o[:, :t, :dv].reshape(bsz, h, t, dv), 1, 2).astype(v.dtype)
   s_final = s_final[:, :dk, :dv].reshape(bsz, h, dk, dv)

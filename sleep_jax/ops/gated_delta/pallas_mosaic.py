@@ -28,7 +28,7 @@ import jax.numpy as jnp
 from jax.experimental import pallas as pl
 from jax.experimental.pallas import tpu as pltpu
 
-from sleep_jax.ops.gated_delta.pallas import chunk_backward, chunk_forward
+from sleep_jax.ops.gated_delta.pallas import chunk_backward, chunk_forward, out_struct
 
 _F32 = jnp.float32
 _SEMANTICS = pltpu.CompilerParams(dimension_semantics=("parallel", "arbitrary"))
@@ -121,9 +121,9 @@ def forward(q, k, v, g, b, s0, *, chunk_size, interpret):
   gr, bc = _gate_layouts(g, b, chunk_size)
   return pl.pallas_call(
       _forward_kernel,
-      out_shape=(jax.ShapeDtypeStruct((n, t, dv), _F32),
-                 jax.ShapeDtypeStruct((n, dk, dv), _F32),
-                 jax.ShapeDtypeStruct((n, n_chunks, dk, dv), _F32)),
+      out_shape=(out_struct((n, t, dv), q),
+                 out_struct((n, dk, dv), q),
+                 out_struct((n, n_chunks, dk, dv), q)),
       grid=(n, n_chunks),
       in_specs=_in_specs(chunk_size, dk, dv, n_chunks, False) + [_state_spec(dk, dv)],
       out_specs=(_chunk_spec(chunk_size, dv, False, n_chunks), _state_spec(dk, dv),
@@ -148,12 +148,12 @@ def backward(q, k, v, g, b, states, do, ds_final, *, chunk_size, interpret):
   rev = functools.partial(_chunk_spec, chunk_size, reverse=True, n_chunks=n_chunks)
   dq, dk_, dv_, dg, db, ds0 = pl.pallas_call(
       _backward_kernel,
-      out_shape=(jax.ShapeDtypeStruct((n, t, dk), _F32),
-                 jax.ShapeDtypeStruct((n, t, dk), _F32),
-                 jax.ShapeDtypeStruct((n, t, dv), _F32),
-                 jax.ShapeDtypeStruct((n, n_chunks, 1, chunk_size), _F32),
-                 jax.ShapeDtypeStruct((n, t, 1), _F32),
-                 jax.ShapeDtypeStruct((n, dk, dv), _F32)),
+      out_shape=(out_struct((n, t, dk), q),
+                 out_struct((n, t, dk), q),
+                 out_struct((n, t, dv), q),
+                 out_struct((n, n_chunks, 1, chunk_size), q),
+                 out_struct((n, t, 1), q),
+                 out_struct((n, dk, dv), q)),
       grid=(n, n_chunks),
       in_specs=_in_specs(chunk_size, dk, dv, n_chunks, True)
       + [_states_spec(dk, dv, True, n_chunks), rev(dv), _state_spec(dk, dv)],

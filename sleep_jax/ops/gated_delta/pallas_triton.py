@@ -21,7 +21,7 @@ import jax.numpy as jnp
 from jax.experimental import pallas as pl
 from jax.experimental.pallas import triton as pltriton
 
-from sleep_jax.ops.gated_delta.pallas import chunk_backward, chunk_forward
+from sleep_jax.ops.gated_delta.pallas import chunk_backward, chunk_forward, out_struct
 
 _F32 = jnp.float32
 
@@ -92,9 +92,9 @@ def forward(q, k, v, g, b, s0, *, chunk_size, interpret):
   kernel = functools.partial(_forward_kernel, chunk=chunk_size, n_chunks=n_chunks)
   return pl.pallas_call(
       kernel,
-      out_shape=(jax.ShapeDtypeStruct((n, t, dv), _F32),
-                 jax.ShapeDtypeStruct((n, dk, dv), _F32),
-                 jax.ShapeDtypeStruct((n, n_chunks, dk, dv), _F32)),
+      out_shape=(out_struct((n, t, dv), q),
+                 out_struct((n, dk, dv), q),
+                 out_struct((n, n_chunks, dk, dv), q)),
       grid=(n,),
       in_specs=[_row_spec(t, dk), _row_spec(t, dk), _row_spec(t, dv), _row_spec(1, t),
                 _row_spec(t, 1), _row_spec(dk, dv)],
@@ -119,12 +119,12 @@ def backward(q, k, v, g, b, states, do, ds_final, *, chunk_size, interpret):
   kernel = functools.partial(_backward_kernel, chunk=chunk_size, n_chunks=n_chunks)
   dq, dk_, dv_, dg, db, ds0 = pl.pallas_call(
       kernel,
-      out_shape=(jax.ShapeDtypeStruct((n, t, dk), _F32),
-                 jax.ShapeDtypeStruct((n, t, dk), _F32),
-                 jax.ShapeDtypeStruct((n, t, dv), _F32),
-                 jax.ShapeDtypeStruct((n, 1, t), _F32),
-                 jax.ShapeDtypeStruct((n, t, 1), _F32),
-                 jax.ShapeDtypeStruct((n, dk, dv), _F32)),
+      out_shape=(out_struct((n, t, dk), q),
+                 out_struct((n, t, dk), q),
+                 out_struct((n, t, dv), q),
+                 out_struct((n, 1, t), q),
+                 out_struct((n, t, 1), q),
+                 out_struct((n, dk, dv), q)),
       grid=(n,),
       in_specs=[_row_spec(t, dk), _row_spec(t, dk), _row_spec(t, dv), _row_spec(1, t),
                 _row_spec(t, 1),
