@@ -13,7 +13,8 @@ Axis legend: ``b`` batch, ``t`` time, ``h`` heads, ``k``/``v`` head dims, ``c``
 chunk length ``C``, ``n`` number of chunks.
 
 Chunk math (per head, state ``S0 [Dk, Dv]`` at the chunk start; ``Q`` already
-scaled; ``D_ij = sum_{j < t <= i} log_alpha_t`` and ``G_i = D_i,start``)::
+scaled; ``D_ij = sum_{j < t <= i} log_alpha_t`` and ``G_i = sum_{t <= i} log_alpha_t``,
+sums within the chunk)::
 
     Gam_ij = exp(D_ij) for i >= j else 0              (masked BEFORE exp: no overflow)
     A      = strict_lower(diag(beta) (K K^T * Gam))
