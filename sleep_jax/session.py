@@ -268,6 +268,14 @@ class SleepSession:
       return np.zeros((self.batch_size, 0), np.int32)
     return np.stack(produced, axis=1)
 
+  def fork(self) -> "SleepSession":
+    """A new session continuing from this one's state (states are immutable
+    pytrees, so nothing is copied); e.g. ask several queries of one slept
+    context."""
+    other = object.__new__(SleepSession)
+    other.__dict__.update(self.__dict__)
+    return other
+
   # -- persistence ---------------------------------------------------------------------------------
   def save(self, directory: str | os.PathLike) -> None:
     """Writes the session state to a fresh ``directory`` (orbax; absolute path)."""

@@ -1,0 +1,224 @@
+"""The sleep model, side by side: ``python -m launch.bench model [--quick] [--skip-decode] [--skip-train]``.
+
+(a) Per-token decode latency of the sleep model (``SleepSession``, hybrid
+    attention/GDN, a ring KV cache of ``L`` slots) after contexts of 1k, 8k and
+    64k tokens, beside a full-attention model of the same width and depth whose
+    KV cache holds the whole context. The sleep model's context is produced by
+    actually streaming the tokens through the session (whole windows: wake pass
+    plus sleep on every window). The full-attention cache is filled with
+    random keys/values at positions ``0..ctx-1``: its decode cost depends on the
+    cache shape only, and prefilling 64k tokens through it would measure
+    prefill, not decode. Prints latency per context and latency(ctx)/latency(1k)
+    (target for the sleep model: <= 1.1 at 64k).
+
+(b) Training-step time (jitted forward + backward of ``windowed_loss``) for
+    ``N = 1, 2, 4`` on the Rule 110 paper shapes (T = 100, L = 24, 4 layers of
+    width 256; four consolidation windows then a 4-token prediction window),
+    beside the FLOP ratio. Two FLOP counts are printed: XLA's
+    ``cost_analysis()`` (which counts a while-loop body once, so it misses the
+    trip counts of the sleep-pass and window scans), and a count of the
+    matmul FLOPs in the differentiated jaxpr with every ``scan`` body
+    multiplied by its length (the one the ratio uses). Prints time ratio /
+    FLOP ratio (target: within 1.15).
+"""
+from __future__ import annotations
+
+import argparse
+import statistics
+import time
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+from flax import nnx
+
+from sleep_jax.config import ModelConfig, SleepConfig
+from sleep_jax.model import HybridLM
+from sleep_jax.session import SleepSession
+from sleep_jax.windowed import windowed_loss
+
+
+# -- FLOP counting ----------------------------------------------------------------------------------
+def _dot_flops(eqn) -> float:
+  (lc, rc), (lb, _) = eqn.params["dimension_numbers"]
+  lhs, rhs = (v.aval.shape for v in eqn.invars[:2])
+  contract = np.prod([lhs[i] for i in lc]) if lc else 1
+  batch = np.prod([lhs[i] for i in lb]) if lb else 1
+  lfree = np.prod([d for i, d in enumerate(lhs) if i not in lc and i not in lb])
+  rfree = np.prod([d for i, d in enumerate(rhs) if i not in rc and i not in eqn.params["dimension_numbers"][1][1]])
+  return 2.0 * batch * lfree * rfree * contract
+
+
+def jaxpr_matmul_flops(jaxpr) -> float:
+  """Matmul FLOPs of a (closed) jaxpr; scan bodies count ``length`` times, cond the max branch."""
+  jaxpr = getattr(jaxpr, "jaxpr", jaxpr)
+  total = 0.0
+  for eqn in jaxpr.eqns:
+    name = eqn.primitive.name
+    if name == "dot_general":
+      total += _dot_flops(eqn)
+    elif name == "scan":
+      total += eqn.params["length"] * jaxpr_matmul_flops(eqn.params["jaxpr"])
+    elif name == "cond":
+      total += max(jaxpr_matmul_flops(b) for b in eqn.params["branches"])
+    elif name == "while":
+      total += jaxpr_matmul_flops(eqn.params["body_jaxpr"])  # trip count unknown: once
+    else:
+      for key in ("jaxpr", "call_jaxpr", "fun_jaxpr"):
+        sub = eqn.params.get(key)
+        if sub is not None and hasattr(getattr(sub, "jaxpr", sub), "eqns"):
+          total += jaxpr_matmul_flops(sub)
+          break
+  return total
+
+
+def _xla_flops(compiled) -> float:
+  ca = compiled.cost_analysis()
+  if isinstance(ca, (list, tuple)):
+    ca = ca[0]
+  return float(ca.get("flops", float("nan"))) if ca else float("nan")
+
+
+def _median_time(fn, repeats: int) -> float:
+  times = []
+  for _ in range(repeats):
+    t0 = time.perf_counter()
+    jax.block_until_ready(fn())
+    times.append(time.perf_counter() - t0)
+  return statistics.median(times)
+
+
+# -- (b) training step ------------------------------------------------------------------------------
+def bench_train(passes, batch_size: int, repeats: int, gdn_impl: str) -> None:
+  cfg = ModelConfig(vocab_size=8, d_model=256, n_layers=4, n_heads=4, head_dim=64, gdn_head_dim=64,
+                    gdn_impl=gdn_impl)
+  model = HybridLM(cfg, rngs=nnx.Rngs(0))
+  graphdef, state = nnx.split(model)
+  t, window = 100, 24
+  rng = np.random.default_rng(0)
+  tokens = rng.integers(0, cfg.vocab_size, (batch_size, t)).astype(np.int32)
+  mask = np.zeros((batch_size, t), np.float32)
+  mask[:, -4:] = 1.0
+  batch = dict(tokens=jnp.asarray(tokens), targets=jnp.asarray(np.roll(tokens, -1, 1)), loss_mask=jnp.asarray(mask))
+  schedule = (True, True, True, True, False)
+  print(f"\n(b) training step, fwd+bwd of windowed_loss: B={batch_size} T={t} L={window} "
+        f"layout={cfg.block_types} d={cfg.d_model} gdn_impl={gdn_impl} backend={jax.default_backend()}")
+  rows = []
+  for n in passes:
+    sleep = SleepConfig(window=window, n_passes=n)
+
+    def loss(st, b, sleep=sleep):
+      return windowed_loss(nnx.merge(graphdef, st), b, sleep, sleep_schedule=schedule)[0]
+
+    step = jax.jit(jax.value_and_grad(loss))
+    t0 = time.perf_counter()
+    compiled = step.lower(state, batch).compile()
+    compile_s = time.perf_counter() - t0
+    flops = jaxpr_matmul_flops(jax.make_jaxpr(jax.value_and_grad(loss))(state, batch))
+    jax.block_until_ready(compiled(state, batch))
+    sec = _median_time(lambda: compiled(state, batch), repeats)
+    rows.append((n, sec, flops, _xla_flops(compiled), compile_s))
+  base = rows[0]
+  print(f"{'N':>3} {'step ms':>9} {'time x':>7} {'matmul GFLOP':>13} {'FLOP x':>7} {'time/FLOP':>9} "
+        f"{'XLA GFLOP':>10} {'XLA x':>6} {'compile s':>9}")
+  for n, sec, flops, xla, comp in rows:
+    tr, fr = sec / base[1], flops / base[2]
+    print(f"{n:>3} {sec * 1e3:>9.1f} {tr:>7.2f} {flops / 1e9:>13.3f} {fr:>7.2f} {tr / fr:>9.2f} "
+          f"{xla / 1e9:>10.3f} {xla / base[3]:>6.2f} {comp:>9.1f}")
+  print("target: time/FLOP within 1.15 of 1 for every N")
+
+
+# -- (a) decode latency -----------------------------------------------------------------------------
+def _full_attention_latency(cfg: ModelConfig, ctx: int, n_tokens: int) -> float:
+  model = HybridLM(cfg, rngs=nnx.Rngs(1))
+  graphdef, state = nnx.split(model)
+  size = ctx + n_tokens
+  rng = np.random.default_rng(ctx)
+  caches = []
+  for kv in model.init_kv_caches(1, size):
+    k = jnp.asarray(rng.normal(size=kv.k.shape), kv.k.dtype)
+    v = jnp.asarray(rng.normal(size=kv.v.shape), kv.v.dtype)
+    pos = jnp.where(jnp.arange(size) < ctx, jnp.arange(size), -1).astype(jnp.int32)
+    caches.append(type(kv)(k=k, v=v, pos=pos))
+  caches = tuple(caches)
+  fw = model.init_fast_weights(1)
+  convs = model.init_conv_histories(1)
+
+  @jax.jit
+  def step(st, token, position, caches):
+    logits, _, caches, _ = nnx.merge(graphdef, st).decode_step(token, position, fw, caches, convs, window=None)
+    return logits, caches
+
+  token = jnp.zeros((1,), jnp.int32)
+  jax.block_until_ready(step(state, token, jnp.int32(ctx), caches))
+  times = []
+  for i in range(n_tokens):
+    t0 = time.perf_counter()
+    _, caches = step(state, token, jnp.int32(ctx + i), caches)
+    jax.block_until_ready(caches)
+    times.append(time.perf_counter() - t0)
+  return statistics.median(times)
+
+
+def _sleep_latency(session: SleepSession, n_tokens: int) -> float:
+  rng = np.random.default_rng(session.position)
+  times = []
+  for _ in range(n_tokens):
+    token = rng.integers(0, session.vocab_size, (1, 1)).astype(np.int32)
+    t0 = time.perf_counter()
+    jax.block_until_ready(session.feed(token))
+    times.append(time.perf_counter() - t0)
+  return statistics.median(times)
+
+
+def bench_decode(contexts, window: int, n_passes: int, n_tokens: int, gdn_impl: str) -> None:
+  common = dict(vocab_size=256, d_model=256, n_layers=4, n_heads=4, head_dim=64, gdn_head_dim=64,
+                gdn_impl=gdn_impl)
+  sleep_cfg = ModelConfig(**common)
+  full_cfg = ModelConfig(layout=("attn",) * 4, **common)
+  sleep = SleepConfig(window=window, n_passes=n_passes)
+  print(f"\n(a) per-token decode latency, B=1, d=256, 4 layers: sleep model {sleep_cfg.block_types} "
+        f"(L={window}, N={n_passes}) vs full attention {full_cfg.block_types}; median of {n_tokens} tokens")
+  session = SleepSession(HybridLM(sleep_cfg, rngs=nnx.Rngs(0)), sleep)
+  rng = np.random.default_rng(0)
+  session.feed(rng.integers(0, 256, (1, window)).astype(np.int32))  # compile the window path
+  session.feed(rng.integers(0, 256, (1, 1)).astype(np.int32))  # compile the decode path
+  session = SleepSession(HybridLM(sleep_cfg, rngs=nnx.Rngs(0)), sleep)
+  rows, stream_s, fed = [], 0.0, 0
+  for ctx in contexts:
+    todo = ctx - session.position
+    todo -= todo % window
+    t0 = time.perf_counter()
+    for _ in range(todo // window):  # whole windows: wake pass + sleep
+      session.feed(rng.integers(0, 256, (1, window)).astype(np.int32))
+    jax.block_until_ready(session.state.fast_weights)
+    stream_s += time.perf_counter() - t0
+    fed += todo
+    if session.position % window:
+      raise RuntimeError("context must end on a window boundary")
+    sleep_lat = _sleep_latency(session.fork(), n_tokens)  # the fork's tokens do not enter `session`
+    full_lat = _full_attention_latency(full_cfg, ctx, n_tokens)
+    rows.append((ctx, sleep_lat, full_lat))
+  print(f"streamed {fed} tokens through the sleep model in {stream_s:.1f} s "
+        f"({fed / max(stream_s, 1e-9):.0f} tokens/s including sleep)")
+  print(f"{'context':>8} {'sleep ms/token':>15} {'x vs first':>10} {'full-attn ms/token':>19} {'x vs first':>10}")
+  for ctx, s, f in rows:
+    print(f"{ctx:>8} {s * 1e3:>15.2f} {s / rows[0][1]:>10.2f} {f * 1e3:>19.2f} {f / rows[0][2]:>10.2f}")
+  print(f"sleep model latency({rows[-1][0]})/latency({rows[0][0]}) = {rows[-1][1] / rows[0][1]:.2f} (target <= 1.1)")
+
+
+def main(argv: list[str]) -> int:
+  parser = argparse.ArgumentParser(prog="python -m launch.bench model", description=__doc__.splitlines()[0])
+  parser.add_argument("--quick", action="store_true", help="small run: contexts 1k/8k, N in 1,2, batch 2")
+  parser.add_argument("--skip-decode", action="store_true")
+  parser.add_argument("--skip-train", action="store_true")
+  parser.add_argument("--gdn-impl", default="auto", choices=["auto", "reference", "chunked", "pallas"])
+  parser.add_argument("--window", type=int, default=1024, help="L of the sleep model in (a)")
+  args = parser.parse_args(argv)
+  if not args.skip_decode:
+    contexts = (1024, 8192) if args.quick else (1024, 8192, 65536)
+    bench_decode(contexts, args.window, 2, 8 if args.quick else 32, args.gdn_impl)
+  if not args.skip_train:
+    passes = (1, 2) if args.quick else (1, 2, 4)
+    bench_train(passes, 2 if args.quick else 8, 3 if args.quick else 5, args.gdn_impl)
+  return 0
