@@ -211,6 +211,9 @@ def train(spec: RunSpec, config: TrainConfig, workdir: str) -> TrainResult:
           post["acc"] = f"{rec['train/accuracy']:.3f}"
         bar.set_postfix(post, refresh=False)
       window_start, window_steps = time.perf_counter(), 0
+    if bar is not None:
+      # Advanced when the steps have actually run (dispatch is asynchronous).
+      bar.update(len(pending))
     pending.clear()
 
   try:
@@ -228,8 +231,6 @@ def train(spec: RunSpec, config: TrainConfig, workdir: str) -> TrainResult:
       save_now = config.checkpoint_every and done % config.checkpoint_every == 0
       if log_now or save_now or len(pending) >= config.sync_every:
         flush(log_now)
-      if bar is not None:
-        bar.update(1)
       if save_now and done != config.num_steps:
         checkpointer.save(done, state, data_state=data_iter.get_state(), meta=spec.meta)
         last_saved = done
