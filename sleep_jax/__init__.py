@@ -1,6 +1,40 @@
-"""sleep_jax: offline recurrent consolidation ("sleep") for hybrid language models."""
+"""sleep_jax: offline recurrent consolidation ("sleep") for hybrid language models.
+
+A hybrid model alternates attention and Gated DeltaNet blocks. Before a window
+of ``L`` tokens leaves the attention cache, the model runs ``N`` offline passes
+over it, each refining the hidden states and writing into the GDN fast weights;
+then only the fast weights survive. Prediction stays one ordinary forward pass.
+
+Public API:
+  * ``ModelConfig``, ``SleepConfig``: frozen, validated configuration.
+  * ``ops.gated_delta_rule`` / ``ops.gated_delta_step``: the fast-weight update.
+  * ``HybridLM``: the Flax NNX model; ``FastWeights`` / ``init_fast_weights``.
+  * ``sleep_consolidate``: N passes as one ``lax.scan`` over any blocks function.
+  * ``windowed_forward`` / ``windowed_loss``: training through eviction
+    (Algorithm 1 of the paper), hard or sliding.
+  * ``SleepSession``: wake-time streaming inference with constant latency.
+  * ``sleep_jax.train``: optimizer, trainer, checkpoints (imported on demand).
+"""
 from sleep_jax import ops
 from sleep_jax.config import ModelConfig, SleepConfig
+from sleep_jax.consolidate import sleep_consolidate
+from sleep_jax.fast_weights import FastWeights, init_fast_weights
+from sleep_jax.model import HybridLM
+from sleep_jax.session import SleepSession
+from sleep_jax.windowed import LossAux, WindowedOutput, windowed_forward, windowed_loss
 
-__all__ = ["ModelConfig", "SleepConfig", "ops"]
+__all__ = [
+    "FastWeights",
+    "HybridLM",
+    "LossAux",
+    "ModelConfig",
+    "SleepConfig",
+    "SleepSession",
+    "WindowedOutput",
+    "init_fast_weights",
+    "ops",
+    "sleep_consolidate",
+    "windowed_forward",
+    "windowed_loss",
+]
 __version__ = "0.1.0"
