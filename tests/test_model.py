@@ -115,3 +115,35 @@ def test_unknown_block_type():
     HybridLM(cfg, rngs=nnx.Rngs(0))
   with pytest.raises(ValueError, match="ModelConfig"):
     HybridLM({"vocab_size": 7}, rngs=nnx.Rngs(0))
+
+
+def test_inserted_gdn_blocks_leave_logits_unchanged():
+  from sleep_jax.config import SleepConfig
+  from sleep_jax.retrofit import insert_gdn_blocks, with_passes
+  from sleep_jax.windowed import windowed_loss
+
+  cfg = _config(layout=("attn", "attn", "attn"), prelude=1)
+  old = HybridLM(cfg, rngs=nnx.Rngs(0))
+  new = insert_gdn_blocks(old, [1, 3], rngs=nnx.Rngs(1))
+  assert new.config.block_types == ("attn", "gdn", "attn", "gdn", "attn")
+  assert new.config.core_range == (1, 5)
+  tokens = jax.random.randint(jax.random.key(3), (2, 6), 0, 7, dtype=jnp.int32)
+  batch = dict(tokens=tokens, targets=jnp.roll(tokens, -1, 1), loss_mask=jnp.zeros((2, 6)).at[:, 4:].set(1.0))
+  sleep = with_passes(SleepConfig(window=3), 2)
+  assert sleep.n_passes == 2
+
+  def run(model):
+    graphdef, state = nnx.split(model)
+    loss = lambda st: windowed_loss(nnx.merge(graphdef, st), batch, sleep, sleep_schedule=(True, False))
+    (value, aux), grads = jax.jit(jax.value_and_grad(loss, has_aux=True))(state)
+    return value, aux.logits, grads
+
+  _, ref_logits, _ = run(old)
+  _, logits, grads = run(new)
+  assert_close(ref_logits, logits, what="logits after insertion")
+  # The new blocks can learn: their zeroed output projections get gradients.
+  assert float(jnp.abs(grads["blocks"][1]["mixer"]["o_proj"]["kernel"][...]).max()) > 0
+  with pytest.raises(ValueError, match="distinct"):
+    insert_gdn_blocks(old, [1, 1], rngs=nnx.Rngs(1))
+  with pytest.raises(ValueError, match="positions"):
+    insert_gdn_blocks(old, [9], rngs=nnx.Rngs(1))
