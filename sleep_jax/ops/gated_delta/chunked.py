@@ -37,8 +37,8 @@ overflow beyond ~88) are masked to 0 *before* ``exp`` and the result masked
 again, so a cumulative log-decay of thousands inside one chunk gives exact
 zeros rather than ``0 * inf = NaN``, and the gradient through the masked
 entries is exactly zero. ``log_alpha == 0`` everywhere is just ``G = 0``.
-``(I + A)^{-1}`` is built by block forward substitution (``log2 C`` block
-doublings, all batched matmuls), never with
+``(I + A)^{-1}`` is built by block forward substitution (rows inside 16 x 16
+blocks, then ``log2(C / 16)`` block doublings by batched matmuls), never with
 ``lax.linalg.triangular_solve`` (whose backward hung on CPU). All matmuls run
 in float32 at ``Precision.HIGHEST``. ``T`` not a multiple of the chunk size
 is padded with ``log_alpha = 0, beta = 0, k = 0`` tokens, which leave ``S``
@@ -64,7 +64,7 @@ def _mm(spec, *xs):
   return jnp.einsum(spec, *xs, precision=_HI)
 
 
-_BASE_BLOCK = 16  # Diagonal blocks inverted by full-block doubling, then merged.
+_BASE_BLOCK = 16  # Diagonal blocks inverted by row-wise substitution, then merged.
 
 
 def _diagonal_blocks(a, size):
@@ -90,20 +90,20 @@ def _unit_lower_inverse_impl(a):
     pad = [(0, 0)] * (a.ndim - 2) + [(0, cp - c), (0, cp - c)]
     a = jnp.pad(a, pad)
   batch = a.shape[:-2]
-  # Small diagonal blocks (size s0): with X_s the inverse of the s-block-diagonal
-  # part and R_s the L21 parts of the 2s blocks, X_2s = X_s - X_s R_s X_s is
-  # exact (R_s X_s R_s = 0). Full s0 x s0 matmuls: no loop, fast to compile.
-  s0 = min(_BASE_BLOCK, cp)
-  blocks = _diagonal_blocks(a, s0)
-  idx = jnp.arange(s0)
-  x = jnp.broadcast_to(jnp.eye(s0, dtype=a.dtype), blocks.shape)
-  s = 1
-  while s < s0:
-    in_pair = (idx[:, None] // (2 * s)) == (idx[None, :] // (2 * s))
-    lower_left = in_pair & ((idx[:, None] // s) > (idx[None, :] // s))
-    r = jnp.where(lower_left, blocks, 0.0)
-    x = x - _mm("...ij,...jk,...kl->...il", x, r, x)
-    s *= 2
+  # Row-wise forward substitution inside the small diagonal blocks, all blocks
+  # at once: row i of X = e_i - A[i, :i] X[:i, :]. (Measured on CPU: ~3x faster
+  # than doubling with masked 16 x 16 matmuls; a fori_loop compiles faster than
+  # the unrolled rows.)
+  s = min(_BASE_BLOCK, cp)
+  blocks = _diagonal_blocks(a, s)
+  eye = jnp.eye(s, dtype=a.dtype)
+
+  def row(i, x):
+    a_i = jax.lax.dynamic_index_in_dim(blocks, i, -2, keepdims=False)
+    x_i = jax.lax.dynamic_index_in_dim(eye, i, 0, keepdims=False) - _mm("...j,...jk->...k", a_i, x)
+    return jax.lax.dynamic_update_index_in_dim(x, x_i, i, -2)
+
+  x = jax.lax.fori_loop(1, s, row, jnp.broadcast_to(eye, blocks.shape))
   # Larger blocks: inv([[L11, 0], [L21, L22]]) = [[X11, 0], [-X22 L21 X11, X22]].
   while s < cp:
     nb = cp // (2 * s)
@@ -123,10 +123,9 @@ def unit_lower_inverse(a: jax.Array) -> jax.Array:
   """Inverse of ``I + a`` for strictly lower-triangular ``a``, by matmuls only.
 
   Block forward substitution: ``inv([[L11, 0], [L21, L22]]) =
-  [[X11, 0], [-X22 L21 X11, X22]]`` doubles the inverted diagonal blocks from
-  1 x 1 up to ``C`` (inside 16 x 16 blocks as full masked 16 x 16 matmuls,
-  above that on the blocks themselves; ``C`` is padded to a power of two with
-  an identity block). This is as stable as plain forward substitution, unlike the
+  [[X11, 0], [-X22 L21 X11, X22]]`` doubles the inverted diagonal blocks up
+  to ``C``, starting from 16 x 16 blocks inverted by row-wise forward
+  substitution (``C`` is padded to a power of two with an identity block). This is as stable as plain forward substitution, unlike the
   product identity ``prod_m (I + (-a)^(2^m))``, whose intermediate powers can
   grow combinatorially and cancel catastrophically in float32. No
   ``lax.linalg.triangular_solve`` (its backward hung on CPU). The gradient is
