@@ -150,11 +150,16 @@ def run_window(model, tokens, positions, fast_weights: FastWeights, prefixes, sl
       hh, fw_out, kv = run(hh, fw_core.replace(states), start=c0, stop=c1)
       return hh, ({i: fw_out.states[i] for i in core_slots}, kv)
 
+    carry = ({i: fw_core.states[i] for i in core_slots}, kv_core)
+    h_start = h_core
+    # Truncation counts the wake pass as pass 1 of N: k = N - 1 cuts it off.
     grad_passes = sleep.grad_passes
     if grad_passes is not None and grad_passes >= sleep.n_passes:
       grad_passes = None
-    carry = ({i: fw_core.states[i] for i in core_slots}, kv_core)
-    (states, kv_last), h_last = sleep_consolidate(core_pass, h_core, carry, n_extra, remat=sleep.remat_passes,
+    elif grad_passes is not None and grad_passes == n_extra:
+      h_start, carry = jax.lax.stop_gradient((h_start, carry))
+      grad_passes = None
+    (states, kv_last), h_last = sleep_consolidate(core_pass, h_start, carry, n_extra, remat=sleep.remat_passes,
                                                   grad_passes=grad_passes, return_hidden=True)
     # The coda restarts from its window-start states (fw_core's coda slots).
     _, fw_out, kv_coda_n = run(h_last, fw_core.replace(states), start=c1, stop=n_blocks)

@@ -129,7 +129,8 @@ def bench_train(passes, batch_size: int, repeats: int, gdn_impl: str) -> None:
 
 
 # -- (a) decode latency -----------------------------------------------------------------------------
-def _full_attention_latency(cfg: ModelConfig, ctx: int, n_tokens: int) -> float:
+def _full_attention_stepper(cfg: ModelConfig, ctx: int, n_tokens: int):
+  """A jitted decode step of the full-attention model over a cache holding ``ctx`` tokens."""
   model = HybridLM(cfg, rngs=nnx.Rngs(1))
   graphdef, state = nnx.split(model)
   size = ctx + n_tokens
@@ -140,7 +141,7 @@ def _full_attention_latency(cfg: ModelConfig, ctx: int, n_tokens: int) -> float:
     v = jnp.asarray(rng.normal(size=kv.v.shape), kv.v.dtype)
     pos = jnp.where(jnp.arange(size) < ctx, jnp.arange(size), -1).astype(jnp.int32)
     caches.append(type(kv)(k=k, v=v, pos=pos))
-  caches = tuple(caches)
+  box = {"caches": tuple(caches), "position": ctx}
   fw = model.init_fast_weights(1)
   convs = model.init_conv_histories(1)
 
@@ -150,25 +151,20 @@ def _full_attention_latency(cfg: ModelConfig, ctx: int, n_tokens: int) -> float:
     return logits, caches
 
   token = jnp.zeros((1,), jnp.int32)
-  jax.block_until_ready(step(state, token, jnp.int32(ctx), caches))
-  times = []
-  for i in range(n_tokens):
-    t0 = time.perf_counter()
-    _, caches = step(state, token, jnp.int32(ctx + i), caches)
-    jax.block_until_ready(caches)
-    times.append(time.perf_counter() - t0)
-  return statistics.median(times)
+
+  def one():
+    _, box["caches"] = step(state, token, jnp.int32(box["position"]), box["caches"])
+    box["position"] += 1
+    return box["caches"]
+
+  jax.block_until_ready(step(state, token, jnp.int32(ctx), box["caches"]))  # compile
+  return one
 
 
-def _sleep_latency(session: SleepSession, n_tokens: int) -> float:
-  rng = np.random.default_rng(session.position)
-  times = []
-  for _ in range(n_tokens):
-    token = rng.integers(0, session.vocab_size, (1, 1)).astype(np.int32)
-    t0 = time.perf_counter()
-    jax.block_until_ready(session.feed(token))
-    times.append(time.perf_counter() - t0)
-  return statistics.median(times)
+def _timed(fn) -> float:
+  t0 = time.perf_counter()
+  jax.block_until_ready(fn())
+  return time.perf_counter() - t0
 
 
 def bench_decode(contexts, window: int, n_passes: int, n_tokens: int, gdn_impl: str) -> None:
@@ -178,33 +174,41 @@ def bench_decode(contexts, window: int, n_passes: int, n_tokens: int, gdn_impl: 
   full_cfg = ModelConfig(layout=("attn",) * 4, **common)
   sleep = SleepConfig(window=window, n_passes=n_passes)
   print(f"\n(a) per-token decode latency, B=1, d=256, 4 layers: sleep model {sleep_cfg.block_types} "
-        f"(L={window}, N={n_passes}) vs full attention {full_cfg.block_types}; median of {n_tokens} tokens")
-  session = SleepSession(HybridLM(sleep_cfg, rngs=nnx.Rngs(0)), sleep)
+        f"(L={window}, N={n_passes}) vs full attention {full_cfg.block_types}; median of {n_tokens} tokens, "
+        f"timed round-robin across contexts so load changes hit every context alike")
   rng = np.random.default_rng(0)
-  session.feed(rng.integers(0, 256, (1, window)).astype(np.int32))  # compile the window path
-  session.feed(rng.integers(0, 256, (1, 1)).astype(np.int32))  # compile the decode path
   session = SleepSession(HybridLM(sleep_cfg, rngs=nnx.Rngs(0)), sleep)
-  rows, stream_s, fed = [], 0.0, 0
+  session.fork().feed(rng.integers(0, 256, (1, window + 1)).astype(np.int32))  # compile window + decode paths
+  forks, stream_s = {}, 0.0
   for ctx in contexts:
-    todo = ctx - session.position
-    todo -= todo % window
+    if ctx % window:
+      raise ValueError(f"context {ctx} must be a multiple of the window {window}")
     t0 = time.perf_counter()
-    for _ in range(todo // window):  # whole windows: wake pass + sleep
+    while session.position < ctx:  # whole windows: wake pass + sleep on each
       session.feed(rng.integers(0, 256, (1, window)).astype(np.int32))
     jax.block_until_ready(session.state.fast_weights)
     stream_s += time.perf_counter() - t0
-    fed += todo
-    if session.position % window:
-      raise RuntimeError("context must end on a window boundary")
-    sleep_lat = _sleep_latency(session.fork(), n_tokens)  # the fork's tokens do not enter `session`
-    full_lat = _full_attention_latency(full_cfg, ctx, n_tokens)
-    rows.append((ctx, sleep_lat, full_lat))
-  print(f"streamed {fed} tokens through the sleep model in {stream_s:.1f} s "
-        f"({fed / max(stream_s, 1e-9):.0f} tokens/s including sleep)")
-  print(f"{'context':>8} {'sleep ms/token':>15} {'x vs first':>10} {'full-attn ms/token':>19} {'x vs first':>10}")
-  for ctx, s, f in rows:
-    print(f"{ctx:>8} {s * 1e3:>15.2f} {s / rows[0][1]:>10.2f} {f * 1e3:>19.2f} {f / rows[0][2]:>10.2f}")
-  print(f"sleep model latency({rows[-1][0]})/latency({rows[0][0]}) = {rows[-1][1] / rows[0][1]:.2f} (target <= 1.1)")
+    forks[ctx] = session.fork()  # the fork's timed tokens do not enter `session`
+  full = {ctx: _full_attention_stepper(full_cfg, ctx, n_tokens) for ctx in contexts}
+  sleep_t = {ctx: [] for ctx in contexts}
+  full_t = {ctx: [] for ctx in contexts}
+  for _ in range(n_tokens):
+    for ctx in contexts:
+      token = rng.integers(0, 256, (1, 1)).astype(np.int32)
+      sleep_t[ctx].append(_timed(lambda: forks[ctx].feed(token)))
+      full_t[ctx].append(_timed(full[ctx]))
+  print(f"streamed {session.position} tokens through the sleep model in {stream_s:.1f} s "
+        f"({session.position / max(stream_s, 1e-9):.0f} tokens/s, wake pass + sleep)")
+  first = contexts[0]
+  s0, f0 = statistics.median(sleep_t[first]), statistics.median(full_t[first])
+  print(f"{'context':>8} {'sleep ms/token':>15} {'x vs ' + str(first):>10} {'full-attn ms/token':>19} "
+        f"{'x vs ' + str(first):>10}")
+  for ctx in contexts:
+    s, f = statistics.median(sleep_t[ctx]), statistics.median(full_t[ctx])
+    print(f"{ctx:>8} {s * 1e3:>15.2f} {s / s0:>10.2f} {f * 1e3:>19.2f} {f / f0:>10.2f}")
+  last = contexts[-1]
+  print(f"sleep model latency({last})/latency({first}) = {statistics.median(sleep_t[last]) / s0:.2f} "
+        f"(target <= 1.1)")
 
 
 def main(argv: list[str]) -> int:
