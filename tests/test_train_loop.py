@@ -15,12 +15,14 @@ from train_helpers import CountingEvaluator, PoisonAt, TinyLM, make_grain_iter, 
 BATCH = 8
 
 
-def _spec(poison=None, loss_fn=tiny_loss):
+def _spec(poison=None, loss_fn=tiny_loss, with_eval=True):
   def data():
     it = make_grain_iter(BATCH, seed=3)
     return PoisonAt(it, *poison) if poison else it
+  # Runs whose final evaluation is not checked skip it (one compile less).
   return loop.RunSpec(model_factory=TinyLM, loss_fn=loss_fn, train_data=data,
-                      eval_data=lambda: (next(make_grain_iter(BATCH, seed=99)) for _ in range(2)),
+                      eval_data=(lambda: (next(make_grain_iter(BATCH, seed=99)) for _ in range(2))) if with_eval
+                      else None,
                       evaluator=CountingEvaluator,
                       sleep_cost=lambda m: metrics_lib.sleep_cost(m, window=4, n_passes=2), meta={"test": 1})
 
@@ -45,7 +47,7 @@ def _next_batches(workdir, k=2):
 
 def test_resume_is_bit_exact(tmp_path):
   straight = loop.train(_spec(), _config(8, "muon_adamw"), str(tmp_path / "straight"))
-  part = loop.train(_spec(), _config(5, "muon_adamw"), str(tmp_path / "resumed"))
+  part = loop.train(_spec(with_eval=False), _config(5, "muon_adamw"), str(tmp_path / "resumed"))
   assert part.resumed_from is None
   resumed = loop.train(_spec(), _config(8, "muon_adamw"), str(tmp_path / "resumed"))
   assert resumed.resumed_from == 5
@@ -60,10 +62,12 @@ def test_resume_is_bit_exact(tmp_path):
   assert json.load(open(tmp_path / "straight" / "eval.json"))["step"] == 8
 
 
-@pytest.mark.parametrize("what,quantity", [("loss", "loss"), ("grads", "gradients")])
+@pytest.mark.parametrize("what,quantity", [pytest.param("loss", "loss", marks=pytest.mark.slow),
+                                           ("grads", "gradients")])
 def test_nonfinite_stops_and_keeps_last_good_checkpoint(tmp_path, what, quantity):
   with pytest.raises(metrics_lib.NonFiniteError, match=f"non-finite {quantity} at step 4") as e:
-    loop.train(_spec(poison=(4, what), loss_fn=poison_loss), _config(8, num_devices=1), str(tmp_path))
+    loop.train(_spec(poison=(4, what), loss_fn=poison_loss, with_eval=False), _config(8, num_devices=1),
+               str(tmp_path))
   assert e.value.step == 4 and e.value.last_checkpoint == 3
   assert ckpt_lib.Checkpointer(ckpt_lib.checkpoint_dir(str(tmp_path))).steps() == [3]
   stop = metrics_lib.read_jsonl(str(tmp_path / "metrics.jsonl"), "stop")
@@ -71,9 +75,9 @@ def test_nonfinite_stops_and_keeps_last_good_checkpoint(tmp_path, what, quantity
 
 
 def test_init_from_copies_params_only(tmp_path):
-  base = loop.train(_spec(), _config(3, num_devices=1), str(tmp_path / "base"))
+  base = loop.train(_spec(with_eval=False), _config(3, num_devices=1), str(tmp_path / "base"))
   cfg = dataclasses.replace(_config(0, num_devices=1), init_from=str(tmp_path / "base"))
-  child = loop.train(_spec(), cfg, str(tmp_path / "child"))
+  child = loop.train(_spec(with_eval=False), cfg, str(tmp_path / "child"))
   for a, b in zip(_leaves(base.state.params), _leaves(child.state.params)):
     np.testing.assert_array_equal(a, b)
   assert int(child.state.step) == 0
