@@ -37,7 +37,8 @@ def main(argv):
   from launch import experiment as launch_train
   from sleep_jax.train import checkpoint as ckpt_lib
 
-  logging.getLogger("absl").setLevel(logging.WARNING)
+  for name in ("absl", "jax"):  # keep the console to progress and results
+    logging.getLogger(name).setLevel(logging.WARNING)
   try:
     step, result = launch_train.evaluate_run(_WORKDIR.value, overrides=_OVERRIDE.value, step=_STEP.value,
                                 eval_batches=_BATCHES.value or None)

@@ -143,7 +143,8 @@ def main(argv):
   from sleep_jax.train import checkpoint as ckpt_lib
   from sleep_jax.train import metrics as metrics_lib
 
-  logging.getLogger("absl").setLevel(logging.WARNING)
+  for name in ("absl", "jax"):  # keep the console to progress and results
+    logging.getLogger(name).setLevel(logging.WARNING)
   try:
     run_sweep(_CONFIG.value, _WORKDIR.value, _N_PASSES.value, _TRAIN_DEPTHS.value, _DEPTH_FIELDS.value,
               _BASELINE.value)

@@ -47,7 +47,8 @@ def main(argv):
   from sleep_jax.train import distributed
   from sleep_jax.train import metrics as metrics_lib
 
-  logging.getLogger("absl").setLevel(logging.WARNING)
+  for name in ("absl", "jax"):  # keep the console to progress and results
+    logging.getLogger(name).setLevel(logging.WARNING)
   try:
     distributed.initialize(_COORD.value, _NPROC.value, _PID.value, auto=_AUTO.value)
     result = experiment.run(_CONFIG.value, _WORKDIR.value)

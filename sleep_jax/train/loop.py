@@ -145,6 +145,8 @@ def train(spec: RunSpec, config: TrainConfig, workdir: str) -> TrainResult:
     state = restored.state
     if restored.data_state is not None:
       data_iter.set_state(restored.data_state)
+    else:
+      log.warning("checkpoint step %d has no data iterator state; the data stream restarts", restored.step)
     log.info("resumed from step %d in %s", restored.step, checkpointer.directory)
   else:
     if config.init_from:
