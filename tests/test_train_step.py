@@ -88,3 +88,19 @@ def test_bad_configs_raise():
     parallel.check_batch_size(6, parallel.make_data_mesh(4))
   with pytest.raises(ValueError, match="num_devices"):
     parallel.make_data_mesh(64)
+
+
+def test_hybrid_model_param_groups():
+  from flax import nnx
+  from sleep_jax.config import ModelConfig
+  from sleep_jax.model import HybridLM
+  cfg = ModelConfig(vocab_size=12, d_model=32, n_layers=2, n_heads=2, head_dim=16, gdn_head_dim=16)
+  _, params, _ = nnx.split(nnx.eval_shape(lambda: HybridLM(cfg, rngs=nnx.Rngs(0))), nnx.Param, ...)
+  groups = topt.describe_param_groups(params, tcfg.OptimizerConfig())
+  muon = set(groups["muon"])
+  for name in ("blocks/0/mixer/q_proj/kernel", "blocks/0/mlp/up/kernel", "blocks/1/mixer/v_proj/kernel",
+               "blocks/1/mixer/o_proj/kernel"):
+    assert name in muon, name
+  for name in ("embed/embedding", "lm_head/kernel", "blocks/1/mixer/a_proj/kernel", "blocks/1/mixer/b_proj/kernel",
+               "blocks/1/mixer/conv_weight", "blocks/1/mixer/A_log", "final_norm/scale"):
+    assert name in groups["adamw"], name

@@ -133,8 +133,9 @@ def train(spec: RunSpec, config: TrainConfig, workdir: str) -> TrainResult:
   graphdef, state = state_lib.create_train_state(spec.model_factory, opt.tx, config.seed)
   if is_main:
     groups = opt_lib.describe_param_groups(state.params, config.optimizer)
-    log.info("params: %d; muon: %s; adamw: %s", state_lib.count_params(state.params), groups["muon"],
-             groups["adamw"])
+    log.info("params: %d; %d tensors on muon, %d on adamw", state_lib.count_params(state.params),
+             len(groups["muon"]), len(groups["adamw"]))
+    log.debug("param groups: %s", groups)
 
   checkpointer = ckpt_lib.Checkpointer(ckpt_lib.checkpoint_dir(workdir), max_to_keep=config.max_to_keep)
   restored = checkpointer.restore_latest(_abstract_with_sharding(jax.eval_shape(lambda: state), mesh))
