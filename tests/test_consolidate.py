@@ -142,6 +142,7 @@ def test_inside_shard_map_two_devices():
   assert_close(g_ref, g, "float32_grad", what="shard_map grad")
 
 
+@pytest.mark.slow  # the windowed tests also run sleep_consolidate over a merged NNX model
 def test_nnx_model_through_split_merge():
   cfg = ModelConfig(vocab_size=7, d_model=16, layout=("attn", "gdn"), n_heads=2, head_dim=8, gdn_head_dim=8,
                     gdn_impl="reference")

@@ -55,6 +55,7 @@ def test_rope_scores_depend_on_offsets_only():
   assert float(jnp.abs(apply_rope(q, pos, theta=1e4) - q).max()) > 1e-3
 
 
+@pytest.mark.slow  # decoding with eviction is compared to the batched forward in test_session.py
 def test_decode_steps_match_full_forward():
   cfg = _config()
   model = HybridLM(cfg, rngs=nnx.Rngs(0))
@@ -86,9 +87,13 @@ def test_parameters_dtypes_and_init():
   emb = np.asarray(model.embed.embedding[...])
   assert abs(emb.std() - 1.0) < 0.15
   assert not hasattr(model, "lm_head")
-  logits, fw = model(jnp.zeros((1, 3), jnp.int32))
+  # Shapes and dtypes only: abstract evaluation, no compile.
+  logits, fw = jax.eval_shape(lambda: model(jnp.zeros((1, 3), jnp.int32)))
   assert logits.dtype == jnp.float32 and logits.shape == (1, 3, 7)
   assert isinstance(fw, FastWeights) and fw.states[0].dtype == jnp.float32
+  h = jax.eval_shape(lambda: model.run_blocks(model.embed_tokens(jnp.zeros((1, 3), jnp.int32)),
+                                              model.init_fast_weights(1), jnp.arange(3))[0])
+  assert h.dtype == jnp.bfloat16
   assert fw.states[0].shape == (1, cfg.num_gdn_heads, cfg.gdn_head_dim, cfg.gdn_v_dim)
   small = HybridLM(_config(embed_init_std=0.02), rngs=nnx.Rngs(0))
   assert abs(np.asarray(small.embed.embedding[...]).std() - 0.02) < 0.005
@@ -120,28 +125,26 @@ def test_unknown_block_type():
 def test_inserted_gdn_blocks_leave_logits_unchanged():
   from sleep_jax.config import SleepConfig
   from sleep_jax.retrofit import insert_gdn_blocks, with_passes
-  from sleep_jax.windowed import windowed_loss
+  from sleep_jax.windowed import windowed_forward
 
-  cfg = _config(layout=("attn", "attn", "attn"), prelude=1)
+  cfg = _config(layout=("attn", "attn"), prelude=1)
   old = HybridLM(cfg, rngs=nnx.Rngs(0))
-  new = insert_gdn_blocks(old, [1, 3], rngs=nnx.Rngs(1))
-  assert new.config.block_types == ("attn", "gdn", "attn", "gdn", "attn")
-  assert new.config.core_range == (1, 5)
+  new = insert_gdn_blocks(old, [1], rngs=nnx.Rngs(1))
+  assert new.config.block_types == ("attn", "gdn", "attn")
+  assert new.config.core_range == (1, 3)
   tokens = jax.random.randint(jax.random.key(3), (2, 6), 0, 7, dtype=jnp.int32)
-  batch = dict(tokens=tokens, targets=jnp.roll(tokens, -1, 1), loss_mask=jnp.zeros((2, 6)).at[:, 4:].set(1.0))
   sleep = with_passes(SleepConfig(window=3), 2)
   assert sleep.n_passes == 2
 
-  def run(model):
+  def logits(model):
     graphdef, state = nnx.split(model)
-    loss = lambda st: windowed_loss(nnx.merge(graphdef, st), batch, sleep, sleep_schedule=(True, False))
-    (value, aux), grads = jax.jit(jax.value_and_grad(loss, has_aux=True))(state)
-    return value, aux.logits, grads
+    fn = lambda st: windowed_forward(nnx.merge(graphdef, st), tokens, None, sleep).logits
+    return jax.jit(fn)(state)
 
-  _, ref_logits, _ = run(old)
-  _, logits, grads = run(new)
-  assert_close(ref_logits, logits, what="logits after insertion")
-  # The new blocks can learn: their zeroed output projections get gradients.
+  assert_close(logits(old), logits(new), what="logits after insertion")
+  # The new block can learn: its zeroed output projection gets gradients.
+  graphdef, state = nnx.split(new)
+  grads = jax.jit(jax.grad(lambda st: jnp.sum(jnp.sin(nnx.merge(graphdef, st)(tokens)[0]))))(state)
   assert float(jnp.abs(grads["blocks"][1]["mixer"]["o_proj"]["kernel"][...]).max()) > 0
   with pytest.raises(ValueError, match="distinct"):
     insert_gdn_blocks(old, [1, 1], rngs=nnx.Rngs(1))

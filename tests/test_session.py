@@ -29,7 +29,9 @@ def _reference(model, tokens, sleep):
   return fn(state, tokens)
 
 
-@pytest.mark.parametrize("eviction,n_passes", [("hard", 1), ("hard", 3), ("sliding", 1), ("sliding", 2)])
+@pytest.mark.parametrize("eviction,n_passes", [
+    ("hard", 1), pytest.param("hard", 3, marks=pytest.mark.slow), pytest.param("sliding", 1, marks=pytest.mark.slow),
+    ("sliding", 2)])
 def test_streaming_matches_windowed_forward(model, eviction, n_passes):
   tokens = jax.random.randint(jax.random.key(1), (2, 11), 0, VOCAB, dtype=jnp.int32)
   sleep = SleepConfig(window=3, n_passes=n_passes, eviction=eviction)

@@ -99,7 +99,9 @@ def test_n1_hard_equals_window_by_window(model):
   assert float(jnp.abs(full - out.logits).max()) > 1e-3
 
 
-@pytest.mark.parametrize("eviction", ["hard", "sliding"])
+# Sliding (kept keys/values on top of the sleep passes) runs by default; hard is
+# also covered by the traced-mask and session tests.
+@pytest.mark.parametrize("eviction", [pytest.param("hard", marks=pytest.mark.slow), "sliding"])
 def test_sleep_equals_explicit_passes(model, eviction):
   tokens = _tokens(2, 6, seed=1)
   sleep = SleepConfig(window=3, n_passes=3, eviction=eviction)
@@ -114,6 +116,7 @@ def test_sleep_equals_explicit_passes(model, eviction):
   assert float(jnp.abs(awake_fw.states[0] - out.fast_weights.states[0]).max()) > 1e-4
 
 
+@pytest.mark.slow
 def test_prelude_core_coda_semantics():
   cfg = _config(layout=("gdn", "attn", "gdn"), prelude=1, coda=1)
   model = HybridLM(cfg, rngs=nnx.Rngs(3))
@@ -142,9 +145,7 @@ def test_traced_mask_under_jit_matches_static_schedule(model):
   mask2[0, 2] = 1.0
   batch2 = dict(batch, loss_mask=jnp.asarray(mask2))
   traced2 = traced_fn(batch2)
-  static2 = _jit(model, lambda m, b: windowed_loss(m, b, sleep, sleep_schedule=(False, False)))(batch2)
   assert float(jnp.abs(traced2[1].fast_weights.states[0] - traced[1].fast_weights.states[0]).max()) > 1e-4
-  assert_close(static2[1].fast_weights, traced2[1].fast_weights, what="fast weights (mask 2)")
 
 
 def test_loss_aux_matches_manual_cross_entropy(model):
@@ -197,8 +198,9 @@ def test_gradient_through_fast_weights_matches_finite_differences(model):
     picked = jnp.take_along_axis(out.logits, targets[..., None], -1)[..., 0]
     return jnp.sum((logz - picked) * mask) / mask.sum()
 
-  f = jax.jit(loss_fn)
-  g_state, g_fw = jax.jit(jax.grad(loss_fn, argnums=(0, 1)))(state, fw0)
+  value_and_grad = jax.jit(jax.value_and_grad(loss_fn, argnums=(0, 1)))  # one compile serves both
+  f = lambda *args: value_and_grad(*args)[0]
+  _, (g_state, g_fw) = value_and_grad(state, fw0)
   eps = 1e-2
   checked = 0
   flat, treedef = jax.tree_util.tree_flatten_with_path((state, fw0))

@@ -103,7 +103,7 @@ def bench_train(passes, batch_size: int, repeats: int, gdn_impl: str) -> None:
   schedule = (True, True, True, True, False)
   print(f"\n(b) training step, fwd+bwd of windowed_loss: B={batch_size} T={t} L={window} "
         f"layout={cfg.block_types} d={cfg.d_model} gdn_impl={gdn_impl} backend={jax.default_backend()}")
-  rows = []
+  compiled, info = {}, {}
   for n in passes:
     sleep = SleepConfig(window=window, n_passes=n)
 
@@ -112,12 +112,17 @@ def bench_train(passes, batch_size: int, repeats: int, gdn_impl: str) -> None:
 
     step = jax.jit(jax.value_and_grad(loss))
     t0 = time.perf_counter()
-    compiled = step.lower(state, batch).compile()
+    compiled[n] = step.lower(state, batch).compile()
     compile_s = time.perf_counter() - t0
     flops = jaxpr_matmul_flops(jax.make_jaxpr(jax.value_and_grad(loss))(state, batch))
-    jax.block_until_ready(compiled(state, batch))
-    sec = _median_time(lambda: compiled(state, batch), repeats)
-    rows.append((n, sec, flops, _xla_flops(compiled), compile_s))
+    jax.block_until_ready(compiled[n](state, batch))
+    info[n] = (flops, _xla_flops(compiled[n]), compile_s)
+  # Round-robin over N so that changes in machine load hit every N alike.
+  times = {n: [] for n in passes}
+  for _ in range(repeats):
+    for n in passes:
+      times[n].append(_median_time(lambda n=n: compiled[n](state, batch), 1))
+  rows = [(n, statistics.median(times[n]), *info[n]) for n in passes]
   base = rows[0]
   print(f"{'N':>3} {'step ms':>9} {'time x':>7} {'matmul GFLOP':>13} {'FLOP x':>7} {'time/FLOP':>9} "
         f"{'XLA GFLOP':>10} {'XLA x':>6} {'compile s':>9}")
