@@ -135,7 +135,9 @@ def plot_vs_passes(rows: Iterable[Mapping], value: str = "accuracy", *, title: s
   fig, ax = plt.subplots(figsize=(6, 4), dpi=120)
   for label in sorted(series, key=lambda s: (s == "all", int(s) if s.lstrip("-").isdigit() else 0)):
     pts = dict(sorted(series[label].items()))
-    ax.plot(list(pts), list(pts.values()), marker="o", label=f"depth {label}")
+    ax.plot(list(pts), list(pts.values()), marker="o", linestyle="--" if label == "all" else "-",
+            label="all depths" if label == "all" else f"depth {label}")
+  ax.set_xticks(sorted({n for pts in series.values() for n in pts}))
   ax.set_xlabel("sleep passes N")
   ax.set_ylabel(value)
   ax.grid(alpha=0.3)
