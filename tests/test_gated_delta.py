@@ -43,6 +43,10 @@ def _gates(rng, shape, regime):
     return -rng.uniform(0.0, 0.5, shape)
   if regime == "strong":  # Cumulative log-decay ~190 over a 64-token chunk (exp overflow regime).
     return -rng.uniform(1.0, 5.0, shape)
+  if regime == "extreme":  # A run of exact zeros, then -1e4 decays between ordinary gates.
+    pos = np.arange(shape[1])[None, :, None]
+    small = -rng.uniform(0.0, 1.0, shape)
+    return np.broadcast_to(np.where(pos < 8, 0.0, np.where(pos % 4 == 0, -1e4, small)), shape)
   if regime == "mixed":  # Mostly 0, a few tokens of -60 each: > 100 inside one chunk.
     return np.where(rng.uniform(size=shape) < 0.05, -60.0, 0.0)
   raise ValueError(regime)
@@ -381,3 +385,14 @@ def test_traced_log_alpha_is_not_value_checked():
   be = jnp.array([[[1.0], [0.0]]])
   _, s = jax.jit(lambda la: gated_delta_rule(q, q, v, la, be, impl="chunked"))(la)
   np.testing.assert_allclose(np.asarray(s)[0, 0, 0, 0], np.exp(0.5), rtol=1e-6)
+
+
+@pytest.mark.timeout(300)
+def test_huge_decays_among_small_gates_match_oracle():
+  # Decays of -1e4 between ordinary gates inside one chunk: forming G_i - G_j as a
+  # difference of cumulative sums loses the small gates (float32 ulp ~1e-3 at 1e4),
+  # a 1e-2 rel-RMS error in dbeta before the chunked form summed decays directly.
+  args = make_inputs(7, 1, 64, 1, 64, 16, gate="extreme", beta="uniform")
+  cts = cotangents(7, 1, 64, 1, 64, 16)
+  ref = fwd_bwd(args, cts, "reference")
+  assert_matches(ref, fwd_bwd(args, cts, "chunked"), "chunked extreme")

@@ -202,10 +202,13 @@ def _intra_chunk(q, k, v, g, beta, scale):
   """
   c, dk = g.shape[-1], k.shape[-1]
   cum = jnp.cumsum(g, axis=-1)  # G_i <= 0, non-increasing.
-  diff = cum[:, :, None] - cum[:, None, :]  # G_i - G_j
   row = jnp.arange(c)[:, None]
   col = jnp.arange(c)[None, :]
   incl = row >= col
+  # G_i - G_j as a direct sum of the gates in (j, i], never as a difference of
+  # cumulative sums: after a decay of -1e4 the cumulative sum has an ulp of ~1e-3,
+  # so the difference would lose every ordinary gate that follows it.
+  diff = jnp.cumsum(jnp.where(row > col, g[:, :, None], 0.0), axis=1)
   # Double where: the masked (positive, possibly huge) exponents never reach exp,
   # so neither the value nor its gradient can become inf or NaN.
   decay_incl = jnp.where(incl, jnp.exp(jnp.where(incl, diff, 0.0)), 0.0)
@@ -220,7 +223,10 @@ def _intra_chunk(q, k, v, g, beta, scale):
   p_wu = _mm("mij,mjx->mix", p, wu)  # [P W | P Uw]
   qe = scale * q * e_cum[:, :, None] - p_wu[..., :dk]
   last = cum[:, -1:]
-  kd = k * jnp.exp(last - cum)[:, :, None]
+  # G_last - G_i, again summed directly (reverse exclusive cumulative sum).
+  to_end = jnp.flip(jnp.cumsum(jnp.flip(g, axis=-1), axis=-1), axis=-1)
+  to_end = jnp.concatenate([to_end[:, 1:], jnp.zeros_like(to_end[:, :1])], axis=-1)
+  kd = k * jnp.exp(to_end)[:, :, None]
   kd_wu = _mm("mik,mix->mkx", kd, wu)  # [Kd^T W | Kd^T Uw]
   eye = jnp.eye(dk, dtype=k.dtype)
   d = jnp.exp(last)[:, :, None] * eye - kd_wu[..., :dk]
