@@ -133,8 +133,8 @@ def gated_delta_rule(q, k, v, log_alpha, beta, *, initial_state=None, scale=None
                                             scale=scale, chunk_size=int(chunk_size))
   rule = _pallas_rule()
   # interpret=None: the kernels run interpreted exactly when the platform is
-  # cpu (pallas.resolve_interpret; an environment switch can force it on
-  # GPU/TPU hosts for debugging).
+  # cpu (pallas.resolve_interpret). To debug a kernel on a GPU/TPU host, call
+  # pallas.gated_delta_rule_pallas(..., interpret=True) directly.
   return rule(q, k, v, log_alpha, beta, initial_state=initial_state, scale=scale,
               chunk_size=int(chunk_size), interpret=None)
 
