@@ -22,7 +22,7 @@ def _config(name):
 
 def _tiny(cfg):
   cfg.model.update(d_model=16, n_layers=2, n_heads=1, head_dim=16, gdn_head_dim=16)
-  cfg.train.update(num_steps=1, batch_size=2, eval_batches=1, progress=False, log_every=1)
+  cfg.train.update(num_steps=1, batch_size=4, eval_batches=1, progress=False, log_every=1)  # 4 fake devices
   return cfg
 
 
