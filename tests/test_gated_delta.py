@@ -396,3 +396,23 @@ def test_huge_decays_among_small_gates_match_oracle():
   cts = cotangents(7, 1, 64, 1, 64, 16)
   ref = fwd_bwd(args, cts, "reference")
   assert_matches(ref, fwd_bwd(args, cts, "chunked"), "chunked extreme")
+
+
+@pytest.mark.timeout(300)
+@pytest.mark.parametrize("impl", ["reference", "chunked"])
+def test_inside_shard_map_with_vma_checks(impl):
+  # Data-parallel callers run the rule per shard under jax.shard_map with the
+  # default check_vma=True: every loop carry must take the inputs' varying axes.
+  from jax.sharding import PartitionSpec as P
+  mesh = jax.make_mesh((2,), ("data",), axis_types=(jax.sharding.AxisType.Auto,),
+                       devices=jax.devices()[:2])
+  args = make_inputs(11, 4, 40, 2, 16, 16)[:5]
+
+  def loss(q, k, v, la, be):
+    o, s = gated_delta_rule(q, k, v, la, be, impl=impl, chunk_size=16)
+    return jnp.sum(o ** 2) + jnp.sum(s ** 2)
+
+  sharded = jax.jit(jax.shard_map(jax.grad(loss, argnums=(0, 1, 2, 3, 4)), mesh=mesh, in_specs=P("data"),
+                                  out_specs=P("data")))(*args)
+  plain = jax.grad(loss, argnums=(0, 1, 2, 3, 4))(*args)
+  assert_close(plain, sharded, "float32", metric="rel_rms", what=f"{impl} under shard_map")

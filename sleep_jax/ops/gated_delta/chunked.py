@@ -108,7 +108,9 @@ def _unit_lower_inverse_impl(a):
     x_i = jax.lax.dynamic_index_in_dim(eye, i, 0, keepdims=False) - _mm("...j,...jk->...k", a_i, x)
     return jax.lax.dynamic_update_index_in_dim(x, x_i, i, -2)
 
-  x = jax.lax.fori_loop(1, s, row, jnp.broadcast_to(eye, blocks.shape))
+  # eye + 0 * blocks (not a broadcast constant): the carry then has the input's
+  # varying mesh axes, so the loop type-checks inside shard_map(check_vma=True).
+  x = jax.lax.fori_loop(1, s, row, eye + jnp.zeros_like(blocks))
   # Larger blocks: inv([[L11, 0], [L21, L22]]) = [[X11, 0], [-X22 L21 X11, X22]].
   while s < cp:
     nb = cp // (2 * s)
@@ -357,7 +359,9 @@ def gated_delta_rule_chunked(q, k, v, log_alpha, beta, *, initial_state=None, sc
   scale = dk ** -0.5 if scale is None else float(scale)
   f32 = jnp.float32
   if initial_state is None:
-    initial_state = jnp.zeros((b, h, dk, dv), f32)
+    # Zeros shaped from k and v rather than a constant, so that inside
+    # shard_map the state carries the inputs' varying mesh axes (check_vma).
+    initial_state = jnp.zeros_like(k[:, 0, :, :, None] * v[:, 0, :, None, :], jnp.float32)
   c = max(1, min(int(chunk_size), t))
   n = -(-t // c)
   t_pad = n * c - t

@@ -79,7 +79,9 @@ def gated_delta_rule_reference(q, k, v, log_alpha, beta, *, initial_state=None, 
   b, _, h, dk = q.shape
   dv = v.shape[-1]
   if initial_state is None:
-    initial_state = jnp.zeros((b, h, dk, dv), jnp.float32)
+    # Zeros shaped from k and v rather than a constant, so that inside
+    # shard_map the state carries the inputs' varying mesh axes (check_vma).
+    initial_state = jnp.zeros_like(k[:, 0, :, :, None] * v[:, 0, :, None, :], jnp.float32)
 
   @jax.checkpoint
   def step(s, xs):
