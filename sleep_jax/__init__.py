@@ -34,7 +34,17 @@ __all__ = [
     "init_fast_weights",
     "ops",
     "sleep_consolidate",
+    "train",
     "windowed_forward",
     "windowed_loss",
 ]
 __version__ = "0.1.0"
+
+
+def __getattr__(name):
+  # The trainer pulls in optax, orbax and grain; import it on first use so that
+  # `import sleep_jax` stays light for users who only compose the model.
+  if name == "train":
+    import importlib
+    return importlib.import_module("sleep_jax.train")
+  raise AttributeError(f"module 'sleep_jax' has no attribute {name!r}")
