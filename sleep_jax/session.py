@@ -294,9 +294,17 @@ class SleepSession:
     template = init_session_state(model, sleep, batch_size)
     leaves, treedef = jax.tree.flatten(template)
     target = {f"{i:04d}": jax.ShapeDtypeStruct(x.shape, x.dtype) for i, x in enumerate(leaves)}
-    try:
-      restored = ocp.StandardCheckpointer().restore(os.path.abspath(directory), target)
-    except (ValueError, KeyError) as err:
-      raise ValueError(f"checkpoint at {directory} does not match this model / SleepConfig / batch_size: {err}") from err
+    ckptr = ocp.StandardCheckpointer()
+    path = os.path.abspath(directory)
+    meta = ckptr.metadata(path)
+    meta = getattr(meta, "item_metadata", meta)
+    saved = {k: (tuple(v.shape), np.dtype(v.dtype)) for k, v in meta.items()}
+    wanted = {k: (tuple(v.shape), np.dtype(v.dtype)) for k, v in target.items()}
+    if saved != wanted:
+      diff = sorted(k for k in set(saved) | set(wanted) if saved.get(k) != wanted.get(k))
+      raise ValueError(f"checkpoint at {directory} does not match this model / SleepConfig / batch_size "
+                       f"(leaves {diff[:4]}: saved {[saved.get(k) for k in diff[:4]]}, "
+                       f"expected {[wanted.get(k) for k in diff[:4]]})")
+    restored = ckptr.restore(path, target)
     state = jax.tree.unflatten(treedef, [restored[f"{i:04d}"] for i in range(len(leaves))])
     return cls(model, sleep, batch_size, state=state)
