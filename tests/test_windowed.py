@@ -99,9 +99,7 @@ def test_n1_hard_equals_window_by_window(model):
   assert float(jnp.abs(full - out.logits).max()) > 1e-3
 
 
-# Sliding (kept keys/values on top of the sleep passes) runs by default; hard is
-# also covered by the traced-mask and session tests.
-@pytest.mark.parametrize("eviction", [pytest.param("hard", marks=pytest.mark.slow), "sliding"])
+@pytest.mark.parametrize("eviction", ["hard", "sliding"])
 def test_sleep_equals_explicit_passes(model, eviction):
   tokens = _tokens(2, 6, seed=1)
   sleep = SleepConfig(window=3, n_passes=3, eviction=eviction)
@@ -116,7 +114,6 @@ def test_sleep_equals_explicit_passes(model, eviction):
   assert float(jnp.abs(awake_fw.states[0] - out.fast_weights.states[0]).max()) > 1e-4
 
 
-@pytest.mark.slow
 def test_prelude_core_coda_semantics():
   cfg = _config(layout=("gdn", "attn", "gdn"), prelude=1, coda=1)
   model = HybridLM(cfg, rngs=nnx.Rngs(3))
