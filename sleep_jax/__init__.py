@@ -20,23 +20,30 @@ from sleep_jax.config import ModelConfig, SleepConfig
 from sleep_jax.consolidate import sleep_consolidate
 from sleep_jax.fast_weights import FastWeights, init_fast_weights
 from sleep_jax.model import HybridLM
-from sleep_jax.session import SleepSession
-from sleep_jax.windowed import LossAux, WindowedOutput, windowed_forward, windowed_loss
+from sleep_jax.retrofit import insert_gdn_blocks, with_passes
+from sleep_jax.session import SessionState, SleepSession
+from sleep_jax.windowed import (LossAux, WindowedOutput, schedule_from_mask, serving_schedule, windowed_forward,
+                                windowed_loss)
 
 __all__ = [
     "FastWeights",
     "HybridLM",
     "LossAux",
     "ModelConfig",
+    "SessionState",
     "SleepConfig",
     "SleepSession",
     "WindowedOutput",
     "init_fast_weights",
+    "insert_gdn_blocks",
     "ops",
+    "schedule_from_mask",
+    "serving_schedule",
     "sleep_consolidate",
     "train",
     "windowed_forward",
     "windowed_loss",
+    "with_passes",
 ]
 __version__ = "0.1.0"
 
