@@ -5,6 +5,7 @@ import os
 import subprocess
 import sys
 
+import numpy as np
 import pytest
 
 from launch import experiment
@@ -120,3 +121,42 @@ def test_overrides_parse_and_reject():
     experiment.apply_overrides(cfg, ["sleep.nope=1"])
   with pytest.raises(ValueError, match="key.path=value"):
     experiment.apply_overrides(cfg, ["sleep.n_passes"])
+
+
+def _raw_state(workdir, step):
+  import orbax.checkpoint as ocp
+  from sleep_jax.train import checkpoint as ckpt_lib
+  mngr = ocp.CheckpointManager(ckpt_lib.checkpoint_dir(workdir))
+  raw = mngr.restore(step, args=ocp.args.Composite(state=ocp.args.StandardRestore(),
+                                                   data=ocp.args.JsonRestore()))
+  return raw["state"], raw["data"]
+
+
+@pytest.mark.slow
+def test_cli_resume_in_a_new_process_is_bit_exact(tmp_path):
+  # Process-level resume: a run that exits after 2 steps and is started again must
+  # end with exactly the state (params, optimizer, step) and data-iterator position
+  # of a run that went 4 steps straight. decay_steps is pinned: by default the
+  # schedule spans num_steps, which is what the early stop changes.
+  base = ["--config=launch/configs/rule110_small.py", *[a for a in TINY if "num_steps" not in a],
+          "--config.train.checkpoint_every=2", "--config.optimizer.decay_steps=4"]
+  straight, resumed = str(tmp_path / "straight"), str(tmp_path / "resumed")
+  for wd, steps in ((straight, 4), (resumed, 2), (resumed, 4)):
+    p = _launch("launch.train", f"--workdir={wd}", *base, f"--config.train.num_steps={steps}")
+    assert p.returncode == 0, p.stderr[-3000:]
+  s_state, s_data = _raw_state(straight, 4)
+  r_state, r_data = _raw_state(resumed, 4)
+  assert s_data == r_data
+  s_leaves, s_def = jax_tree_flatten(s_state)
+  r_leaves, r_def = jax_tree_flatten(r_state)
+  assert s_def == r_def
+  for a, b in zip(s_leaves, r_leaves):
+    np.testing.assert_array_equal(a, b)
+  losses = lambda wd: [r["loss"] for r in map(json.loads, open(os.path.join(wd, "metrics.jsonl")))
+                       if r.get("kind") == "train"]
+  assert losses(straight)[2:] == losses(resumed)[2:]
+
+
+def jax_tree_flatten(tree):
+  import jax
+  return jax.tree.flatten(tree)
