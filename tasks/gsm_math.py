@@ -336,9 +336,5 @@ TASK = register(Task(
     make_example=make_example,
     tokenizer=tokenizer,
     evaluator=lambda config: Evaluator("answer"),
-    vocab_size=lambda config: tokenizer(config).vocab_size,
-    seq_len=lambda config: config.seq_len,
-    window=lambda config: config.window,
-    eviction=lambda config: config.eviction,
     depth_name="op",
 ))

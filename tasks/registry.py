@@ -29,11 +29,14 @@ class Task:
       ``tasks.example``).
     tokenizer: ``config -> Tokenizer``.
     evaluator: ``config -> Evaluator`` (a fresh, empty accumulator).
-    vocab_size: ``config -> int``.
-    seq_len: ``config -> int``, the fixed length ``T`` of every example.
-    window: ``config -> int``, the paper's consolidation window ``L``.
-    eviction: ``config -> str``, "hard" or "sliding".
     depth_name: what the depth knob is called in this task ("t", "k", "op").
+    vocab_size: ``config -> int`` (default: the tokenizer's vocabulary).
+    seq_len: ``config -> int``, the fixed length ``T`` of every example
+      (default: ``config.seq_len``).
+    window: ``config -> int``, the paper's consolidation window ``L``
+      (default: ``config.window``).
+    eviction: ``config -> str``, "hard" or "sliding" (default:
+      ``config.eviction`` if the config has one, else "hard").
   """
   name: str
   config_cls: type
@@ -41,13 +44,24 @@ class Task:
   make_example: Callable[..., dict[str, Any]]
   tokenizer: Callable[[Any], Tokenizer]
   evaluator: Callable[[Any], Evaluator]
-  vocab_size: Callable[[Any], int]
-  seq_len: Callable[[Any], int]
-  window: Callable[[Any], int]
-  eviction: Callable[[Any], str]
   depth_name: str
+  vocab_size: Callable[[Any], int] | None = None
+  seq_len: Callable[[Any], int] | None = None
+  window: Callable[[Any], int] | None = None
+  eviction: Callable[[Any], str] | None = None
 
   def __post_init__(self):
+    # Defaults read the conventional fields: the tokenizer's vocabulary, and the
+    # config's `seq_len`, `window` and (if it has one) `eviction`.
+    defaults = {
+        "vocab_size": lambda config: self.tokenizer(config).vocab_size,
+        "seq_len": lambda config: config.seq_len,
+        "window": lambda config: config.window,
+        "eviction": lambda config: getattr(config, "eviction", "hard"),
+    }
+    for field, fn in defaults.items():
+      if getattr(self, field) is None:
+        object.__setattr__(self, field, fn)
     for need in ("paper", "small"):
       if need not in self.presets:
         raise ValueError(f"Task {self.name!r}: presets must include {need!r}, got {sorted(self.presets)}")
