@@ -79,6 +79,29 @@ def check_chunk_size(chunk_size) -> None:
     raise ValueError(f"chunk_size must be >= 1, got {chunk_size}")
 
 
+def _check_mixer_inputs(q, k, v, log_alpha, beta, lead: str) -> tuple[int, ...]:
+  """Shape checks shared by the sequence and the step: ``lead`` names the leading
+  axes (``"B, T, H"`` or ``"B, H"``). Returns the lead sizes, then ``Dk, Dv``."""
+  n = len(lead.split(", "))
+  qs = _shape_of(q, "q")
+  _check_rank(qs, n + 1, "q", f"[{lead}, Dk]")
+  if 0 in qs:
+    raise ValueError(f"q must have no empty axis ([{lead}, Dk]), got shape {qs}")
+  ks = _shape_of(k, "k")
+  _check_rank(ks, n + 1, "k", f"[{lead}, Dk]")
+  _check_equal(ks, qs, "k", f"[{lead}, Dk]", "q")
+  vs = _shape_of(v, "v")
+  _check_rank(vs, n + 1, "v", f"[{lead}, Dv]")
+  _check_equal(vs[:n], qs[:n], "v", f"[{lead}, :]", "q")
+  if vs[n] == 0:
+    raise ValueError(f"v must have Dv >= 1, got shape {vs}")
+  for name, x in (("log_alpha", log_alpha), ("beta", beta)):
+    xs = _shape_of(x, name)
+    _check_rank(xs, n, name, f"[{lead}]")
+    _check_equal(xs, qs[:n], name, f"[{lead}]", "q")
+  return tuple(qs) + (vs[n],)
+
+
 def check_sequence_inputs(q, k, v, log_alpha, beta, initial_state=None) -> tuple[int, int, int, int, int]:
   """Validates the shapes of ``gated_delta_rule``'s inputs.
 
@@ -99,24 +122,9 @@ def check_sequence_inputs(q, k, v, log_alpha, beta, initial_state=None) -> tuple
   """
   qs = _shape_of(q, "q")
   _check_rank(qs, 4, "q", "[B, T, H, Dk]")
-  b, t, h, dk = qs
-  if t == 0:
+  if qs[1] == 0:
     raise ValueError(f"q, k, v, log_alpha, beta must have at least one token (T >= 1), got q shape {qs}")
-  if 0 in qs:
-    raise ValueError(f"q must have no empty axis ([B, T, H, Dk]), got shape {qs}")
-  ks = _shape_of(k, "k")
-  _check_rank(ks, 4, "k", "[B, T, H, Dk]")
-  _check_equal(ks, qs, "k", "[B, T, H, Dk]", "q")
-  vs = _shape_of(v, "v")
-  _check_rank(vs, 4, "v", "[B, T, H, Dv]")
-  _check_equal(vs[:3], qs[:3], "v", "[B, T, H, :]", "q")
-  dv = vs[3]
-  if dv == 0:
-    raise ValueError(f"v must have Dv >= 1, got shape {vs}")
-  for name, x in (("log_alpha", log_alpha), ("beta", beta)):
-    xs = _shape_of(x, name)
-    _check_rank(xs, 3, name, "[B, T, H]")
-    _check_equal(xs, qs[:3], name, "[B, T, H]", "q")
+  b, t, h, dk, dv = _check_mixer_inputs(q, k, v, log_alpha, beta, "B, T, H")
   if initial_state is not None:
     ss = _shape_of(initial_state, "initial_state")
     _check_rank(ss, 4, "initial_state", "[B, H, Dk, Dv]")
@@ -141,24 +149,7 @@ def check_step_inputs(q, k, v, log_alpha, beta, state) -> tuple[int, int, int, i
   Raises:
     ValueError: naming the argument whose rank, shape or dtype is wrong.
   """
-  qs = _shape_of(q, "q")
-  _check_rank(qs, 3, "q", "[B, H, Dk]")
-  if 0 in qs:
-    raise ValueError(f"q must have no empty axis ([B, H, Dk]), got shape {qs}")
-  b, h, dk = qs
-  ks = _shape_of(k, "k")
-  _check_rank(ks, 3, "k", "[B, H, Dk]")
-  _check_equal(ks, qs, "k", "[B, H, Dk]", "q")
-  vs = _shape_of(v, "v")
-  _check_rank(vs, 3, "v", "[B, H, Dv]")
-  _check_equal(vs[:2], qs[:2], "v", "[B, H, :]", "q")
-  dv = vs[2]
-  if dv == 0:
-    raise ValueError(f"v must have Dv >= 1, got shape {vs}")
-  for name, x in (("log_alpha", log_alpha), ("beta", beta)):
-    xs = _shape_of(x, name)
-    _check_rank(xs, 2, name, "[B, H]")
-    _check_equal(xs, qs[:2], name, "[B, H]", "q")
+  b, h, dk, dv = _check_mixer_inputs(q, k, v, log_alpha, beta, "B, H")
   ss = _shape_of(state, "state")
   _check_rank(ss, 4, "state", "[B, H, Dk, Dv]")
   _check_equal(ss, (b, h, dk, dv), "state", "[B, H, Dk, Dv]", "q and v")
