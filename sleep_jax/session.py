@@ -231,16 +231,21 @@ class SleepSession:
         out.append(logits)
         self.state = self._begin(self._params, self.state)
         continue
-      logits, self.state = self._decode(self._params, self.state, jnp.asarray(t[:, i]))
-      self._pos += 1
+      out.append(self._step(jnp.asarray(t[:, i]))[:, None])
       i += 1
-      out.append(logits[:, None])
-      if self._pos % L == 0:
-        self.state = self._sleep(self._params, self.state)
-        self.state = self._begin(self._params, self.state)
     if not out:
       return jnp.zeros((self.batch_size, 0, self.vocab_size), jnp.float32)
     return jnp.concatenate(out, axis=1)
+
+  def _step(self, token: jax.Array) -> jax.Array:
+    """One wake forward of ``[B]`` device tokens (already validated), sleeping
+    and starting a new window when this token fills one. Returns ``[B, V]``."""
+    logits, self.state = self._decode(self._params, self.state, token)
+    self._pos += 1
+    if self._pos % self.sleep.window == 0:
+      self.state = self._sleep(self._params, self.state)
+      self.state = self._begin(self._params, self.state)
+    return logits
 
   def generate(self, n_tokens: int) -> np.ndarray:
     """Greedy decoding of ``n_tokens`` tokens, each fed back into the stream.
@@ -259,14 +264,17 @@ class SleepSession:
       raise ValueError(f"n_tokens must be an integer >= 0, got {n_tokens!r}")
     if self._pos == 0 and n_tokens:
       raise ValueError("generate needs context: feed at least one token first")
+    # Tokens stay on the device (an argmax is in the vocabulary by construction,
+    # so feed's host-side validation is not needed): no host sync per token, one
+    # transfer at the end.
     produced = []
     for _ in range(n_tokens):
-      token = np.asarray(jnp.argmax(self.state.last_logits, axis=-1)).astype(np.int32)
+      token = jnp.argmax(self.state.last_logits, axis=-1).astype(jnp.int32)
       produced.append(token)
-      self.feed(token[:, None])
+      self._step(token)
     if not produced:
       return np.zeros((self.batch_size, 0), np.int32)
-    return np.stack(produced, axis=1)
+    return np.asarray(jnp.stack(produced, axis=1))
 
   def fork(self) -> "SleepSession":
     """A new session continuing from this one's state (states are immutable
