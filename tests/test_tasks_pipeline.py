@@ -111,6 +111,7 @@ def test_bad_arguments():
 
 
 _HASH_SCRIPT = """
+import hashlib
 import tasks
 from tasks import example as ex_lib
 
