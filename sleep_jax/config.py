@@ -139,6 +139,11 @@ class SleepConfig:
     remat_windows: checkpoint each window (activation memory O(1) in ``T/L``).
     grad_passes: backpropagate only through the last ``k`` passes of each
       sleep (``None``: all passes, as in the paper).
+    replay: a control, not the paper's method. Every sleep pass re-reads the
+      window (it consumes the looped core's wake-pass *input*, i.e. the
+      embedded tokens after the prelude) instead of the previous pass's hidden
+      states; the fast weights still accumulate across passes. Separates
+      "refining hidden states" from "rereading the window".
   """
   window: int
   n_passes: int = 1
@@ -146,8 +151,10 @@ class SleepConfig:
   remat_passes: bool = True
   remat_windows: bool = True
   grad_passes: int | None = None
+  replay: bool = False
 
   def __post_init__(self):
+    _require(isinstance(self.replay, bool), f"SleepConfig.replay must be a bool, got {self.replay!r}")
     _require(isinstance(self.window, int) and self.window >= 1,
              f"SleepConfig.window (L) must be an integer >= 1, got {self.window!r}")
     _require(isinstance(self.n_passes, int) and self.n_passes >= 0,

@@ -8,7 +8,8 @@ shorter). Each window:
    online, before it sleeps on them;
 2. if it is a consolidation window (its loss mask is zero across the whole
    batch), sleeps: the looped core runs ``N - 1`` more times, each pass
-   consuming the previous pass's core output (so the core runs ``N`` times in
+   consuming the previous pass's core output (or, with ``SleepConfig.replay``,
+   the core's wake-pass input again) (so the core runs ``N`` times in
    all, pass 1 being the wake pass), then the coda runs once on the last core
    output, starting again from its window-start state (its wake-time update is
    discarded). The prelude runs once (its wake pass). With no prelude or coda
@@ -147,7 +148,8 @@ def run_window(model, tokens, positions, fast_weights: FastWeights, prefixes, sl
 
     def core_pass(hh, carry):
       states, _ = carry
-      hh, fw_out, kv = run(hh, fw_core.replace(states), start=c0, stop=c1)
+      # replay (a control): every pass re-reads the core's wake-pass input.
+      hh, fw_out, kv = run(h if sleep.replay else hh, fw_core.replace(states), start=c0, stop=c1)
       return hh, ({i: fw_out.states[i] for i in core_slots}, kv)
 
     carry = ({i: fw_core.states[i] for i in core_slots}, kv_core)

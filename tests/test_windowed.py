@@ -39,7 +39,7 @@ def _tokens(b, t, seed=0):
   return jax.random.randint(jax.random.key(seed), (b, t), 0, VOCAB, dtype=jnp.int32)
 
 
-def _by_hand(model, tokens, sleep, schedule, grad_passes=None):
+def _by_hand(model, tokens, sleep, schedule, grad_passes=None, replay=False):
   """Independent reference: explicit Python loops over windows and passes.
 
   Wake pass over the whole stack for the logits; a sleeping window then redoes
@@ -57,11 +57,11 @@ def _by_hand(model, tokens, sleep, schedule, grad_passes=None):
     logits.append(model.unembed(h))
     if schedule[w]:
       h, f, kv_p = model.run_blocks(h0, fw, pos, start=0, stop=c0, **kw)
-      kv_c = {}
+      h_in, kv_c = h, {}
       for n in range(sleep.n_passes):
         if grad_passes is not None and n == sleep.n_passes - grad_passes:
           h, f = jax.lax.stop_gradient((h, f))
-        h, f, kv_c = model.run_blocks(h, f, pos, start=c0, stop=c1, **kw)
+        h, f, kv_c = model.run_blocks(h_in if replay else h, f, pos, start=c0, stop=c1, **kw)
       _, fw_next, kv_d = model.run_blocks(h, f, pos, start=c1, stop=nb, **kw)
       kv = {**kv_p, **kv_c, **kv_d}
     fw = fw_next
@@ -112,6 +112,24 @@ def test_sleep_equals_explicit_passes(model, eviction):
   # Sleeping changes the memory: without it (N=1) the fast weights differ.
   _, awake_fw = _jit(model, lambda m, t: _by_hand(m, t, sleep, (False, False)))(tokens)
   assert float(jnp.abs(awake_fw.states[0] - out.fast_weights.states[0]).max()) > 1e-4
+
+
+@pytest.mark.parametrize("layout,prelude", [(("attn", "gdn"), 0), (("gdn", "attn", "gdn"), 1)])
+def test_replay_rereads_the_window_each_pass(layout, prelude):
+  # The replay control: every pass consumes the core's wake-pass input (not the
+  # previous pass's output) while the fast weights keep accumulating.
+  model = HybridLM(_config(layout=layout, prelude=prelude), rngs=nnx.Rngs(5))
+  tokens = _tokens(2, 6, seed=4)
+  schedule = (True, False)
+  replay = SleepConfig(window=3, n_passes=3, replay=True)
+  out = _jit(model, lambda m, t: windowed_forward(m, t, None, replay, sleep_schedule=schedule))(tokens)
+  ref_logits, ref_fw = _jit(model, lambda m, t: _by_hand(m, t, replay, schedule, replay=True))(tokens)
+  assert_close(ref_fw, out.fast_weights, what="fast weights after replayed sleep")
+  assert_close(ref_logits, out.logits, what="logits")
+  # It is a different computation from the paper's refinement.
+  refine = SleepConfig(window=3, n_passes=3)
+  base = _jit(model, lambda m, t: windowed_forward(m, t, None, refine, sleep_schedule=schedule))(tokens)
+  assert float(jnp.abs(base.fast_weights.states[-1] - out.fast_weights.states[-1]).max()) > 1e-4
 
 
 def test_prelude_core_coda_semantics():
