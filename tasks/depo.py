@@ -18,9 +18,19 @@ Sampling (ours, documented choices):
 - ``n`` follows the PhysicsLM4 bias ``p(n) ∝ 1 / (n + sqrt(n_max))`` over
   ``[n_min, n_max]`` (``n_sampling="biased"``, the default) or is uniform
   (``"uniform"``), the same in both splits.
-- Query sources ``x`` are distinct nodes when ``n >= n_queries``, else drawn
-  with replacement. ``k`` is uniform on ``[1, k_max]`` in the train split and
-  uniform over ``eval_ks`` in the eval split. ``k >= n`` wraps around the cycle.
+- ``k`` is uniform on ``[1, k_max]`` in the train split and uniform over
+  ``eval_ks`` in the eval split, independently of ``n``.
+- The query sources ``x`` of one example are distinct nodes.
+
+Every query asks what it says. A query with ``k >= n`` would wrap around the
+cycle (``k`` hops would equal ``k mod n`` hops), and two queries with the same
+source and hop count ``k mod n`` would let attention copy the earlier,
+teacher-forced answer instead of walking the cycle. So the configuration
+requires ``n_min > max(k_max, eval_ks)`` (every query has ``k < n``, in both
+splits) and ``n_min >= n_queries`` (the sources of one example are distinct,
+hence no ``(source, k)`` repeats). We keep ``k`` independent of ``n`` rather
+than capping ``k`` per example, so a depth bucket holds the same mix of cycle
+lengths whatever ``k`` it counts. Paper preset: ``n`` in ``[17, 75]``.
 
 Depth knob: ``k``.
 """
@@ -47,7 +57,8 @@ class DepoConfig:
   """Depo task knobs (defaults: the paper's preset).
 
   Attributes:
-    n_min: fewest nodes in a cycle (>= 2).
+    n_min: fewest nodes in a cycle; larger than every hop count (``k_max``
+      and ``eval_ks``) and at least ``n_queries``.
     n_max: most nodes in a cycle.
     pool_size: node names available; more than ``n_max``.
     context_len: tokens of the (left-padded) edge list; a multiple of
@@ -60,7 +71,7 @@ class DepoConfig:
     num_train_examples: epoch size of the train split.
     num_eval_examples: size of the eval split.
   """
-  n_min: int = 3
+  n_min: int = 17
   n_max: int = 75
   pool_size: int = 100
   context_len: int = 300
@@ -96,6 +107,15 @@ class DepoConfig:
     req(is_int(self.k_max) and self.k_max >= 1, f"DepoConfig.k_max must be an integer >= 1, got {self.k_max!r}")
     req(len(self.eval_ks) >= 1 and all(is_int(k) and k >= 1 for k in self.eval_ks),
         f"DepoConfig.eval_ks must be a non-empty tuple of integers >= 1, got {self.eval_ks!r}")
+    # See the module docstring: k >= n would wrap around the cycle, and repeated
+    # sources would let attention copy an earlier answer.
+    req(self.n_min > self.hop_max,
+        f"DepoConfig.n_min ({self.n_min}) must be larger than every hop count (k_max = {self.k_max}, "
+        f"max(eval_ks) = {max(self.eval_ks)}) so that every query has k < n and does not wrap around the "
+        f"cycle; raise n_min to at least {self.hop_max + 1} or lower k_max / eval_ks")
+    req(self.n_min >= self.n_queries,
+        f"DepoConfig.n_min ({self.n_min}) must be at least n_queries ({self.n_queries}) so that the queries "
+        "of one example have distinct sources")
     req(self.n_sampling in N_SAMPLINGS,
         f"DepoConfig.n_sampling must be one of {N_SAMPLINGS}, got {self.n_sampling!r}")
     req(is_int(self.num_train_examples) and self.num_train_examples >= 1,
@@ -144,7 +164,7 @@ def _build(config: DepoConfig, split: str, rng: np.random.Generator) -> dict:
   context = np.concatenate([np.zeros(config.context_len - edges.size, np.int32), edges])
 
   q = config.n_queries
-  src_pos = rng.choice(n, size=q, replace=n < q)
+  src_pos = rng.choice(n, size=q, replace=False)  # n >= n_min >= q (checked by the config)
   if split == "train":
     ks = rng.integers(1, config.k_max + 1, size=q)
   else:
@@ -183,8 +203,9 @@ def make_example(config: DepoConfig, seed: int, index: int, split: str = "train"
 
 PRESETS = {
     "paper": DepoConfig(),
-    # CPU scale: up to 16 nodes, 64 context tokens in 2 windows of 32, 4 queries.
-    "small": DepoConfig(n_min=3, n_max=16, pool_size=24, context_len=64, n_queries=4, window=32, k_max=8,
+    # CPU scale: 9 to 16 nodes (just above k_max = 8), 64 context tokens in 2
+    # windows of 32, 4 queries.
+    "small": DepoConfig(n_min=9, n_max=16, pool_size=24, context_len=64, n_queries=4, window=32, k_max=8,
                         eval_ks=(1, 2, 4, 8), num_eval_examples=1024),
 }
 

@@ -1,4 +1,5 @@
-"""Depo task: ground truth by walking the decoded cycle, layout, n sampling, splits, bad configs."""
+"""Depo task: ground truth by walking the decoded cycle, k < n and distinct sources, layout, n sampling,
+splits, bad configs."""
 import functools
 
 import numpy as np
@@ -43,10 +44,13 @@ def check_against_brute_force(config, ex, words, split):
 
   assert len(queries) == 6 * config.n_queries
   ks = []
+  sources = queries[1::6]
+  assert len(set(sources)) == len(sources)  # distinct sources: no answer can be copied
   for j in range(config.n_queries):
     q, x, k_tok, eq, y, semi = queries[6 * j:6 * j + 6]
     assert (q, eq, semi) == ("?", "=", ";")
     k = int(k_tok[1:])
+    assert 1 <= k < n  # no wrap-around: k hops mean k distinct steps
     node = x
     for _ in range(k):
       node = succ[node]
@@ -79,6 +83,42 @@ def test_answers_match_cycle_walk(preset, split, n):
     ks += check_against_brute_force(config, ex, words, split)[1]
   want = set(range(1, config.k_max + 1)) if split == "train" else set(config.eval_ks)
   assert set(ks) == want
+
+
+def parse_queries(config, tokens):
+  """``(n, sources, ks)`` read off the token ids alone: ``n`` counts the edges."""
+  n = int(np.sum(tokens[:config.context_len] == depo._ARROW))
+  q = tokens[config.context_len:].reshape(config.n_queries, depo.QUERY_TOKENS)
+  assert np.all(q[:, 0] == depo._QUERY) and np.all(q[:, 3] == depo._EQ)
+  ks = q[:, 2] - depo._hop_id(1) + 1
+  return n, q[:, 1], ks
+
+
+@pytest.mark.parametrize("preset", sorted(TASK.presets))
+@pytest.mark.parametrize("split", ["train", "eval"])
+def test_every_query_has_k_below_n_and_a_distinct_source(preset, split):
+  config = TASK.preset(preset)
+  n_examples = 3000
+  seen_n, seen_k = set(), set()
+  for i in range(n_examples):
+    n, sources, ks = parse_queries(config, TASK.make_example(config, 7, i, split)["tokens"])
+    assert config.n_min <= n <= config.n_max
+    assert np.all((ks >= 1) & (ks < n)), (i, n, ks)
+    assert len(set(sources.tolist())) == len(sources), (i, sources)
+    # Hence no (source, k) pair, nor (source, k mod n), repeats in an example.
+    assert len({(int(s), int(k) % n) for s, k in zip(sources, ks)}) == len(sources)
+    seen_n.add(n)
+    seen_k.update(ks.tolist())
+  # The checks above saw the shortest cycles and the largest hops.
+  assert config.n_min in seen_n
+  assert max(seen_k) == (config.k_max if split == "train" else max(config.eval_ks))
+
+
+def test_every_preset_keeps_hops_below_the_shortest_cycle():
+  for name, config in TASK.presets.items():
+    assert config.n_min > max(config.k_max, *config.eval_ks) and config.n_min >= config.n_queries, name
+  paper = TASK.preset("paper")
+  assert (paper.n_max, paper.n_queries, paper.eval_ks, paper.k_max) == (75, 10, (1, 2, 4, 8, 16), 16)
 
 
 def test_n_follows_physicslm4_bias():
@@ -136,6 +176,11 @@ def test_deterministic_and_index_sensitive():
     (dict(eval_ks=()), "eval_ks"),
     (dict(eval_ks=(0, 1)), "eval_ks"),
     (dict(n_sampling="zipf"), "n_sampling"),
+    (dict(n_min=16), "n_min .*k < n"),                   # k = 16 would wrap around a 16-cycle
+    (dict(k_max=20), "n_min .*k_max = 20"),
+    (dict(eval_ks=(1, 32)), "n_min .*max\\(eval_ks\\) = 32"),
+    (dict(n_min=3, n_max=8, pool_size=10, context_len=75, n_queries=4, k_max=2, eval_ks=(1, 2)),
+     "n_min .*n_queries"),                               # 4 queries cannot have distinct sources in a 3-cycle
 ])
 def test_bad_config(kwargs, match):
   with pytest.raises(ValueError, match=match):
