@@ -131,10 +131,13 @@ class GsmMathConfig:
         f"core program (op_max = {self.op_max}): at least {self.max_core_len} tokens")
     req(is_int(self.seq_len) and self.seq_len >= self.min_len,
         f"GsmMathConfig.seq_len must be an integer >= min_len ({self.min_len}), got {self.seq_len!r}")
-    req(self.latest_question_position < self.last_visible_position,
-        f"GsmMathConfig: the question can start at position {self.latest_question_position}, which is still "
-        f"in the attention cache when the answer is predicted ({self.eviction} eviction, window {self.window}, "
-        f"seq_len {self.seq_len}, min_len {self.min_len}); raise min_len or lower window")
+    # The whole question (Q <var> ;) must be evicted, not only its first token:
+    # the queried variable's name is the question's one informative token.
+    req(self.latest_question_position + QUESTION_TOKENS - 1 < self.last_visible_position,
+        f"GsmMathConfig: the question can occupy positions {self.latest_question_position}.."
+        f"{self.latest_question_position + QUESTION_TOKENS - 1}, which reach the attention cache "
+        f"(positions >= {self.last_visible_position}) when the answer is predicted ({self.eviction} eviction, "
+        f"window {self.window}, seq_len {self.seq_len}, min_len {self.min_len}); raise min_len or lower window")
     req(is_int(self.n_vars) and self.n_vars >= self.max_lines,
         f"GsmMathConfig.n_vars ({self.n_vars!r}) must be at least the most lines that fit ({self.max_lines}): "
         "every line defines a new variable from the pool")
@@ -154,6 +157,7 @@ class GsmMathConfig:
 
   @property
   def latest_question_position(self) -> int:
+    """Latest position of the question's first token ``Q``."""
     # Inputs are left-padded; the shortest example has min_len - 3 tokens.
     return self.seq_len - (self.min_len - 3)
 

@@ -80,8 +80,8 @@ def check_example(config, ex, tok):
   np.testing.assert_array_equal(ex["targets"][:-1], ex["tokens"][1:])
   n_input = int((ex["tokens"] != 0).sum())
   assert config.min_len - 3 <= n_input <= config.seq_len
-  # The question is evicted before the answer is predicted.
-  assert t - n_input < config.last_visible_position
+  # The whole question (Q <var> ;) is evicted before the answer is predicted.
+  assert t - n_input + gsm_math.QUESTION_TOKENS - 1 < config.last_visible_position
   return op, program, listed
 
 
@@ -126,6 +126,20 @@ def test_paper_presets():
     assert TASK.window(config) == window and TASK.eviction(config) == eviction
     assert TASK.seq_len(config) == 3300 and config.min_len == 2000
     assert (config.op_min, config.op_max) == (1, 8)
+
+
+def test_queried_variable_is_evicted_at_the_tightest_accepted_config():
+  # Hard eviction, windows of 64 over T = 255: the answer sees positions >= 192.
+  # With odd min_len the shortest examples reach the latest question position.
+  tight = dict(op_max=1, seq_len=255, window=64, n_vars=80)
+  with pytest.raises(ValueError, match="attention cache"):
+    gsm_math.GsmMathConfig(min_len=67, **tight)  # Q at 191, its variable at 192
+  config = gsm_math.GsmMathConfig(min_len=69, **tight)
+  assert config.latest_question_position + gsm_math.QUESTION_TOKENS - 1 == config.last_visible_position - 1
+  latest = 0
+  for i in range(4000):
+    latest = max(latest, int(np.nonzero(TASK.make_example(config, 0, i)["tokens"] == gsm_math._Q)[0][0]))
+  assert latest == config.latest_question_position  # the bound is reached, and the variable is evicted
 
 
 def test_single_operator_restriction():
