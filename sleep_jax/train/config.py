@@ -108,6 +108,9 @@ class TrainConfig:
     init_from: a workdir (or checkpoint step directory) whose parameters, and
       only those, initialise this run (e.g. retrofit sleep onto an N=1 model).
     progress: show a progress bar.
+    profile_steps: ``(start, stop)``: write a ``jax.profiler`` trace of the
+      steps ``start <= s < stop`` (0-based) to ``<workdir>/profile``; ``None``
+      traces nothing.
   """
   num_steps: int
   batch_size: int
@@ -123,8 +126,14 @@ class TrainConfig:
   data_workers: int = 0
   init_from: str | None = None
   progress: bool = True
+  profile_steps: tuple[int, int] | None = None
 
   def __post_init__(self):
+    if self.profile_steps is not None:
+      object.__setattr__(self, "profile_steps", tuple(int(s) for s in self.profile_steps))
+      _require(len(self.profile_steps) == 2 and 0 <= self.profile_steps[0] < self.profile_steps[1],
+               f"TrainConfig.profile_steps must be None or (start, stop) with 0 <= start < stop, "
+               f"got {self.profile_steps}")
     _require(isinstance(self.num_steps, int) and self.num_steps >= 0,
              f"TrainConfig.num_steps must be an integer >= 0, got {self.num_steps!r}")
     _require(isinstance(self.batch_size, int) and self.batch_size >= 1,
