@@ -32,11 +32,13 @@ hence no ``(source, k)`` repeats). We keep ``k`` independent of ``n`` rather
 than capping ``k`` per example, so a depth bucket holds the same mix of cycle
 lengths whatever ``k`` it counts. Paper preset: ``n`` in ``[17, 75]``.
 
-Depth knob: ``k``.
+Depth knob: ``k``. Chance baseline: a uniform guess among the cycle's other
+``n - 1`` nodes, averaged over ``p(n)`` (``chance_accuracy``).
 """
 from __future__ import annotations
 
 import dataclasses
+import functools
 
 import numpy as np
 
@@ -180,6 +182,21 @@ def _build(config: DepoConfig, split: str, rng: np.random.Generator) -> dict:
   return ex_lib.pack_example(stream, config.seq_len, answers, meta)
 
 
+def chance_accuracy(config: DepoConfig, depth: int) -> float:
+  """Accuracy of a uniform guess among the cycle's other nodes.
+
+  The answer is one of the ``n - 1`` nodes other than the source (``1 <= k <
+  n``); a guesser that knows the example's node names but not its edges is
+  right with probability ``1 / (n - 1)``, averaged over ``p(n)``. This is
+  above ``1 / pool_size`` (a guess over every node name), so it is the stricter
+  floor. ``n`` is drawn independently of ``k``, so it is the same at every
+  depth.
+  """
+  del depth
+  ns = np.arange(config.n_min, config.n_max + 1, dtype=np.float64)
+  return float(np.sum(config.n_probs() / (ns - 1)))
+
+
 def make_example(config: DepoConfig, seed: int, index: int, split: str = "train") -> dict:
   """One Depo example; a pure function of its arguments.
 
@@ -215,6 +232,6 @@ TASK = register(Task(
     presets=PRESETS,
     make_example=make_example,
     tokenizer=tokenizer,
-    evaluator=lambda config: Evaluator("answer"),
+    evaluator=lambda config: Evaluator("answer", chance=functools.partial(chance_accuracy, config)),
     depth_name="k",
 ))

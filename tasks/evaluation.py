@@ -11,11 +11,29 @@ Depth. Every position carries the depth knob of its answer (``depth``); an
 answer's depth is the maximum over its positions (they agree in all our tasks)
 and an example's depth the maximum over its answers. ``accuracy/depth=<d>``
 is the headline unit's accuracy in bucket ``d``; ``loss/depth=<d>`` is the mean
-``token_loss`` over the positions of bucket ``d``.
+``token_loss`` over the positions of bucket ``d``; ``count/depth=<d>`` is the
+number of headline units in bucket ``d`` (so a standard error
+``sqrt(acc * (1 - acc) / count)`` can be printed beside the accuracy).
+
+Baselines. Beside every accuracy stand two floors for the same units:
+
+- ``majority/depth=<d>``: the accuracy of always predicting the most frequent
+  answer of bucket ``d``, measured on the evaluated units themselves. A unit's
+  answer is its target tokens: the token tuple of one answer ("answer"
+  headline), or the tuple of all of an example's answers ("example" headline,
+  e.g. Rule 110's whole label tuple). ``majority`` is the same for one answer
+  predicted across the whole split (not a mix of per-bucket answers). It is
+  counted with one ``Counter`` per bucket, so memory grows with the number of
+  distinct answers, not of examples.
+- ``chance/depth=<d>``: the accuracy of a uniform guess, as defined by the task
+  (a ``chance(depth) -> float`` passed to the ``Evaluator``); ``chance`` is its
+  mean over the evaluated units. Without a ``chance`` function these keys are
+  absent.
 """
 from __future__ import annotations
 
 import collections
+from collections.abc import Callable
 
 import numpy as np
 
@@ -35,26 +53,37 @@ class Evaluator:
   """Accumulates accuracy and loss over batches, overall and per depth bucket.
 
   ``result()`` returns ``accuracy`` (the headline unit's exact accuracy),
-  ``accuracy/depth=<d>``, ``loss/depth=<d>``, ``answer_accuracy``,
-  ``example_accuracy``, ``token_accuracy``, ``loss``, the counts ``n_examples``
-  / ``n_answers`` / ``n_tokens``, and with ``per_answer_id`` the accuracy of
-  each answer slot, ``accuracy/answer_id=<i>`` (Rule 110's per-label accuracy).
+  ``accuracy/depth=<d>``, ``loss/depth=<d>``, ``count/depth=<d>``, the
+  baselines ``majority``, ``majority/depth=<d>`` and (with ``chance``)
+  ``chance``, ``chance/depth=<d>`` (see the module docstring),
+  ``answer_accuracy``, ``example_accuracy``, ``token_accuracy``, ``loss``, the
+  counts ``count`` (headline units), ``n_examples`` / ``n_answers`` /
+  ``n_tokens``, and with ``per_answer_id`` the accuracy of each answer slot,
+  ``accuracy/answer_id=<i>`` (Rule 110's per-label accuracy).
   """
 
-  def __init__(self, headline: str = "answer", *, per_answer_id: bool = False):
+  def __init__(self, headline: str = "answer", *, per_answer_id: bool = False,
+               chance: Callable[[int], float] | None = None):
     """Creates an empty accumulator.
 
     Args:
       headline: "example" or "answer", the unit ``accuracy`` counts.
       per_answer_id: also report accuracy per answer slot.
+      chance: ``depth -> accuracy of a uniform guess`` for one headline unit
+        of that depth (the task defines the guess); ``None`` leaves the
+        ``chance`` keys out.
 
     Raises:
-      ValueError: for an unknown ``headline``.
+      ValueError: for an unknown ``headline`` or a ``chance`` that is not
+        callable.
     """
     if headline not in HEADLINE_UNITS:
       raise ValueError(f"headline must be one of {HEADLINE_UNITS}, got {headline!r}")
+    if chance is not None and not callable(chance):
+      raise ValueError(f"chance must be None or a callable depth -> float, got {type(chance).__name__}")
     self.headline = headline
     self.per_answer_id = per_answer_id
+    self.chance = chance
     self.reset()
 
   def reset(self) -> None:
@@ -63,6 +92,9 @@ class Evaluator:
     self._unit = collections.defaultdict(lambda: [0, 0])
     self._loss = collections.defaultdict(lambda: [0.0, 0])
     self._slot = collections.defaultdict(lambda: [0, 0])
+    # depth -> Counter of the headline units' answers; and one over all depths.
+    self._answer_counts = collections.defaultdict(collections.Counter)
+    self._all_answer_counts = collections.Counter()
     self._answers = [0, 0]
     self._examples = [0, 0]
     self._tokens = [0, 0]
@@ -126,15 +158,25 @@ class Evaluator:
     self._examples[0] += int(ex_right.sum())
     self._examples[1] += int(has_answer.sum())
 
+    # Each answer's target tokens in position order (np.nonzero is row-major).
+    tokens_of = collections.defaultdict(list)
+    for b, a, y in zip(b_idx.tolist(), a_idx.tolist(), targets[b_idx, t_idx].tolist()):
+      tokens_of[b, a].append(y)
+
     if self.headline == "answer":
-      for d, right in zip(ans_depth[present], ans_right[present]):
-        self._unit[int(d)][0] += int(right)
-        self._unit[int(d)][1] += 1
+      for b, a in zip(*np.nonzero(present)):
+        self._add_unit(int(ans_depth[b, a]), bool(ans_right[b, a]), tuple(tokens_of[int(b), int(a)]))
     else:
       ex_depth = np.where(present, ans_depth, np.iinfo(np.int64).min).max(axis=1)
-      for d, right in zip(ex_depth[has_answer], ex_right[has_answer]):
-        self._unit[int(d)][0] += int(right)
-        self._unit[int(d)][1] += 1
+      for b in np.nonzero(has_answer)[0].tolist():
+        key = tuple((a, tuple(tokens_of[b, a])) for a in np.nonzero(present[b])[0].tolist())
+        self._add_unit(int(ex_depth[b]), bool(ex_right[b]), key)
+
+  def _add_unit(self, depth: int, right: bool, answer: tuple) -> None:
+    self._unit[depth][0] += int(right)
+    self._unit[depth][1] += 1
+    self._answer_counts[depth][answer] += 1
+    self._all_answer_counts[answer] += 1
 
   def result(self) -> dict[str, float]:
     """The metrics so far (NaN where nothing was counted)."""
@@ -150,12 +192,22 @@ class Evaluator:
         "example_accuracy": ratio(self._examples),
         "token_accuracy": ratio(self._tokens),
         "loss": ratio((loss_sum, loss_n)),
+        "count": float(unit_pair[1]),
+        "majority": ratio((max(self._all_answer_counts.values(), default=0), unit_pair[1])),
         "n_examples": float(self._examples[1]),
         "n_answers": float(self._answers[1]),
         "n_tokens": float(self._tokens[1]),
     }
     for d in sorted(self._unit):
       out[f"accuracy/depth={d}"] = ratio(self._unit[d])
+      out[f"count/depth={d}"] = float(self._unit[d][1])
+      out[f"majority/depth={d}"] = ratio((max(self._answer_counts[d].values()), self._unit[d][1]))
+    if self.chance is not None:
+      per_depth = {d: float(self.chance(d)) for d in self._unit}
+      for d in sorted(per_depth):
+        out[f"chance/depth={d}"] = per_depth[d]
+      weighted = sum(per_depth[d] * self._unit[d][1] for d in per_depth)
+      out["chance"] = ratio((weighted, sum(v[1] for v in self._unit.values())))
     for d in sorted(self._loss):
       out[f"loss/depth={d}"] = ratio(self._loss[d])
     for i in sorted(self._slot):

@@ -30,11 +30,13 @@ eviction it lies before the last window, under sliding eviction also outside
 the ``L - 1`` tokens kept from before that window. Paper presets: 2,000-3,300
 tokens with L = 2000 (hard) or L = 512 (sliding).
 
-Depth knob: ``op`` (1 .. 8, GSM-Infinite's range used in the paper).
+Depth knob: ``op`` (1 .. 8, GSM-Infinite's range used in the paper). Chance
+baseline: a uniform guess over ``Z_p``, ``1 / p`` (``chance_accuracy``).
 """
 from __future__ import annotations
 
 import dataclasses
+import functools
 
 import numpy as np
 
@@ -305,6 +307,12 @@ def _build(config: GsmMathConfig, rng: np.random.Generator) -> dict:
   return ex_lib.pack_example(stream, config.seq_len, [(config.seq_len - 1, op, 0)], meta)
 
 
+def chance_accuracy(config: GsmMathConfig, depth: int) -> float:
+  """Accuracy of a uniform guess over the ``modulus`` values: ``1 / p`` at every ``op``."""
+  del depth
+  return 1.0 / config.modulus
+
+
 def make_example(config: GsmMathConfig, seed: int, index: int, split: str = "train") -> dict:
   """One symbolic math example; a pure function of its arguments.
 
@@ -339,6 +347,6 @@ TASK = register(Task(
     presets=PRESETS,
     make_example=make_example,
     tokenizer=tokenizer,
-    evaluator=lambda config: Evaluator("answer"),
+    evaluator=lambda config: Evaluator("answer", chance=functools.partial(chance_accuracy, config)),
     depth_name="op",
 ))

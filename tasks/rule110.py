@@ -20,11 +20,13 @@ targets at positions ``n_states * W + i``. Paper preset: ``W = 24``,
 
 Depth knob: ``t``. With ``t_min < t_max`` each example draws ``t`` uniformly, so
 the per-depth buckets of one evaluation run cover the range (the paper's depth
-study used separate runs at t = 4..16).
+study used separate runs at t = 4..16). Chance baseline (the headline is exact
+match of all labels): ``2 ** -n_states`` (``chance_accuracy``).
 """
 from __future__ import annotations
 
 import dataclasses
+import functools
 
 import numpy as np
 
@@ -132,6 +134,13 @@ def _build(config: Rule110Config, rng: np.random.Generator) -> dict:
   return ex_lib.pack_example(stream, config.seq_len, answers, meta)
 
 
+def chance_accuracy(config: Rule110Config, depth: int) -> float:
+  """Exact-match accuracy of a uniform guess: each of the ``n_states`` binary
+  labels guessed by a fair coin, so ``2 ** -n_states`` at every depth ``t``."""
+  del depth  # the labels' marginal is taken as uniform whatever t is
+  return 0.5 ** config.n_states
+
+
 def make_example(config: Rule110Config, seed: int, index: int, split: str = "train") -> dict:
   """One Rule 110 example; a pure function of its arguments.
 
@@ -164,6 +173,7 @@ TASK = register(Task(
     presets=PRESETS,
     make_example=make_example,
     tokenizer=tokenizer,
-    evaluator=lambda config: Evaluator("example", per_answer_id=True),
+    evaluator=lambda config: Evaluator("example", per_answer_id=True,
+                                       chance=functools.partial(chance_accuracy, config)),
     depth_name="t",
 ))
