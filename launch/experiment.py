@@ -118,6 +118,8 @@ def experiment_from_config(cfg) -> Experiment:
       t[key] = None
   if not t.get("init_from"):
     t["init_from"] = None
+  if isinstance(t.get("profile_steps"), str):  # "start,stop" steps to trace; "" traces none
+    t["profile_steps"] = tuple(int(x) for x in t["profile_steps"].split(",")) if t["profile_steps"] else None
   train = _build(TrainConfig, "train", {**t, "optimizer": optimizer})
   return Experiment(task_name=task.name, task_config=task_config, model=model, sleep=sleep, train=train,
                     plain_transformer=plain)
@@ -221,7 +223,7 @@ def run(cfg, workdir: str):
     with open(os.path.join(workdir, "config.json"), "w") as f:
       json.dump(cfg_dict, f, indent=1, sort_keys=True, default=list)
   meta = {"task": exp.task_name, "n_passes": exp.sleep.n_passes, "window": exp.sleep.window,
-          "plain_transformer": exp.plain_transformer}
+          "plain_transformer": exp.plain_transformer, "config": json.loads(json.dumps(cfg_dict, default=list))}
   return loop.train(build_run_spec(exp, meta=meta), exp.train, workdir)
 
 

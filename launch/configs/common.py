@@ -42,7 +42,7 @@ def base_config(task: str, preset: str) -> ml_collections.ConfigDict:
   c.train = ml_collections.ConfigDict(dict(
       num_steps=1000, batch_size=128, seed=0, log_every=50, eval_every=0, eval_batches=8,
       checkpoint_every=500, max_to_keep=3, sync_every=16, num_devices=0, data_workers=0, init_from="",
-      progress=True))
+      progress=True, profile_steps=""))  # profile_steps: "start,stop" steps to trace
 
   c.optimizer = ml_collections.ConfigDict(dict(
       kind="muon_adamw", lr=2e-3, adamw_lr=5e-5, schedule="cosine", warmup_steps=100, decay_steps=0,

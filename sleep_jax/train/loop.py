@@ -24,8 +24,10 @@ from sleep_jax.train import checkpoint as ckpt_lib
 from sleep_jax.train import metrics as metrics_lib
 from sleep_jax.train import optimizer as opt_lib
 from sleep_jax.train import parallel
+from sleep_jax.train import profiling
 from sleep_jax.train import state as state_lib
 from sleep_jax.train import step as step_lib
+from sleep_jax.train import tensorboard as tb_lib
 from sleep_jax.train.config import TrainConfig
 
 log = logging.getLogger(__name__)
@@ -162,7 +164,10 @@ def train(spec: RunSpec, config: TrainConfig, workdir: str) -> TrainResult:
       step_lib.make_train_step(spec.loss_fn, opt.tx, graphdef, schedules=opt.schedules,
                                axis_name=parallel.DATA_AXIS), mesh, schedule_names=tuple(opt.schedules))
   eval_fn = make_eval_fn(spec.loss_fn, graphdef, mesh)
-  writer = metrics_lib.JsonlWriter(os.path.join(workdir, "metrics.jsonl"), enabled=is_main)
+  # Every record goes to metrics.jsonl and to TensorBoard event files beside it.
+  writer = tb_lib.FanOut(metrics_lib.JsonlWriter(os.path.join(workdir, "metrics.jsonl"), enabled=is_main),
+                         tb_lib.run_writer(workdir, config, spec.meta, enabled=is_main))
+  profiler = profiling.StepProfiler.for_run(workdir, config.profile_steps, enabled=is_main)
   bar = _progress(config.num_steps, start, config.progress and is_main)
 
   def run_eval(step: int) -> dict:
@@ -226,7 +231,7 @@ def train(spec: RunSpec, config: TrainConfig, workdir: str) -> TrainResult:
       if np.shape(batch["tokens"])[0] != local_batch:
         raise ValueError(f"the data iterator gave {np.shape(batch['tokens'])[0]} rows; this process expects "
                          f"{local_batch} (batch_size {config.batch_size} over {jax.process_count()} processes)")
-      state, m = step_fn(state, parallel.shard_batch(batch, mesh))
+      state, m = profiler.run(s, step_fn, state, parallel.shard_batch(batch, mesh))
       pending.append((s, m, batch))
       window_steps += 1
       done = s + 1
@@ -251,6 +256,8 @@ def train(spec: RunSpec, config: TrainConfig, workdir: str) -> TrainResult:
   finally:
     if bar is not None:
       bar.close()
+    profiler.close()
+    writer.close()
     checkpointer.close()
   return TrainResult(step=config.num_steps, state=state, graphdef=graphdef, last_train=last_train,
                      eval=result, resumed_from=restored.step if restored is not None else None)
