@@ -130,15 +130,19 @@ class SleepConfig:
   Attributes:
     window: consolidation window ``L`` in tokens; the attention cache holds at
       most this many tokens.
-    n_passes: ``N``, offline recurrent passes over a window before eviction.
-      ``N = 1`` is the vanilla hybrid.
+    n_passes: the paper's ``N``: passes of the looped core over a sleeping
+      window, the wake pass included, so a window sleeps for ``N - 1`` passes
+      after its wake pass (:attr:`n_sleep_passes`). ``N = 1`` is the plain
+      hybrid; ``N = 0`` forgets the window (its wake pass still runs, then the
+      fast weights revert to their window-start value).
     eviction: "hard" (clear the cache every ``L`` tokens) or "sliding" (after
       sleeping, keep the last ``L - 1`` tokens' keys and values, from the last
       pass).
     remat_passes: checkpoint each pass (activation memory O(1) in ``N``).
     remat_windows: checkpoint each window (activation memory O(1) in ``T/L``).
-    grad_passes: backpropagate only through the last ``k`` passes of each
-      sleep (``None``: all passes, as in the paper).
+    grad_passes: backpropagate only through the last ``k`` of the ``N``
+      passes of each sleeping window, counting the wake pass as pass 1
+      (``None`` or ``k >= N``: all passes, as in the paper).
     replay: a control, not the paper's method. Every sleep pass re-reads the
       window (it consumes the looped core's wake-pass *input*, i.e. the
       embedded tokens after the prelude) instead of the previous pass's hidden
@@ -164,3 +168,8 @@ class SleepConfig:
     if self.grad_passes is not None:
       _require(isinstance(self.grad_passes, int) and self.grad_passes >= 1,
                f"SleepConfig.grad_passes must be None or an integer >= 1, got {self.grad_passes!r}")
+
+  @property
+  def n_sleep_passes(self) -> int:
+    """Core passes a sleeping window runs after its wake pass: ``max(N - 1, 0)``."""
+    return max(self.n_passes - 1, 0)

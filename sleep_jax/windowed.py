@@ -142,9 +142,9 @@ def run_window(model, tokens, positions, fast_weights: FastWeights, prefixes, sl
     return fw_wake, {**kv_core, **kv_coda}
 
   def asleep():
-    n_extra = sleep.n_passes - 1
-    if n_extra < 0:  # N = 0: forget the window
+    if sleep.n_passes == 0:  # forget the window (its wake pass has run)
       return fast_weights, {**kv_core, **kv_coda}
+    n_sleep = sleep.n_sleep_passes  # N - 1: the wake pass is pass 1 of N
 
     def core_pass(hh, carry):
       states, _ = carry
@@ -158,10 +158,10 @@ def run_window(model, tokens, positions, fast_weights: FastWeights, prefixes, sl
     grad_passes = sleep.grad_passes
     if grad_passes is not None and grad_passes >= sleep.n_passes:
       grad_passes = None
-    elif grad_passes is not None and grad_passes == n_extra:
+    elif grad_passes is not None and grad_passes == n_sleep:
       h_start, carry = jax.lax.stop_gradient((h_start, carry))
       grad_passes = None
-    (states, kv_last), h_last = sleep_consolidate(core_pass, h_start, carry, n_extra, remat=sleep.remat_passes,
+    (states, kv_last), h_last = sleep_consolidate(core_pass, h_start, carry, n_sleep, remat=sleep.remat_passes,
                                                   grad_passes=grad_passes, return_hidden=True)
     # The coda restarts from its window-start states (fw_core's coda slots).
     _, fw_out, kv_coda_n = run(h_last, fw_core.replace(states), start=c1, stop=n_blocks)

@@ -177,11 +177,11 @@ def test_nnx_model_through_split_merge():
   assert float(jnp.abs(fw.states[0]).max()) > 0
 
 
-@pytest.mark.parametrize("bad", [dict(n_passes=-1), dict(n_passes=1.5), dict(n_passes=True),
-                                 dict(n_passes=2, grad_passes=0), dict(n_passes=2, blocks_fn=3)])
+@pytest.mark.parametrize("bad", [dict(n_sleep_passes=-1), dict(n_sleep_passes=1.5), dict(n_sleep_passes=True),
+                                 dict(n_sleep_passes=2, grad_passes=0), dict(n_sleep_passes=2, blocks_fn=3)])
 def test_bad_arguments(bad):
   params, h, fw = _inputs()
   kwargs = dict(blocks_fn=functools.partial(_blocks_fn, params), h=h, fast_weights=fw)
   kwargs.update(bad)
-  with pytest.raises(ValueError, match="n_passes|grad_passes|blocks_fn"):
+  with pytest.raises(ValueError, match="n_sleep_passes|grad_passes|blocks_fn"):
     sleep_consolidate(**kwargs)

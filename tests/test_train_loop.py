@@ -91,3 +91,22 @@ def test_init_from_copies_params_only(tmp_path):
     loop.train(_spec(), _config(4, num_devices=1), str(tmp_path / "base"))
   with pytest.raises(ckpt_lib.CheckpointError, match="init_from: no checkpoint in .* restores"):
     ckpt_lib.load_params(str(tmp_path / "base"), base.state.params)
+
+
+def test_sleep_cost_prices_what_runs():
+  # Windows of 4 over T = 10: [0,4) and [4,8) sleep, [8,10) predicts.
+  mask = np.zeros((2, 10), np.float32)
+  mask[:, 8] = 1.0
+  # N = 0 forgets the window but its wake pass has run: one stack pass, as N = 1.
+  for n in (0, 1):
+    cost = metrics_lib.sleep_cost(mask, window=4, n_passes=n)
+    assert cost["sleep/block_passes"] == 3.0 and cost["sleep/relative_cost"] == 1.0, n
+  assert metrics_lib.sleep_cost(mask, window=4, n_passes=3)["sleep/block_passes"] == 2 * 3 + 1
+  # Prelude 1, core 2, coda 1 blocks, N = 3: a sleeping window runs the prelude
+  # once, the core 3 times and the coda twice (wake, then after the last pass).
+  from sleep_jax.config import ModelConfig
+  cfg = ModelConfig(vocab_size=5, n_layers=4, prelude=1, coda=1)
+  cost = metrics_lib.sleep_cost(mask, window=4, n_passes=3, model_config=cfg)
+  assert cost["sleep/block_passes"] == 2 * (1 + 3 * 2 + 2 * 1) / 4 + 1
+  cost = metrics_lib.sleep_cost(mask, window=4, n_passes=0, model_config=cfg)
+  assert cost["sleep/block_passes"] == 3.0
