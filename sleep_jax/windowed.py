@@ -196,11 +196,28 @@ def _validate(model, tokens, loss_mask, sleep, sleep_schedule, return_logits):
     lo, hi = int(t.min()), int(t.max())
     if lo < 0 or hi >= model.config.vocab_size:
       raise ValueError(f"tokens must lie in [0, {model.config.vocab_size}) (vocab_size); got min {lo}, max {hi}")
-  n_windows = len(window_spans(tokens.shape[1], sleep.window))
+  spans = window_spans(tokens.shape[1], sleep.window)
+  n_windows = len(spans)
   if sleep_schedule is not None:
     sleep_schedule = tuple(sleep_schedule)
     if len(sleep_schedule) != n_windows:
       raise ValueError(f"sleep_schedule must have one entry per window ({n_windows}), got {len(sleep_schedule)}")
+  elif loss_mask is not None and _is_concrete(loss_mask):
+    # The batch sleeps on one schedule: a window sleeps iff its mask is zero in
+    # every row. If rows disagree, a row whose window is all zero would silently
+    # not sleep on it (its memory would differ from the same example alone).
+    m = np.asarray(loss_mask)
+    per_row = np.stack([np.all(m[:, a:z] == 0, axis=1) for a, z in spans], axis=1)  # [B, n_windows]
+    mixed = np.nonzero(per_row.any(axis=0) & ~per_row.all(axis=0))[0]
+    if mixed.size:
+      w = int(mixed[0])
+      a, z = spans[w]
+      raise ValueError(
+          f"loss_mask puts rows on different sleep schedules: window {w} (tokens {a}:{z}) is all zero (would "
+          f"sleep) in rows {np.nonzero(per_row[:, w])[0].tolist()[:8]} but holds loss tokens in rows "
+          f"{np.nonzero(~per_row[:, w])[0].tolist()[:8]}, and one batch sleeps on one schedule "
+          f"({len(mixed)} such window(s)). Pass sleep_schedule= explicitly (one bool per window) or batch "
+          "examples whose loss tokens lie in the same windows")
 
 
 def windowed_forward(model, tokens, loss_mask, sleep: SleepConfig, *, fast_weights: FastWeights | None = None,
@@ -213,6 +230,8 @@ def windowed_forward(model, tokens, loss_mask, sleep: SleepConfig, *, fast_weigh
     tokens: ``[B, T]`` int token ids in ``[0, vocab_size)``.
     loss_mask: ``[B, T]`` float mask (1 on answer targets) or None. A window
       whose mask is zero across the whole batch is a consolidation window.
+      A concrete mask must agree between rows on which windows are all zero
+      (else pass ``sleep_schedule``); a traced one is not checked.
     sleep: the ``SleepConfig`` (window ``L``, passes ``N``, eviction mode).
     fast_weights: states at the sequence start (None: zeros).
     return_logits: "all" (``[B, T, V]`` float32) or "none".
@@ -224,7 +243,9 @@ def windowed_forward(model, tokens, loss_mask, sleep: SleepConfig, *, fast_weigh
 
   Raises:
     ValueError: on a bad argument (tokens outside the vocabulary when concrete,
-      a mask of the wrong shape, a schedule of the wrong length, ...).
+      a mask of the wrong shape, a schedule of the wrong length, a concrete
+      mask whose rows would sleep on different windows without a
+      ``sleep_schedule``, ...).
   """
   _validate(model, tokens, loss_mask, sleep, sleep_schedule, return_logits)
   b, t = tokens.shape

@@ -263,6 +263,30 @@ def test_grad_passes_truncates_like_stop_gradient(model, k):
   assert diff > 1e-6  # truncation changed the gradient
 
 
+def test_rows_on_different_sleep_schedules_raise_unless_a_schedule_is_given(model):
+  tokens = _tokens(2, 6, seed=9)
+  sleep = SleepConfig(window=3, n_passes=2)
+  mask = np.zeros((2, 6), np.float32)
+  mask[0, 5] = 1.0  # row 0 would sleep on window 0 only
+  mask[1, 1] = 1.0  # row 1 would sleep on window 1 only
+  for m in (mask, jnp.asarray(mask)):
+    with pytest.raises(ValueError, match=r"window 0 \(tokens 0:3\).*rows \[0\].*rows \[1\].*sleep_schedule"):
+      windowed_forward(model, tokens, m, sleep)
+    with pytest.raises(ValueError, match="sleep_schedule"):
+      windowed_loss(model, dict(tokens=tokens, targets=tokens, loss_mask=m), sleep)
+  # An explicit schedule decides, and matches the reference by hand.
+  out = _jit(model, lambda mdl, t: windowed_forward(mdl, t, mask, sleep, sleep_schedule=(False, False)))(tokens)
+  ref_logits, _ = _jit(model, lambda mdl, t: _by_hand(mdl, t, sleep, (False, False)))(tokens)
+  assert_close(ref_logits, out.logits, what="logits with an explicit schedule")
+  # A traced mask cannot be read: the batch-wide rule (no window sleeps here) applies.
+  traced = _jit(model, lambda mdl, t, m: windowed_forward(mdl, t, m, sleep))(tokens, jnp.asarray(mask))
+  assert_close(ref_logits, traced.logits, what="logits with a traced mask")
+  # Rows that agree are accepted: row 1's window 0 also holds a loss token.
+  mask[1, 5] = 1.0
+  mask[0, 1] = 1.0
+  windowed_forward(model, tokens, mask, sleep, return_logits="none")
+
+
 def test_bad_inputs(model):
   tokens = _tokens(2, 6)
   sleep = SleepConfig(window=3)
