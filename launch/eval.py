@@ -1,29 +1,121 @@
 r"""Evaluates a run's checkpoint on its task's eval split; prints and writes per-depth accuracy.
 
   python -m launch.eval --workdir=/tmp/sleep_rule110
-  python -m launch.eval --workdir=/tmp/sleep_rule110 --override=sleep.n_passes=4 \
-      --override=task_config.t_min=8 --override=task_config.t_max=8 --output=/tmp/n4_t8.json
+  python -m launch.eval --workdir=/tmp/sleep_rule110 --config.sleep.n_passes=4 \
+      --config.task_config.t_min=8 --config.task_config.t_max=8 --output=/tmp/n4_t8.json
+  python -m launch.eval --workdir=/tmp/sleep_rule110 --n_passes=1,2,4,8
 
-The run's ``config.json`` (written by ``launch/train.py``) rebuilds the model;
-``--override key.path=value`` changes any field (sleep passes, task depth, ...)
-for the evaluation only. The result goes to ``--output`` (default
+The run's ``config.json`` (written by ``launch/train.py``) rebuilds the model
+and is the ``--config`` of this command: ``--config.a.b=value`` changes any
+field for the evaluation only, with the parsing and checks of
+``launch.train`` (``--override=a.b=value`` is the older spelling, still
+accepted). The result goes to ``--output`` (default
 ``<workdir>/eval_step<k>.json``).
+
+``--n_passes=1,2,4,8`` evaluates the same checkpoint at each sleep-pass count
+``N`` (beyond the trained ``N`` too), prints one table (depths as rows, ``N``
+as columns, beside the example count and the majority and chance baselines),
+writes ``<workdir>/eval_n_passes.json`` (or ``--output``) and draws accuracy
+against ``N`` per depth to the same path with ``.png``.
 """
 from __future__ import annotations
 
+import copy
 import json
 import logging
 import os
 import sys
 
 from absl import app, flags
+import ml_collections
+from ml_collections import config_flags
+
+from launch import cli, experiment, tables
 
 _WORKDIR = flags.DEFINE_string("workdir", None, "The run directory (with config.json and checkpoints/).")
 _STEP = flags.DEFINE_integer("step", None, "Checkpoint step (default: the newest that restores).")
 _BATCHES = flags.DEFINE_integer("eval_batches", 0, "Eval batches (0: the whole eval split).")
-_OVERRIDE = flags.DEFINE_multi_string("override", [], "key.path=value changes to the run's config.")
+_OVERRIDE = flags.DEFINE_multi_string("override", [], "Deprecated spelling of --config.key.path=value.")
+_N_PASSES = flags.DEFINE_list("n_passes", [], "Evaluate at each of these sleep-pass counts N (e.g. 1,2,4,8).")
 _OUTPUT = flags.DEFINE_string("output", None, "JSON output path.")
 _CPU_DEVICES = flags.DEFINE_integer("cpu_devices", None, "Fake this many CPU devices.")
+_CONFIG_HELP = "The run's config.json; --config.a.b=value changes a field for this evaluation."
+
+
+def _argv_value(argv: list[str], name: str) -> str | None:
+  """The value of ``--name=v`` / ``--name v`` in ``argv`` (the last one), before absl parses it."""
+  value = None
+  for i, arg in enumerate(argv):
+    for prefix in (f"--{name}", f"-{name}"):
+      if arg.startswith(prefix + "="):
+        value = arg[len(prefix) + 1:]
+      elif arg == prefix and i + 1 < len(argv):
+        value = argv[i + 1]
+  return value
+
+
+def parse_flags(argv: list[str]) -> list[str]:
+  """absl's flag parsing, with ``--config`` defined first as the workdir's ``config.json``.
+
+  ``--config.a.b=value`` flags are typed by the config they change, so the
+  workdir is read from ``argv`` before absl parses the rest. Without a
+  readable ``config.json`` the config is empty (``main`` then reports why).
+  """
+  cfg = ml_collections.ConfigDict()
+  workdir = _argv_value(argv, "workdir")
+  if workdir:
+    try:
+      cfg = experiment.load_run_config(workdir)
+    except ValueError:
+      pass
+  if "config" not in flags.FLAGS:
+    config_flags.DEFINE_config_dict("config", cfg, _CONFIG_HELP, lock_config=True)
+  return app.parse_flags_with_usage(argv)
+
+
+def _config_overrides(argv: list[str]) -> list[str]:
+  """The ``--config.a.b=v`` and ``--override`` changes on the command line, for the record."""
+  out = [a[len("--config."):] for a in argv if a.startswith("--config.")]
+  return out + list(_OVERRIDE.value)
+
+
+def evaluate_passes(workdir: str, cfg, n_passes, *, step=None, eval_batches=None) -> tuple[int, dict]:
+  """Evaluates one checkpoint at each sleep-pass count; returns ``(step, {N: result})``.
+
+  Args:
+    workdir: a ``launch/train.py`` run directory.
+    cfg: its config (a ConfigDict or dict), with any changes applied.
+    n_passes: the pass counts ``N`` (any ``N >= 0``, the trained one or not).
+    step: the checkpoint step (default: the newest that restores, then pinned
+      so every ``N`` sees the same parameters).
+    eval_batches: eval batches (default: the whole eval split).
+
+  Raises:
+    ValueError: a negative ``N``, a plain-transformer run (it has no sleep
+      passes), or a bad config.
+  """
+  cfg = cfg.to_dict() if isinstance(cfg, ml_collections.ConfigDict) else dict(cfg)
+  ns = [int(n) for n in n_passes]
+  if any(n < 0 for n in ns):
+    raise ValueError(f"--n_passes entries must be >= 0, got {ns}")
+  if cfg.get("plain_transformer"):
+    raise ValueError("--n_passes: this run is the plain transformer, which has no sleep passes")
+  results = {}
+  for n in ns:
+    c = copy.deepcopy(cfg)
+    c["sleep"]["n_passes"] = n
+    step, results[n] = experiment.evaluate_run(workdir, cfg=c, step=step, eval_batches=eval_batches)
+  return step, results
+
+
+def passes_rows(results: dict) -> list[dict]:
+  """Rows ``{"n_passes", "depth", "accuracy"}`` (depth "all" too) for ``plotting.plot_vs_passes``."""
+  from sleep_jax.train.plotting import depth_values
+  rows = []
+  for n, result in results.items():
+    rows += [{"n_passes": n, "depth": d, "accuracy": v} for d, v in depth_values(result, "accuracy").items()]
+    rows.append({"n_passes": n, "depth": "all", "accuracy": result.get("accuracy", float("nan"))})
+  return rows
 
 
 def main(argv):
@@ -34,26 +126,56 @@ def main(argv):
   if _CPU_DEVICES.value:
     import jax
     jax.config.update("jax_num_cpu_devices", _CPU_DEVICES.value)
-  from launch import experiment as launch_train
+  cli.setup_compilation_cache()
+  import tasks
   from sleep_jax.train import checkpoint as ckpt_lib
 
-  for name in ("absl", "jax"):  # keep the console to progress and results
-    logging.getLogger(name).setLevel(logging.WARNING)
+  cli.quiet_logging()
+  if _OVERRIDE.value:
+    logging.warning("--override is deprecated; use --config.%s", _OVERRIDE.value[0])
+  overrides = _config_overrides(sys.argv[1:])
   try:
-    step, result = launch_train.evaluate_run(_WORKDIR.value, overrides=_OVERRIDE.value, step=_STEP.value,
-                                eval_batches=_BATCHES.value or None)
+    cfg = flags.FLAGS["config"].value
+    if "task" not in cfg:  # no readable config.json: say why
+      experiment.load_run_config(_WORKDIR.value)
+    cfg = experiment.apply_overrides(cfg.to_dict(), list(_OVERRIDE.value))
+    depth_name = tasks.get_task(str(cfg["task"])).depth_name
+    if _N_PASSES.value:
+      step, results = evaluate_passes(_WORKDIR.value, cfg, _N_PASSES.value, step=_STEP.value,
+                                      eval_batches=_BATCHES.value or None)
+    else:
+      step, result = experiment.evaluate_run(_WORKDIR.value, cfg=cfg, step=_STEP.value,
+                                             eval_batches=_BATCHES.value or None)
   except (ValueError, ckpt_lib.CheckpointError) as e:
     print(f"error: {e}", file=sys.stderr)
     return 1
-  out = _OUTPUT.value or os.path.join(_WORKDIR.value, f"eval_step{step}.json")
-  record = {"step": step, "overrides": list(_OVERRIDE.value), **result}
+
+  if not _N_PASSES.value:
+    out = _OUTPUT.value or os.path.join(_WORKDIR.value, f"eval_step{step}.json")
+    with open(out, "w") as f:
+      json.dump({"step": step, "overrides": overrides, **result}, f, indent=1, sort_keys=True)
+    print(f"checkpoint step {step}, {int(result.get('eval/batches', 0))} eval batches:")
+    print(tables.depth_table(result, depth_name))
+    print(f"wrote {out}")
+    return 0
+
+  out = _OUTPUT.value or os.path.join(_WORKDIR.value, "eval_n_passes.json")
+  trained = cfg["sleep"]["n_passes"]
   with open(out, "w") as f:
-    json.dump(record, f, indent=1, sort_keys=True)
-  print(f"checkpoint step {step}, {int(result.get('eval/batches', 0))} eval batches:")
-  print(launch_train.depth_table(result))
+    json.dump({"step": step, "trained_n_passes": trained, "n_passes": list(results), "overrides": overrides,
+               "results": {str(n): r for n, r in results.items()}}, f, indent=1, sort_keys=True)
+  print(f"checkpoint step {step} (trained with N={trained}), accuracy per {depth_name} at each N:")
+  print(tables.passes_table(results, depth_name))
   print(f"wrote {out}")
+  try:
+    from sleep_jax.train import plotting
+    fig = plotting.plot_vs_passes(passes_rows(results), "accuracy",
+                                  title=f"{cfg['task']}: accuracy vs N (step {step}, trained N={trained})")
+    print(f"wrote {plotting.save(fig, os.path.splitext(out)[0] + '.png')}")
+  except (ImportError, ValueError) as e:  # no matplotlib, or nothing to draw: the table is the result
+    logging.warning("no accuracy-vs-N figure: %s", e)
   return 0
 
 
 if __name__ == "__main__":
-  app.run(lambda argv: sys.exit(main(argv)))
+  app.run(lambda argv: sys.exit(main(argv)), flags_parser=parse_flags)

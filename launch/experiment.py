@@ -10,10 +10,11 @@ import dataclasses
 import functools
 import json
 import os
-import re
 from typing import Any
 
 from ml_collections import config_dict
+
+from launch.tables import depth_table  # noqa: F401  (its old home; the tables live in launch/tables.py)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -62,11 +63,60 @@ def _tuples(x):
   return x
 
 
+# Why a task fixes its window and eviction mode, and which task field changes
+# them, for the one-line error of an override that differs.
+_WINDOW_WHY = {
+    "rule110": ("splits a Rule 110 state across windows (the task's L = width holds one state; the last window "
+                "holds the query and labels)", "--config.task_config.width"),
+    "depo": ("moves edges into the prediction window, where attention reads them, or queries into a sleeping "
+             "window (the task's context fills whole windows of L, the queries the last)",
+             "--config.task_config.window"),
+    "gsm_math": ("can leave the question in the prediction window's attention (the task places it to be "
+                 "evicted under its own L)", "--config.task_config.window"),
+}
+_EVICTION_WHY = {
+    "sliding": ("sliding eviction lets the prediction window attend to the previous L - 1 tokens (the question, "
+                "the last state), so the answer need not come from the fast weights"),
+    "hard": "the task's sliding variant was laid out for sliding eviction; hard eviction is another variant",
+}
+
+
+def _task_defined(task, field: str, value, task_value, *, unset: tuple):
+  """``sleep.<field>`` from the task: unset takes the task's value; an explicit value must equal it.
+
+  Raises:
+    ValueError: one line naming the field, the task's value and why.
+  """
+  if value in unset:
+    return task_value
+  if value == task_value:
+    return value
+  if field == "window":
+    why, knob = _WINDOW_WHY.get(task.name, ("changes how the task's examples fall into windows", "the task config"))
+    raise ValueError(f"config.sleep.window={value} {why}; task {task.name} defines L={task_value}: leave "
+                     f"config.sleep.window at 0 to take L from the task, or change {knob}")
+  why = _EVICTION_WHY.get(str(value), "the task defines its eviction mode")
+  head = f"config.sleep.eviction={value!r}: {why}; task {task.name} defines {task_value!r} eviction"
+  if "eviction" not in _config_fields(task):
+    raise ValueError(f"{head} only: leave config.sleep.eviction at '' to take it from the task")
+  raise ValueError(f"{head}: leave config.sleep.eviction at '' to take it from the task, or change "
+                   "--config.task_config.eviction or --config.task_preset")
+
+
+def _config_fields(task) -> set[str]:
+  return {f.name for f in dataclasses.fields(task.config_cls)}
+
+
 def experiment_from_config(cfg) -> Experiment:
   """Converts a launch ConfigDict (or its ``to_dict()``) into an :class:`Experiment`.
 
+  The task config is the preset ``cfg.task_preset`` with the set (non-None)
+  fields of ``cfg.task_config`` over it. ``sleep.window`` / ``sleep.eviction``
+  left at 0 / "" come from the task; an explicit value must equal the task's.
+
   Raises:
-    ValueError: naming the bad field (unknown task, n_passes < 0, ...).
+    ValueError: naming the bad field (unknown task, n_passes < 0, a window or
+      eviction mode that differs from the task's, ...).
   """
   import tasks
   from sleep_jax.config import ModelConfig, SleepConfig
@@ -76,7 +126,9 @@ def experiment_from_config(cfg) -> Experiment:
     cfg = config_dict.ConfigDict(cfg)
   task = tasks.get_task(str(cfg.get("task", "")))
   preset = task.preset(str(cfg.get("task_preset", "small")))
-  task_fields = {k: _tuples(v) for k, v in _section(cfg, "task_config").items()} if "task_config" in cfg else {}
+  # task_config holds the fields set over the preset; None means unset (see launch/configs/common.py).
+  task_fields = {k: _tuples(v) for k, v in _section(cfg, "task_config").items()
+                 if v is not None} if "task_config" in cfg else {}
   base = dataclasses.asdict(preset)
   task_config = _build(task.config_cls, "task_config", {**base, **task_fields})
   seq_len = task.seq_len(task_config)
@@ -94,10 +146,9 @@ def experiment_from_config(cfg) -> Experiment:
   model = _build(ModelConfig, "model", {**m, "layout": layout, "vocab_size": task.vocab_size(task_config)})
 
   s = _section(cfg, "sleep")
-  if s.get("window") in (0, None):
-    s["window"] = task.window(task_config)
-  if not s.get("eviction"):
-    s["eviction"] = task.eviction(task_config)
+  s["window"] = _task_defined(task, "window", s.get("window"), task.window(task_config), unset=(0, None))
+  s["eviction"] = _task_defined(task, "eviction", s.get("eviction"), task.eviction(task_config),
+                                unset=("", None))
   if s.get("grad_passes") in (0, None):
     s["grad_passes"] = None
   if plain:
@@ -198,21 +249,47 @@ def build_run_spec(exp: Experiment, *, meta: dict | None = None):
       meta=dict(meta or {}, sleep_schedule=list(schedule)))
 
 
-def depth_table(result: dict) -> str:
-  """A small text table of ``accuracy/depth=<d>`` and ``loss/depth=<d>``."""
-  depths = sorted({int(m.group(1)) for k in result for m in [re.match(r"(?:accuracy|loss)/depth=(-?\d+)$", k)]
-                   if m})
-  lines = [f"{'depth':>6} {'accuracy':>9} {'loss':>9}"]
-  for d in depths:
-    acc = result.get(f"accuracy/depth={d}", float("nan"))
-    loss = result.get(f"loss/depth={d}", float("nan"))
-    lines.append(f"{d:>6} {acc:>9.4f} {loss:>9.4f}")
-  lines.append(f"{'all':>6} {result.get('accuracy', float('nan')):>9.4f}")
-  return "\n".join(lines)
+class _FirstStepHook:
+  """Wraps the train iterator; calls ``callback()`` when the second batch is drawn.
+
+  The loop draws batch ``k + 1`` only after step ``k`` has been compiled and
+  dispatched, so the second draw marks the first step of the process (after a
+  resume too) without touching the loop.
+  """
+
+  def __init__(self, it, callback):
+    self.it, self.callback, self.drawn = it, callback, 0
+
+  def __iter__(self):
+    return self
+
+  def __next__(self):
+    batch = next(self.it)
+    self.drawn += 1
+    if self.drawn == 2 and self.callback is not None:
+      self.callback()
+    return batch
+
+  def get_state(self):
+    return self.it.get_state()
+
+  def set_state(self, state):
+    self.it.set_state(state)
 
 
-def run(cfg, workdir: str):
-  """Trains the experiment of ``cfg`` in ``workdir`` (creating it); returns the ``TrainResult``."""
+def run(cfg, workdir: str, *, on_first_step=None):
+  """Trains the experiment of ``cfg`` in ``workdir`` (creating it); returns the ``TrainResult``.
+
+  Args:
+    cfg: a launch ConfigDict (or its ``to_dict()``).
+    workdir: the run directory; ``config.json`` is written there.
+    on_first_step: called with no arguments once this process's first train
+      step has been compiled and dispatched (not at all for runs of under two
+      remaining steps).
+
+  Raises:
+    ValueError: a bad config (see :func:`experiment_from_config`) or run.
+  """
   import jax
   from sleep_jax.train import loop
 
@@ -224,7 +301,11 @@ def run(cfg, workdir: str):
       json.dump(cfg_dict, f, indent=1, sort_keys=True, default=list)
   meta = {"task": exp.task_name, "n_passes": exp.sleep.n_passes, "window": exp.sleep.window,
           "plain_transformer": exp.plain_transformer, "config": json.loads(json.dumps(cfg_dict, default=list))}
-  return loop.train(build_run_spec(exp, meta=meta), exp.train, workdir)
+  spec = build_run_spec(exp, meta=meta)
+  if on_first_step is not None:
+    train_data = spec.train_data
+    spec = dataclasses.replace(spec, train_data=lambda: _FirstStepHook(train_data(), on_first_step))
+  return loop.train(spec, exp.train, workdir)
 
 
 def apply_overrides(cfg: dict, overrides: list[str]) -> dict:
@@ -253,15 +334,56 @@ def apply_overrides(cfg: dict, overrides: list[str]) -> dict:
   return cfg
 
 
-def evaluate_run(workdir: str, *, overrides=(), step=None, eval_batches=None) -> tuple[int, dict]:
-  """Evaluates ``workdir``'s checkpoint; returns ``(step, result)``."""
-  from sleep_jax.train import loop
+def load_run_config(workdir: str) -> config_dict.ConfigDict:
+  """A run's ``config.json`` as a launch ConfigDict, overridable like a config file's.
+
+  Unset task fields (``null``) become typed placeholders again and the task's
+  sequence fields tuples, so ``--config.task_config.t_max=8`` parses as it
+  does for ``launch.train``.
+
+  Raises:
+    ValueError: ``workdir`` has no ``config.json``, or it names an unknown task.
+  """
+  import tasks
+  from launch.configs import common
 
   path = os.path.join(workdir, "config.json")
   if not os.path.exists(path):
     raise ValueError(f"{workdir!r} has no config.json; is it a launch/train.py workdir?")
   with open(path) as f:
-    cfg = apply_overrides(json.load(f), list(overrides))
+    raw = json.load(f)
+  tasks.get_task(str(raw.get("task", "")))
+  task_fields = common.task_config_fields(raw["task"])
+  for k, v in (raw.get("task_config") or {}).items():
+    if k in task_fields and v is not None:
+      task_fields[k] = _tuples(v)
+    elif k not in task_fields:
+      with task_fields.unlocked():
+        task_fields[k] = _tuples(v)  # rejected by name when the experiment is built
+  raw["task_config"] = {}
+  cfg = config_dict.ConfigDict(raw)
+  cfg.task_config = task_fields
+  return cfg
+
+
+def evaluate_run(workdir: str, *, cfg=None, overrides=(), step=None, eval_batches=None) -> tuple[int, dict]:
+  """Evaluates ``workdir``'s checkpoint; returns ``(step, result)``.
+
+  Args:
+    workdir: a ``launch/train.py`` run directory.
+    cfg: the run's config with any changes (default: ``load_run_config``).
+    overrides: ``a.b=value`` strings applied on top (see :func:`apply_overrides`).
+    step: the checkpoint step (default: the newest that restores).
+    eval_batches: eval batches (default: the whole eval split).
+
+  Raises:
+    ValueError: a bad workdir, config or override.
+  """
+  from sleep_jax.train import loop
+
+  if cfg is None:
+    cfg = load_run_config(workdir)
+  cfg = apply_overrides(cfg.to_dict() if isinstance(cfg, config_dict.ConfigDict) else dict(cfg), list(overrides))
   exp = experiment_from_config(cfg)
   spec = build_run_spec(exp)
   return loop.evaluate_checkpoint(spec, exp.train, workdir, step=step, max_batches=eval_batches)

@@ -11,16 +11,23 @@ workdir. Multi-host: run the same command on every host with
 ``SLEEP_JAX_*`` environment variables; TPU pods and SLURM: ``--distributed_auto``).
 
 The ConfigDict -> frozen-dataclass conversion lives in ``launch/experiment.py``.
+Compiled steps are kept in JAX's persistent compilation cache
+(``--compilation_cache_dir``, see ``launch/cli.py``), so a resume or a second
+run of the same model skips most of the compile; the console reports the time
+to the first step.
 """
 from __future__ import annotations
 
-import logging
-import sys
+import time
 
-from absl import app, flags
-from ml_collections import config_flags
+_START = time.perf_counter()  # before the heavy imports: "time to first step" counts them
 
-from launch import experiment
+import sys  # noqa: E402
+
+from absl import app, flags  # noqa: E402
+from ml_collections import config_flags  # noqa: E402
+
+from launch import cli, experiment, tables  # noqa: E402
 
 _CONFIG = config_flags.DEFINE_config_file("config", None, "Path to a launch/configs/*.py file.",
                                           lock_config=True)
@@ -43,15 +50,22 @@ def main(argv):
   if _CPU_DEVICES.value:
     import jax
     jax.config.update("jax_num_cpu_devices", _CPU_DEVICES.value)
+  cache_dir = cli.setup_compilation_cache()
   from sleep_jax.train import checkpoint as ckpt_lib
   from sleep_jax.train import distributed
   from sleep_jax.train import metrics as metrics_lib
 
-  for name in ("absl", "jax"):  # keep the console to progress and results
-    logging.getLogger(name).setLevel(logging.WARNING)
+  cli.quiet_logging()
+
+  def first_step():
+    import jax
+    if jax.process_index() == 0:
+      cache = f"compilation cache {cache_dir}" if cache_dir else "no compilation cache"
+      print(f"time to first step: {time.perf_counter() - _START:.1f} s ({cache})", flush=True)
+
   try:
     distributed.initialize(_COORD.value, _NPROC.value, _PID.value, auto=_AUTO.value)
-    result = experiment.run(_CONFIG.value, _WORKDIR.value)
+    result = experiment.run(_CONFIG.value, _WORKDIR.value, on_first_step=first_step)
   except (ValueError, metrics_lib.NonFiniteError, ckpt_lib.CheckpointError) as e:
     print(f"error: {e}", file=sys.stderr)
     return 1
@@ -63,7 +77,8 @@ def main(argv):
             f"{last.get('tokens_per_s', 0):.0f} tokens/s")
     if result.eval:
       print(f"eval ({int(result.eval.get('eval/batches', 0))} batches) after {result.step} steps:")
-      print(experiment.depth_table(result.eval))
+      import tasks
+      print(tables.depth_table(result.eval, tasks.get_task(str(_CONFIG.value.task)).depth_name))
   return 0
 
 

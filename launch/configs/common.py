@@ -11,14 +11,55 @@ task's ``L``; ``sleep.eviction = ""`` the task's eviction mode;
 comma-separated list such as ``"attn,attn,attn,attn"``); ``plain_transformer
 = True`` replaces the model by an all-attention stack of the same size that
 sees the whole sequence (``window = T``, ``N = 1``).
+
+The task's configuration: ``task_preset`` names one of the task's presets
+(``tasks.get_task(task).presets``) and ``task_config`` holds only the fields
+set on top of it. Every field of the task's config class is present in
+``task_config`` (so ``--config.task_config.t_max=8`` is type-checked like any
+other field) but starts as an unset placeholder (``None``, "take it from the
+preset"). A config file sets the fields it means to change
+(``c.task_config.update(t_max=6)``); the command line may set more. The launch
+path (``launch/experiment.py``) builds the task config as the preset named by
+the *final* ``task_preset`` with the set fields laid over it, so
+``--config.task_preset=paper_depth`` selects that preset whole, keeping only
+the fields the config file or the command line set. A run's ``config.json``
+records the same: the preset name and the set fields (unset ones are
+``null``).
+
+``sleep.window`` and ``sleep.eviction`` describe the task, not the model: the
+launch path fills them from the task (``task.window``, ``task.eviction``) and
+rejects an explicit value that differs. Change the task's own fields instead
+(``--config.task_config.window=...``, ``--config.task_preset=paper_sliding``).
 """
 from __future__ import annotations
 
 import dataclasses
 
 import ml_collections
+from ml_collections import config_dict
 
 import tasks
+
+
+def task_config_fields(task: str) -> ml_collections.ConfigDict:
+  """Every field of ``task``'s config class as an unset, typed placeholder.
+
+  The type of each field is that of its value in the task's "paper" preset, so
+  command-line values are parsed and checked (``--config.task_config.eval_ks=(1,2)``
+  gives a tuple).
+
+  Args:
+    task: registry name of the task.
+
+  Returns:
+    A ConfigDict whose fields are all ``None`` ("take it from the preset").
+  """
+  paper = tasks.get_task(task).preset("paper")
+  fields = {}
+  for f in dataclasses.fields(paper):
+    value = getattr(paper, f.name)
+    fields[f.name] = config_dict.placeholder(type(value)) if value is not None else None
+  return ml_collections.ConfigDict(fields)
 
 
 def base_config(task: str, preset: str) -> ml_collections.ConfigDict:
@@ -26,9 +67,9 @@ def base_config(task: str, preset: str) -> ml_collections.ConfigDict:
   c = ml_collections.ConfigDict()
   c.task = task
   c.task_preset = preset
-  # The task's preset, field by field, so each is overridable and type-checked:
+  # Only the fields set over the preset (see the module docstring):
   # --config.task_config.t_min=4 --config.task_config.t_max=4
-  c.task_config = ml_collections.ConfigDict(dataclasses.asdict(tasks.get_task(task).preset(preset)))
+  c.task_config = task_config_fields(task)
   c.plain_transformer = False
 
   c.model = ml_collections.ConfigDict(dict(

@@ -2,7 +2,7 @@
 
 The paper retrofits pretrained 1.4-2B models; this trains a from-scratch
 12-layer width-768 hybrid (ours) with the paper's optimizer. For the sliding
-variant: ``--config.task_config.eviction=sliding --config.task_config.window=512``.
+variant (L = 512, sliding eviction): ``--config.task_preset=paper_sliding``.
 """
 from launch.configs.common import base_config
 

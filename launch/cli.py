@@ -1,0 +1,67 @@
+"""What the launch entry points share: JAX's persistent compilation cache and a quiet console.
+
+``launch.train``, ``launch.eval`` and ``launch.sweep`` import this module
+(which defines the ``--compilation_cache_dir`` flag) and call
+:func:`setup_compilation_cache` at the start of ``main``, before anything is
+compiled. A second launch of the same model then loads its executables from
+the cache instead of compiling them again (resumes, evaluations, sweeps,
+repeated tests).
+"""
+from __future__ import annotations
+
+import logging
+import os
+
+from absl import flags
+
+ENV_VAR = "SLEEP_JAX_COMPILATION_CACHE"
+DEFAULT_DIR = os.path.join("~", ".cache", "sleep_jax", "jax")
+# Below this compile time an executable is cheaper to rebuild than to read back.
+MIN_COMPILE_TIME_SECS = 0.5
+
+COMPILATION_CACHE_DIR = flags.DEFINE_string(
+    "compilation_cache_dir", None,
+    f"JAX persistent compilation cache directory (default: ${ENV_VAR}, else {DEFAULT_DIR}); '' turns it off.")
+
+
+def default_compilation_cache_dir() -> str:
+  """``$SLEEP_JAX_COMPILATION_CACHE`` if set (possibly empty: off), else ``~/.cache/sleep_jax/jax``."""
+  return os.environ.get(ENV_VAR, DEFAULT_DIR)
+
+
+def setup_compilation_cache(path: str | None = None, *, min_compile_time_secs: float = MIN_COMPILE_TIME_SECS,
+                            min_entry_size_bytes: int = 0) -> str | None:
+  """Turns on JAX's persistent compilation cache in ``path`` (call before the first compile).
+
+  Args:
+    path: the cache directory; ``None`` takes ``--compilation_cache_dir`` when
+      given on the command line, else :func:`default_compilation_cache_dir`.
+      An empty string turns the cache off.
+    min_compile_time_secs: executables that compiled faster are not stored.
+    min_entry_size_bytes: executables smaller than this are not stored (0:
+      JAX's default).
+
+  Returns:
+    The absolute cache directory, or ``None`` when the cache is off.
+  """
+  import jax
+
+  if path is None:
+    given = flags.FLAGS.is_parsed() and COMPILATION_CACHE_DIR.present
+    path = COMPILATION_CACHE_DIR.value if given else default_compilation_cache_dir()
+  if not path:
+    jax.config.update("jax_enable_compilation_cache", False)
+    return None
+  path = os.path.abspath(os.path.expanduser(path))
+  os.makedirs(path, exist_ok=True)
+  jax.config.update("jax_enable_compilation_cache", True)
+  jax.config.update("jax_compilation_cache_dir", path)
+  jax.config.update("jax_persistent_cache_min_compile_time_secs", float(min_compile_time_secs))
+  jax.config.update("jax_persistent_cache_min_entry_size_bytes", int(min_entry_size_bytes))
+  return path
+
+
+def quiet_logging() -> None:
+  """Keeps the console to progress and results (absl and jax log warnings and errors only)."""
+  for name in ("absl", "jax"):
+    logging.getLogger(name).setLevel(logging.WARNING)

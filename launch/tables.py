@@ -1,0 +1,116 @@
+"""Text tables of evaluation results for the launch CLIs.
+
+An evaluation result (``eval.json``, ``launch.eval``'s output) is a flat dict:
+``accuracy/depth=<d>``, ``loss/depth=<d>`` and, where the evaluator provides
+them, the example count ``count/depth=<d>`` and the baselines
+``majority/depth=<d>`` (always answering the most common answer) and
+``chance/depth=<d>`` (a uniform guess), plus their all-depth values
+(``accuracy``, ``loss``, ``majority``, ``chance``). A missing value prints as
+``-``, so results written before a key existed still print.
+"""
+from __future__ import annotations
+
+import math
+import re
+from collections.abc import Mapping
+
+_DEPTH_KEY = re.compile(r"(accuracy|loss|count|majority|chance)/depth=(-?\d+)$")
+MISSING = "-"
+
+
+def depths(result: Mapping[str, float]) -> list[int]:
+  """The depths that have any per-depth value in ``result``, sorted."""
+  return sorted({int(m.group(2)) for k in result for m in [_DEPTH_KEY.match(k)] if m})
+
+
+def _number(value) -> float | None:
+  if value is None:
+    return None
+  try:
+    value = float(value)
+  except (TypeError, ValueError):
+    return None
+  return None if math.isnan(value) else value
+
+
+def standard_error(accuracy, count) -> float | None:
+  """``sqrt(p (1 - p) / n)``, the binomial standard error of an accuracy ``p`` over ``n`` examples.
+
+  Returns ``None`` when either is missing or ``n < 1``.
+  """
+  p, n = _number(accuracy), _number(count)
+  if p is None or n is None or n < 1:
+    return None
+  return math.sqrt(max(p * (1.0 - p), 0.0) / n)
+
+
+def _fmt(value, spec: str = ".4f") -> str:
+  value = _number(value)
+  return MISSING if value is None else format(value, spec)
+
+
+def _total_count(result: Mapping[str, float]) -> float | None:
+  if _number(result.get("count")) is not None:
+    return _number(result["count"])
+  counts = [_number(result.get(f"count/depth={d}")) for d in depths(result)]
+  return sum(counts) if counts and all(c is not None for c in counts) else None
+
+
+def depth_table(result: Mapping[str, float], depth_name: str = "depth") -> str:
+  """Per depth: count, accuracy, its standard error, the majority and chance baselines, loss.
+
+  Args:
+    result: an evaluation result (see the module docstring).
+    depth_name: the first column's heading (the task's depth knob, e.g. "t").
+
+  Returns:
+    The table, one row per depth and a final "all" row.
+  """
+  header = (f"{depth_name:>6} {'count':>7} {'accuracy':>9} {'± s.e.':>7} {'majority':>9} {'chance':>7} "
+            f"{'loss':>8}")
+  rows = [header]
+
+  def row(label, count, acc, majority, chance, loss):
+    se = standard_error(acc, count)
+    rows.append(f"{label:>6} {_fmt(count, '.0f'):>7} {_fmt(acc):>9} {_fmt(se):>7} {_fmt(majority):>9} "
+                f"{_fmt(chance):>7} {_fmt(loss):>8}")
+
+  for d in depths(result):
+    row(str(d), *(result.get(f"{k}/depth={d}") for k in ("count", "accuracy", "majority", "chance", "loss")))
+  row("all", _total_count(result), *(result.get(k) for k in ("accuracy", "majority", "chance", "loss")))
+  return "\n".join(rows)
+
+
+def passes_table(results: Mapping[int, Mapping[str, float]], depth_name: str = "depth") -> str:
+  """Accuracy per depth (rows) for several sleep-pass counts ``N`` (columns), with the baselines.
+
+  Count, majority and chance come from the first result that has them (they
+  depend on the data, not on ``N``).
+
+  Args:
+    results: ``{N: evaluation result}`` of one checkpoint.
+    depth_name: the first column's heading.
+
+  Returns:
+    The table, one row per depth and a final "all" row.
+  """
+  ns = list(results)
+  all_depths = sorted({d for r in results.values() for d in depths(r)})
+
+  def first(key):
+    for r in results.values():
+      if _number(r.get(key)) is not None:
+        return r[key]
+    return None
+
+  n_cols = " ".join(f"{'N=' + str(n):>7}" for n in ns)
+  rows = [f"{depth_name:>6} {'count':>7} {'majority':>9} {'chance':>7} {n_cols}"]
+  for label, suffix in [(str(d), f"/depth={d}") for d in all_depths] + [("all", "")]:
+    if suffix:
+      count = first(f"count{suffix}")
+    else:
+      count = next((c for c in map(_total_count, results.values()) if c is not None), None)
+    accs = " ".join(f"{_fmt(results[n].get('accuracy' + suffix)):>7}" for n in ns)
+    rows.append(f"{label:>6} {_fmt(count, '.0f'):>7} {_fmt(first('majority' + suffix)):>9} "
+                f"{_fmt(first('chance' + suffix)):>7} {accs}")
+  return "\n".join(rows)
