@@ -192,14 +192,22 @@ class SleepSession:
     return self.state.last_logits
 
   def _as_tokens(self, tokens) -> np.ndarray:
-    t = np.asarray(tokens)
-    if t.ndim == 0:
-      t = np.full((self.batch_size, 1), t)
-    elif t.ndim == 1:
-      t = t[None] if self.batch_size == 1 else t[:, None]
-    if t.ndim != 2 or t.shape[0] != self.batch_size:
-      raise ValueError(f"tokens must be [B={self.batch_size}, n] (or [n] with B == 1, or [B] for one token each), "
-                       f"got shape {np.shape(tokens)}")
+    b = self.batch_size
+    expected = f"[B, n] = [{b}, n]" + (" (or, as B == 1, [n] or a single token)" if b == 1 else "")
+    try:
+      t = np.asarray(tokens)
+    except ValueError as err:  # e.g. ragged nested lists
+      raise ValueError(f"tokens must be an integer array of shape {expected}; got {type(tokens).__name__} "
+                       f"that is not one ({err})") from None
+    # One meaning per shape whatever B is: the rows are always axis 0 of a 2-D
+    # array. 1-D and 0-d inputs are conveniences of a single-row session only
+    # (a prompt, a token); with B > 1 they would be ambiguous and are refused.
+    if b == 1 and t.ndim in (0, 1):
+      t = t.reshape(1, -1)
+    if t.ndim != 2 or t.shape[0] != b:
+      hint = (f"; a {t.ndim}-d input is accepted only by a session with batch_size == 1 (for one token per row "
+              "pass tokens[:, None])" if t.ndim < 2 else "")
+      raise ValueError(f"tokens must be an integer array of shape {expected}, got shape {t.shape}{hint}")
     if not np.issubdtype(t.dtype, np.integer):
       raise ValueError(f"tokens must be integers, got dtype {t.dtype}")
     if t.size and (t.min() < 0 or t.max() >= self.vocab_size):
@@ -210,15 +218,19 @@ class SleepSession:
     """Consumes tokens, sleeping whenever a window fills.
 
     Args:
-      tokens: ``[B, n]`` int array (or ``[n]`` when ``B == 1``, or ``[B]`` for
-        one token per row), values in ``[0, vocab_size)``.
+      tokens: ``[B, n]`` int array, values in ``[0, vocab_size)``: row ``b``
+        continues row ``b``'s stream by ``n`` tokens. Only a session with
+        ``B == 1`` also takes ``[n]`` (a prompt) or a 0-d array / Python int
+        (one token); with ``B > 1`` a 1-D array is refused, never read as one
+        token per row (pass ``tokens[:, None]`` for that).
 
     Returns:
       ``[B, n, V]`` float32 wake logits, one per fed token (predicting the
       token after it).
 
     Raises:
-      ValueError: for a bad shape, dtype or out-of-vocabulary token.
+      ValueError: for a bad shape (the message states the expected shapes),
+        a non-integer dtype or an out-of-vocabulary token.
     """
     t = self._as_tokens(tokens)
     L = self.sleep.window

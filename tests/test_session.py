@@ -69,6 +69,31 @@ def test_save_restore_mid_stream_and_generate(model, tmp_path):
   assert_close(ref.logits[:, :4], first, what="logits before the save")
 
 
+def test_feed_shapes_mean_one_thing_whatever_b(model):
+  sleep = SleepConfig(window=3)
+  prompt = np.array([1, 4, 2, 6], np.int32)
+  # B == 1: [n], [1, n] and token-by-token (int, 0-d) feeds are the same stream.
+  two_d = SleepSession(model, sleep).feed(prompt[None])
+  assert two_d.shape == (1, 4, VOCAB)
+  np.testing.assert_array_equal(np.asarray(SleepSession(model, sleep).feed(prompt)), np.asarray(two_d))
+  one_by_one = SleepSession(model, sleep)
+  pieces = [one_by_one.feed(int(prompt[0])), one_by_one.feed(np.int64(prompt[1])), one_by_one.feed(prompt[2:])]
+  assert_close(two_d, jnp.concatenate(pieces, axis=1), what="token-by-token feed")
+  # B == 2: only [2, n]. A 1-D array is refused, whatever its length (it used
+  # to mean one token per row when its length was B).
+  session = SleepSession(model, sleep, batch_size=2)
+  for bad in (prompt[:2], prompt, np.int32(3), 3, [[1, 2], [3]], np.zeros((2, 1, 1), np.int32),
+              np.zeros((1, 2), np.int32)):
+    with pytest.raises(ValueError, match=r"shape \[B, n\] = \[2, n\]"):
+      session.feed(bad)
+  assert session.position == 0
+  assert session.feed(np.stack([prompt[:2], prompt[2:]])).shape == (2, 2, VOCAB)
+  assert session.feed(prompt[:2, None]).shape == (2, 1, VOCAB)  # one token per row, said explicitly
+  assert session.feed(np.zeros((2, 0), np.int32)).shape == (2, 0, VOCAB) and session.position == 3
+  with pytest.raises(ValueError, match=r"\[B, n\] = \[1, n\] \(or, as B == 1, \[n\] or a single token\)"):
+    SleepSession(model, sleep).feed(np.zeros((2, 2), np.int32))
+
+
 def test_bad_inputs(model, tmp_path):
   sleep = SleepConfig(window=3)
   session = SleepSession(model, sleep, batch_size=2)
