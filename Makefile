@@ -3,7 +3,7 @@ PY ?= python3
 
 .PHONY: install test test-slow train bench
 install:
-	$(PY) -m pip install -e '.[test]'
+	$(PY) -m pip install -e '.[test]' -c constraints.txt
 test:
 	$(PY) -m pytest -q
 test-slow:
