@@ -69,7 +69,7 @@ def parse_flags(argv: list[str]) -> list[str]:
     except ValueError:
       pass
   if "config" not in flags.FLAGS:
-    config_flags.DEFINE_config_dict("config", cfg, _CONFIG_HELP, lock_config=True)
+    config_flags.DEFINE_config_dict("config", cfg, _CONFIG_HELP, lock_config=True, sys_argv=argv)
   return app.parse_flags_with_usage(argv)
 
 

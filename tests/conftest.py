@@ -5,3 +5,11 @@ os.environ.setdefault("XLA_FLAGS", "--xla_force_host_platform_device_count=4")
 os.environ.setdefault("JAX_PLATFORMS", "cpu")
 
 
+# JAX's persistent compilation cache, shared with the launch CLIs (launch/cli.py),
+# so a second test run (and every CLI subprocess, which inherits the
+# environment) loads compiled executables instead of compiling them again.
+# SLEEP_JAX_COMPILATION_CACHE="" turns it off.
+_cache_dir = os.environ.get("SLEEP_JAX_COMPILATION_CACHE", os.path.join("~", ".cache", "sleep_jax", "jax"))
+if _cache_dir:
+  os.environ.setdefault("JAX_COMPILATION_CACHE_DIR", os.path.abspath(os.path.expanduser(_cache_dir)))
+  os.environ.setdefault("JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS", "0.5")

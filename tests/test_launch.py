@@ -1,14 +1,20 @@
 """launch/: one-step smoke runs per task, config conversion, bad configs and flags, plots, sweep table."""
+import dataclasses
 import importlib
 import json
+import math
 import os
 import subprocess
 import sys
+import textwrap
 
 import numpy as np
 import pytest
+from absl import flags
+from ml_collections import config_flags
 
-from launch import experiment
+import tasks
+from launch import experiment, tables
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 TINY = ["--config.model.d_model=16", "--config.model.n_layers=2", "--config.model.n_heads=1",
@@ -35,21 +41,35 @@ def _launch(module, *args, timeout=600):
 
 
 def test_train_cli_one_step_rule110_then_eval(tmp_path):
-  # Two processes each compile the windowed model (~25 s on 2 idle cores).
+  # Two steps (the first-step time is reported when the second batch is drawn),
+  # then launch.eval at N = 2 with --config.* and at N = 1, 2 in one call. At
+  # the trained N = 1 the evaluation must reproduce the training run's own
+  # final evaluation of the same checkpoint; at N = 2 both eval calls agree.
   wd = str(tmp_path / "run")
-  p = _launch("launch.train", "--config=launch/configs/rule110_small.py", f"--workdir={wd}", *TINY)
+  steps2 = [a for a in TINY if "num_steps" not in a] + ["--config.train.num_steps=2"]
+  p = _launch("launch.train", "--config=launch/configs/rule110_small.py", f"--workdir={wd}", *steps2)
   assert p.returncode == 0, p.stderr[-3000:]
-  assert "accuracy" in p.stdout and "depth" in p.stdout
+  assert "accuracy" in p.stdout and "majority" in p.stdout and "time to first step" in p.stdout
   records = [json.loads(l) for l in open(os.path.join(wd, "metrics.jsonl"))]
   assert records[0]["kind"] == "train" and records[0]["step"] == 1
   assert "sleep/relative_cost" in records[0] and "train/accuracy" in records[0]
   ev = json.load(open(os.path.join(wd, "eval.json")))
   assert 0.0 <= ev["accuracy"] <= 1.0 and any(k.startswith("accuracy/depth=") for k in ev)
   out = str(tmp_path / "e.json")
-  p = _launch("launch.eval", f"--workdir={wd}", "--eval_batches=1", "--override=sleep.n_passes=2",
-              f"--output={out}")
+  p = _launch("launch.eval", f"--workdir={wd}", "--eval_batches=1", "--config.sleep.n_passes=2", f"--output={out}")
   assert p.returncode == 0, p.stderr[-3000:]
-  assert json.load(open(out))["step"] == 1
+  single = json.load(open(out))
+  assert single["step"] == 2 and single["overrides"] == ["sleep.n_passes=2"]
+  p = _launch("launch.eval", f"--workdir={wd}", "--eval_batches=1", "--n_passes=1,2", "--override=train.seed=0")
+  assert p.returncode == 0, p.stderr[-3000:]
+  assert "N=1" in p.stdout and "N=2" in p.stdout and "majority" in p.stdout
+  sweep = json.load(open(os.path.join(wd, "eval_n_passes.json")))
+  assert sweep["step"] == 2 and sweep["n_passes"] == [1, 2] and sweep["trained_n_passes"] == 1
+  assert os.path.getsize(os.path.join(wd, "eval_n_passes.png")) > 0
+  for got, want in ((sweep["results"]["1"], ev), (sweep["results"]["2"], single)):
+    keys = [k for k in want if k.split("/")[0] in ("accuracy", "count", "majority", "chance")]
+    assert keys and {k: got[k] for k in keys} == {k: want[k] for k in keys}
+    np.testing.assert_allclose(got["loss"], want["loss"], rtol=1e-5)
 
 
 @pytest.mark.parametrize("name", ["depo_small", "gsm_math_small"])
@@ -77,6 +97,108 @@ def test_plain_transformer_sees_whole_sequence():
   exp = experiment.experiment_from_config(cfg)
   assert set(exp.model.block_types) == {"attn"} and len(exp.model.block_types) == cfg.model.n_layers
   assert exp.sleep.n_passes == 1 and exp.sleep.window == exp.task.seq_len(exp.task_config)
+  # The baseline declares window = T itself; the task's own L given explicitly is not an override.
+  cfg.sleep.window = 16
+  assert experiment.experiment_from_config(cfg).sleep.window == exp.task.seq_len(exp.task_config) == 17
+  cfg.sleep.window = 17
+  with pytest.raises(ValueError, match="config.sleep.window=17"):
+    experiment.experiment_from_config(cfg)
+
+
+# The task fields each config file sets over its preset (written out: the reference).
+FILE_TASK_FIELDS = {"rule110_small": dict(n_states=1, t_min=1, t_max=6)}
+PRESET_CASES = [(f"{task}_{scale}", preset) for task in tasks.list_tasks() for scale in ("small", "paper")
+                for preset in tasks.get_task(task).presets]
+
+
+def _parse_config(name, *args):
+  """The config ``launch.train`` gets from ``--config=<file> <args>`` (absl + ml_collections, in process)."""
+  argv = ["prog", f"--config=launch/configs/{name}.py", *args]
+  fv = flags.FlagValues()
+  holder = config_flags.DEFINE_config_file("config", None, "", flag_values=fv, lock_config=True, sys_argv=argv)
+  fv(argv)
+  return holder.value
+
+
+@pytest.mark.parametrize("name,preset", PRESET_CASES)
+def test_task_preset_selects_the_preset_with_only_set_fields_over_it(name, preset):
+  cfg = _parse_config(name, f"--config.task_preset={preset}", "--config.task_config.num_eval_examples=77")
+  exp = experiment.experiment_from_config(cfg)
+  task = tasks.get_task(cfg.task)
+  want = dataclasses.replace(task.preset(preset), **FILE_TASK_FIELDS.get(name, {}), num_eval_examples=77)
+  assert exp.task_config == want
+  assert (exp.sleep.window, exp.sleep.eviction) == (task.window(want), task.eviction(want))
+  # config.json round trip (what launch.eval rebuilds the run from) gives the same experiment.
+  again = experiment.experiment_from_config(json.loads(json.dumps(cfg.to_dict(), default=list)))
+  assert again == exp
+
+
+def test_task_preset_examples_from_the_paper_configs():
+  exp = experiment.experiment_from_config(_parse_config("rule110_paper", "--config.task_preset=paper_depth"))
+  assert (exp.task_config.t_min, exp.task_config.t_max, exp.task_config.width) == (4, 16, 24)
+  exp = experiment.experiment_from_config(_parse_config("gsm_math_paper", "--config.task_preset=paper_sliding"))
+  assert (exp.task_config.window, exp.task_config.eviction) == (512, "sliding")
+  assert (exp.sleep.window, exp.sleep.eviction) == (512, "sliding")
+  # A tuple field parses as a tuple; a set field survives a preset change.
+  exp = experiment.experiment_from_config(_parse_config("depo_paper", "--config.task_preset=small",
+                                                        "--config.task_config.eval_ks=(1,2)"))
+  assert exp.task_config == dataclasses.replace(tasks.get_task("depo").preset("small"), eval_ks=(1, 2))
+
+
+def test_load_run_config_reads_new_and_old_config_json(tmp_path):
+  cfg = _parse_config("depo_small", "--config.task_config.eval_ks=(1,2)", "--config.sleep.n_passes=3")
+  with open(tmp_path / "config.json", "w") as f:
+    json.dump(cfg.to_dict(), f, default=list)
+  loaded = experiment.load_run_config(str(tmp_path))
+  assert experiment.experiment_from_config(loaded) == experiment.experiment_from_config(cfg)
+  assert loaded.task_config.eval_ks == (1, 2) and loaded.task_config.k_max is None
+  loaded.task_config.k_max = 4  # an unset field is typed again, as --config.task_config.k_max=4 needs
+  with pytest.raises(TypeError):
+    loaded.task_config.k_max = "four"
+  # A config.json that spelled out the whole preset (older runs) keeps meaning that preset.
+  old = cfg.to_dict()
+  old["task_config"] = dataclasses.asdict(tasks.get_task("depo").preset("small"))
+  with open(tmp_path / "config.json", "w") as f:
+    json.dump(old, f, default=list)
+  exp = experiment.experiment_from_config(experiment.load_run_config(str(tmp_path)))
+  assert exp.task_config == tasks.get_task("depo").preset("small")
+
+
+@pytest.mark.parametrize("name,args,match", [
+    ("rule110_small", ["--config.sleep.window=20"],
+     r"^config.sleep.window=20 splits a Rule 110 state .* task rule110 defines L=16: "),
+    ("depo_small", ["--config.sleep.window=64"], r"^config.sleep.window=64 moves edges .* defines L=32: "),
+    ("gsm_math_small", ["--config.sleep.window=32"], r"^config.sleep.window=32 can leave the question .*L=64"),
+    ("rule110_small", ["--config.sleep.eviction=sliding"],
+     r"^config.sleep.eviction='sliding': sliding eviction lets the prediction window attend .* "
+     r"task rule110 defines 'hard' eviction only"),
+    ("depo_small", ["--config.sleep.eviction=sliding"], r"task depo defines 'hard' eviction only"),
+    ("gsm_math_small", ["--config.sleep.eviction=sliding"],
+     r"task gsm_math defines 'hard' eviction: .* or change --config.task_config.eviction"),
+    ("gsm_math_paper", ["--config.task_preset=paper_sliding", "--config.sleep.eviction=hard"],
+     r"^config.sleep.eviction='hard': .* task gsm_math defines 'sliding' eviction"),
+    ("gsm_math_paper", ["--config.task_preset=paper_sliding", "--config.sleep.window=2000"], r"L=512"),
+])
+def test_overrides_that_change_the_task_are_refused(name, args, match, tmp_path):
+  cfg = _parse_config(name, *args)
+  with pytest.raises(ValueError, match=match) as e:
+    experiment.experiment_from_config(cfg)
+  assert "\n" not in str(e.value)
+  with pytest.raises(ValueError, match=match):  # the path of launch.sweep
+    experiment.run(cfg, str(tmp_path / "run"))
+  assert not os.path.exists(tmp_path / "run")
+
+
+@pytest.mark.parametrize("name,args", [
+    ("rule110_small", ["--config.sleep.window=16", "--config.sleep.eviction=hard"]),
+    ("gsm_math_paper", ["--config.task_preset=paper_sliding", "--config.sleep.eviction=sliding",
+                        "--config.sleep.window=512"]),
+    ("gsm_math_small", ["--config.task_config.eviction=sliding", "--config.task_config.window=48"]),
+])
+def test_sleep_settings_equal_to_the_task_are_accepted(name, args):
+  exp = experiment.experiment_from_config(_parse_config(name, *args))
+  assert (exp.sleep.window, exp.sleep.eviction) == (exp.task.window(exp.task_config),
+                                                    exp.task.eviction(exp.task_config))
 
 
 @pytest.mark.parametrize("section,field,value,match", [
@@ -111,6 +233,13 @@ def test_bad_flags_exit_with_clear_errors(tmp_path):
   assert p.returncode == 1 and "not divisible by the 4 devices" in p.stderr, p.stderr[-2000:]
   p = _launch("launch.train", "--config=launch/configs/rule110_small.py")
   assert p.returncode != 0 and "--workdir is required" in p.stderr
+  # An override that changes the task: one line, no traceback.
+  p = _launch("launch.train", "--config=launch/configs/rule110_small.py", f"--workdir={tmp_path}",
+              "--config.sleep.window=20")
+  assert p.returncode == 1 and "Traceback" not in p.stderr, p.stderr[-2000:]
+  errors = [l for l in p.stderr.splitlines() if l.startswith("error:")]
+  assert errors == [l for l in p.stderr.splitlines() if "sleep.window" in l]
+  assert errors[0].startswith("error: config.sleep.window=20 splits a Rule 110 state") and "L=16" in errors[0]
 
 
 def test_overrides_parse_and_reject():
@@ -160,3 +289,63 @@ def test_cli_resume_in_a_new_process_is_bit_exact(tmp_path):
 def jax_tree_flatten(tree):
   import jax
   return jax.tree.flatten(tree)
+
+
+def test_depth_table_prints_standard_error_and_baselines_and_tolerates_missing_keys():
+  result = {"accuracy/depth=1": 0.9, "count/depth=1": 100, "majority/depth=1": 0.5, "chance/depth=1": 0.25,
+            "loss/depth=1": 0.125, "accuracy/depth=3": 0.5, "count/depth=3": 4, "loss/depth=3": float("nan"),
+            "accuracy": 0.8846, "majority": 0.5, "loss": 0.25}
+  want = [
+      "     t   count  accuracy  ± s.e.  majority  chance     loss",
+      "     1     100    0.9000  0.0300    0.5000  0.2500   0.1250",  # sqrt(.9 * .1 / 100) = .03
+      "     3       4    0.5000  0.2500         -       -        -",  # sqrt(.5 * .5 / 4) = .25
+      "   all     104    0.8846  0.0313    0.5000       -   0.2500",  # counts summed
+  ]
+  assert tables.depth_table(result, "t").splitlines() == want
+  assert math.isclose(tables.standard_error(0.8846, 104), 0.031330, rel_tol=1e-4)  # sqrt(.8846 * .1154 / 104)
+  assert tables.depth_table({}).splitlines()[1].split() == ["all", "-", "-", "-", "-", "-", "-"]
+  assert experiment.depth_table is tables.depth_table  # the old import location still works
+
+
+def test_passes_table_one_row_per_depth_one_column_per_n():
+  r1 = {"accuracy/depth=2": 0.5, "count/depth=2": 10, "majority/depth=2": 0.6, "accuracy": 0.5, "majority": 0.6}
+  r4 = {"accuracy/depth=2": 0.75, "accuracy/depth=5": 0.25, "accuracy": 0.625}
+  assert tables.passes_table({1: r1, 4: r4}, "k").splitlines() == [
+      "     k   count  majority  chance     N=1     N=4",
+      "     2      10    0.6000       -  0.5000  0.7500",
+      "     5       -         -       -       -  0.2500",
+      "   all      10    0.6000       -  0.5000  0.6250",
+  ]
+
+
+def test_compilation_cache_is_written_then_read_by_a_second_process(tmp_path):
+  # The same jitted function in two fresh processes: the first stores its
+  # executable, the second loads it (a cache hit) instead of compiling.
+  script = textwrap.dedent("""
+      import sys
+      import jax
+      from jax import monitoring
+      from launch import cli
+      hits = []
+      monitoring.register_event_listener(lambda name, **kw: hits.append(name) if "cache_hits" in name else None)
+      assert cli.setup_compilation_cache(sys.argv[1], min_compile_time_secs=0) == sys.argv[1]
+      jax.jit(lambda x: (x @ x.T).sum())(jax.numpy.ones((8, 8))).block_until_ready()
+      print("hits", len(hits))
+  """)
+  cache = str(tmp_path / "cache")
+  runs = [subprocess.run([sys.executable, "-c", script, cache], cwd=REPO, capture_output=True, text=True,
+                         timeout=300, env=dict(os.environ, JAX_PLATFORMS="cpu")) for _ in range(2)]
+  assert [r.returncode for r in runs] == [0, 0], runs[-1].stderr[-2000:]
+  hits = [int(r.stdout.split()[-1]) for r in runs]
+  assert hits[0] == 0 and hits[1] >= 1, hits  # (jnp.ones is a jitted computation too)
+  assert any(f.startswith("jit_") for f in os.listdir(cache))
+
+
+def test_compilation_cache_dir_defaults_and_off(monkeypatch, tmp_path):
+  from launch import cli
+  monkeypatch.setenv(cli.ENV_VAR, str(tmp_path / "env"))
+  assert cli.default_compilation_cache_dir() == str(tmp_path / "env")
+  monkeypatch.setenv(cli.ENV_VAR, "")
+  assert cli.default_compilation_cache_dir() == ""
+  monkeypatch.delenv(cli.ENV_VAR)
+  assert cli.default_compilation_cache_dir() == os.path.join("~", ".cache", "sleep_jax", "jax")
