@@ -7,7 +7,6 @@ from __future__ import annotations
 
 import ast
 import dataclasses
-import functools
 import json
 import os
 from typing import Any
@@ -151,6 +150,8 @@ def experiment_from_config(cfg) -> Experiment:
                                 unset=("", None))
   if s.get("grad_passes") in (0, None):
     s["grad_passes"] = None
+  for key in ("n_passes_train", "n_passes_train_weights"):  # () (or the plain transformer): N is not drawn
+    s[key] = None if plain else (tuple(s.get(key) or ()) or None)
   if plain:
     if s.get("n_passes", 1) < 0:
       raise ValueError(f"config.sleep.n_passes must be >= 0, got {s['n_passes']}")
@@ -222,7 +223,7 @@ def build_run_spec(exp: Experiment, *, meta: dict | None = None):
   from sleep_jax.model import HybridLM
   from sleep_jax.train import loop
   from sleep_jax.train import metrics as metrics_lib
-  from sleep_jax.windowed import windowed_loss
+  from sleep_jax.windowed import WindowedLoss
 
   task = exp.task
   n_proc, pid = jax.process_count(), jax.process_index()
@@ -242,7 +243,7 @@ def build_run_spec(exp: Experiment, *, meta: dict | None = None):
 
   return loop.RunSpec(
       model_factory=lambda rngs: HybridLM(exp.model, rngs=rngs),
-      loss_fn=functools.partial(windowed_loss, sleep=exp.sleep, sleep_schedule=schedule),
+      loss_fn=WindowedLoss(exp.sleep, sleep_schedule=schedule),  # draws N per step if n_passes_train
       train_data=train_data, eval_data=eval_data,
       evaluator=lambda: task.evaluator(exp.task_config),
       sleep_cost=lambda mask: metrics_lib.sleep_cost(mask, exp.sleep.window, exp.sleep.n_passes),

@@ -22,8 +22,8 @@ from sleep_jax.fast_weights import FastWeights, init_fast_weights
 from sleep_jax.model import HybridLM
 from sleep_jax.retrofit import insert_gdn_blocks, with_passes
 from sleep_jax.session import SessionState, SleepSession
-from sleep_jax.windowed import (LossAux, WindowedOutput, schedule_from_mask, serving_schedule, windowed_forward,
-                                windowed_loss)
+from sleep_jax.windowed import (LossAux, WindowedLoss, WindowedOutput, schedule_from_mask, serving_schedule,
+                                windowed_forward, windowed_loss)
 
 __all__ = [
     "FastWeights",
@@ -33,6 +33,7 @@ __all__ = [
     "SessionState",
     "SleepConfig",
     "SleepSession",
+    "WindowedLoss",
     "WindowedOutput",
     "init_fast_weights",
     "insert_gdn_blocks",

@@ -8,7 +8,10 @@ naming the offending field.
 from __future__ import annotations
 
 import dataclasses
+import math
 from typing import Literal
+
+import numpy as np
 
 BLOCK_TYPES = ("attn", "gdn")
 EVICTION_MODES = ("hard", "sliding")
@@ -148,6 +151,14 @@ class SleepConfig:
       embedded tokens after the prelude) instead of the previous pass's hidden
       states; the fast weights still accumulate across passes. Separates
       "refining hidden states" from "rereading the window".
+    n_passes_train: training only: the values of ``N`` (paper's count) that
+      training steps draw from, one per step, deterministically from
+      ``(seed, step)`` (:meth:`draw_n_passes`), so a resumed run draws the
+      same ``N``s. ``None``: every step uses ``n_passes``. Evaluation and
+      serving always use ``n_passes``. The trainer compiles one step program
+      per distinct value drawn.
+    n_passes_train_weights: relative probabilities of the ``n_passes_train``
+      values (``None``: uniform).
   """
   window: int
   n_passes: int = 1
@@ -156,6 +167,8 @@ class SleepConfig:
   remat_windows: bool = True
   grad_passes: int | None = None
   replay: bool = False
+  n_passes_train: tuple[int, ...] | None = None
+  n_passes_train_weights: tuple[float, ...] | None = None
 
   def __post_init__(self):
     _require(isinstance(self.replay, bool), f"SleepConfig.replay must be a bool, got {self.replay!r}")
@@ -168,8 +181,54 @@ class SleepConfig:
     if self.grad_passes is not None:
       _require(isinstance(self.grad_passes, int) and self.grad_passes >= 1,
                f"SleepConfig.grad_passes must be None or an integer >= 1, got {self.grad_passes!r}")
+    if self.n_passes_train is not None:
+      object.__setattr__(self, "n_passes_train", tuple(self.n_passes_train))
+      _require(len(self.n_passes_train) >= 1 and all(
+          isinstance(n, int) and not isinstance(n, bool) and n >= 0 for n in self.n_passes_train),
+               f"SleepConfig.n_passes_train must be None or a non-empty tuple of integers >= 0, "
+               f"got {self.n_passes_train!r}")
+    if self.n_passes_train_weights is not None:
+      _require(self.n_passes_train is not None, "SleepConfig.n_passes_train_weights needs n_passes_train")
+      w = tuple(float(x) for x in self.n_passes_train_weights)
+      object.__setattr__(self, "n_passes_train_weights", w)
+      _require(len(w) == len(self.n_passes_train),
+               f"SleepConfig.n_passes_train_weights must have one weight per n_passes_train value "
+               f"({len(self.n_passes_train)}), got {len(w)}")
+      _require(all(math.isfinite(x) and x >= 0 for x in w) and sum(w) > 0,
+               f"SleepConfig.n_passes_train_weights must be finite, >= 0 and not all zero, got {w!r}")
 
   @property
   def n_sleep_passes(self) -> int:
     """Core passes a sleeping window runs after its wake pass: ``max(N - 1, 0)``."""
     return max(self.n_passes - 1, 0)
+
+  def draw_n_passes(self, seed: int, step: int) -> int:
+    """The ``N`` of training step ``step``: drawn from ``n_passes_train``.
+
+    A pure function of ``(seed, step)`` (numpy's ``SeedSequence`` hash, which
+    does not depend on the numpy version or platform), so a resumed run draws
+    what the uninterrupted one did.
+
+    Args:
+      seed: the run's seed (``TrainConfig.seed``), ``>= 0``.
+      step: the 0-based step, ``>= 0``.
+
+    Returns:
+      One of ``n_passes_train`` (with probability proportional to its
+      weight), or ``n_passes`` when ``n_passes_train`` is ``None``.
+    """
+    if self.n_passes_train is None:
+      return self.n_passes
+    # 53 random bits -> a uniform float in [0, 1); a fixed tag keeps this
+    # stream apart from other uses of (seed, step).
+    bits = np.random.SeedSequence([int(seed), int(step), 0x5EE9]).generate_state(2, np.uint32)
+    u = ((int(bits[0]) << 21) ^ (int(bits[1]) >> 11)) / float(1 << 53)
+    weights = self.n_passes_train_weights or (1.0,) * len(self.n_passes_train)
+    cum = np.cumsum(np.asarray(weights, np.float64))
+    cum = cum / cum[-1]  # exactly 1.0 at the end, so u < 1 never falls past it
+    i = int(np.searchsorted(cum, u, side="right"))
+    return self.n_passes_train[i]
+
+  def with_n_passes(self, n_passes: int) -> "SleepConfig":
+    """This config at a fixed ``N`` (no training distribution): one step's config."""
+    return dataclasses.replace(self, n_passes=n_passes, n_passes_train=None, n_passes_train_weights=None)

@@ -346,3 +346,38 @@ def windowed_loss(model, batch: dict, sleep: SleepConfig, *,
   aux = LossAux(logits=logits, token_loss=token_loss, n_tokens=n_tokens,
                 predictions=jnp.argmax(logits, axis=-1).astype(jnp.int32), fast_weights=out.fast_weights)
   return loss, aux
+
+
+@dataclasses.dataclass(frozen=True)
+class WindowedLoss:
+  """:func:`windowed_loss` with its configuration bound: the trainer's ``loss_fn``.
+
+  Calling it evaluates at ``sleep.n_passes`` (evaluation never draws). With
+  ``sleep.n_passes_train`` set, :meth:`for_step` gives one training step's
+  loss: the same loss at the ``N`` drawn for ``(seed, step)``. The value is
+  hashable and compares by value, so the trainer keeps one compiled step per
+  distinct ``N`` (``sleep_jax.train.loop``).
+
+  Attributes:
+    sleep: the ``SleepConfig``.
+    sleep_schedule: optional static per-window schedule (see
+      :func:`windowed_forward`).
+  """
+  sleep: SleepConfig
+  sleep_schedule: tuple[bool, ...] | None = None
+
+  def __post_init__(self):
+    if not isinstance(self.sleep, SleepConfig):
+      raise ValueError(f"sleep must be a SleepConfig, got {type(self.sleep).__name__}")
+    if self.sleep_schedule is not None:
+      object.__setattr__(self, "sleep_schedule", tuple(bool(s) for s in self.sleep_schedule))
+
+  def __call__(self, model, batch: dict) -> tuple[jax.Array, LossAux]:
+    return windowed_loss(model, batch, self.sleep, sleep_schedule=self.sleep_schedule)
+
+  def for_step(self, step: int, seed: int) -> "WindowedLoss":
+    """The loss of training step ``step`` (``self`` when ``N`` is not drawn)."""
+    if self.sleep.n_passes_train is None:
+      return self
+    n = self.sleep.draw_n_passes(seed, step)
+    return dataclasses.replace(self, sleep=self.sleep.with_n_passes(n))

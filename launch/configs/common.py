@@ -78,7 +78,8 @@ def base_config(task: str, preset: str) -> ml_collections.ConfigDict:
       gdn_impl="auto", gdn_chunk_size=64))
 
   c.sleep = ml_collections.ConfigDict(dict(
-      window=0, n_passes=1, eviction="", remat_passes=True, remat_windows=True, grad_passes=0))
+      window=0, n_passes=1, eviction="", remat_passes=True, remat_windows=True, grad_passes=0, n_passes_train=(),
+      n_passes_train_weights=()))
 
   c.train = ml_collections.ConfigDict(dict(
       num_steps=1000, batch_size=128, seed=0, log_every=50, eval_every=0, eval_batches=8,

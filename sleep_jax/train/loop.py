@@ -59,7 +59,12 @@ class RunSpec:
 
   Attributes:
     model_factory: ``nnx.Rngs -> nnx.Module``.
-    loss_fn: ``(model, batch) -> (loss, aux)``, a masked mean (see ``step.py``).
+    loss_fn: ``(model, batch) -> (loss, aux)``, a masked mean (see ``step.py``);
+      evaluation uses it as is. If it has a ``for_step(step, seed)`` method
+      (e.g. ``windowed.WindowedLoss`` with a randomised ``N``), training step
+      ``step`` uses the loss that returns instead; it must be hashable, and
+      steps whose losses compare equal share one compiled step (compiled the
+      first time it is needed).
     train_data: ``() -> iterator`` of this process's numpy batches; the
       iterator has ``get_state()`` / ``set_state()``.
     eval_data: ``() -> iterable`` of numpy eval batches, or ``None``.
@@ -160,9 +165,18 @@ def train(spec: RunSpec, config: TrainConfig, workdir: str) -> TrainResult:
   start = int(jax.device_get(state.step))
   last_saved = restored.step if restored is not None else None
 
-  step_fn = parallel.data_parallel_train_step(
-      step_lib.make_train_step(spec.loss_fn, opt.tx, graphdef, schedules=opt.schedules,
-                               axis_name=parallel.DATA_AXIS), mesh, schedule_names=tuple(opt.schedules))
+  loss_for_step = getattr(spec.loss_fn, "for_step", None)
+  step_fns: dict[Any, Callable] = {}
+
+  def step_fn_for(s: int) -> Callable:
+    # One jitted step per distinct loss (e.g. per randomised N), built on first use.
+    loss_fn = spec.loss_fn if loss_for_step is None else loss_for_step(s, config.seed)
+    if loss_fn not in step_fns:
+      step_fns[loss_fn] = parallel.data_parallel_train_step(
+          step_lib.make_train_step(loss_fn, opt.tx, graphdef, schedules=opt.schedules,
+                                   axis_name=parallel.DATA_AXIS), mesh, schedule_names=tuple(opt.schedules))
+    return step_fns[loss_fn]
+
   eval_fn = make_eval_fn(spec.loss_fn, graphdef, mesh)
   # Every record goes to metrics.jsonl and to TensorBoard event files beside it.
   writer = tb_lib.FanOut(metrics_lib.JsonlWriter(os.path.join(workdir, "metrics.jsonl"), enabled=is_main),
@@ -231,7 +245,7 @@ def train(spec: RunSpec, config: TrainConfig, workdir: str) -> TrainResult:
       if np.shape(batch["tokens"])[0] != local_batch:
         raise ValueError(f"the data iterator gave {np.shape(batch['tokens'])[0]} rows; this process expects "
                          f"{local_batch} (batch_size {config.batch_size} over {jax.process_count()} processes)")
-      state, m = profiler.run(s, step_fn, state, parallel.shard_batch(batch, mesh))
+      state, m = profiler.run(s, step_fn_for(s), state, parallel.shard_batch(batch, mesh))
       pending.append((s, m, batch))
       window_steps += 1
       done = s + 1
