@@ -31,7 +31,7 @@ def test_curves_prefer_eval_records_and_fall_back_to_train():
 
 def test_figures_and_sweep_table(tmp_path):
   from launch import plot as plot_cli
-  from launch import sweep
+  from launch import sweep_results
   runs = {f"N={n}": _records(n, n) for n in (1, 2, 4)}
   p1 = plotting.save(plotting.plot_training_curves(runs, "accuracy"), str(tmp_path / "a.png"))
   results = {f"N={n}": {"accuracy": 0.5, "accuracy/depth=2": 0.9, "accuracy/depth=4": 0.2 * n,
@@ -39,19 +39,46 @@ def test_figures_and_sweep_table(tmp_path):
   p2 = plotting.save(plotting.plot_vs_depth(results, "accuracy", depth_name="t"), str(tmp_path / "d.png"))
   rows = []
   for n in (1, 2, 4):
-    rows += sweep.result_rows(f"n{n}", n, None, results[f"N={n}"], tokens=500, steps=5)
+    rows += sweep_results.eval_rows(results[f"N={n}"], {"variant": f"n{n}", "n_passes": n, "seed": 0,
+                                                        "train_depth": "", "tokens": 500, "steps": 5})
   assert [r["depth"] for r in rows[:3]] == [2, 4, "all"]
-  csv_path, md_path = sweep.write_table(rows, str(tmp_path))
+  csv_path = sweep_results.write_csv(rows, str(tmp_path / "results.csv"))
+  # launch.plot --table reads a sweep's results.csv.
   back = plot_cli.read_table(csv_path)
-  assert back[1] == {"run": "n1", "n_passes": 1, "train_depth": "", "depth": 4, "accuracy": 0.2, "loss": 1.0,
-                     "tokens": 500, "steps": 5}
+  assert {k: back[1][k] for k in ("variant", "n_passes", "depth", "accuracy", "loss", "tokens", "steps")} == {
+      "variant": "n1", "n_passes": 1, "depth": 4, "accuracy": 0.2, "loss": 1.0, "tokens": 500, "steps": 5}
   assert plot_cli.table_results(back, "accuracy")["N=4"] == {"accuracy/depth=2": 0.9, "accuracy/depth=4": 0.8}
   p3 = plotting.save(plotting.plot_vs_passes(back, "accuracy"), str(tmp_path / "n.png"))
-  assert "| n4 | 4 |" in open(md_path).read()
   for p in (p1, p2, p3):
     assert _is_png(p)
   with pytest.raises(ValueError, match="no run has metric"):
     plotting.plot_training_curves(runs, "nonexistent")
+
+
+def test_seed_means_and_seed_figures(tmp_path):
+  xs, ys = plotting.seed_mean([(2, 0.5), (1, 0.1), (2, 0.7), (3, float("nan")), (1, 0.3)])
+  assert xs == [1.0, 2.0] and ys == pytest.approx([0.2, 0.6])
+  rows = [{"variant": v, "seed": s, "depth": d, "accuracy": 0.1 * s + (0.5 if v == "n4" else 0.2) / d,
+           "majority": 0.5} for v in ("n1", "n4") for s in (0, 1, 2) for d in (1, 2, 4)]
+  rows += [{"variant": "n1", "seed": 0, "depth": "all", "accuracy": 0.3, "majority": 0.5}]
+  fig = plotting.plot_depth_by_variant(rows, depth_name="t")
+  ax = fig.axes[0]
+  lines = {l.get_label(): l for l in ax.get_lines()}
+  assert set(lines) == {"n1", "n4", "majority"} and lines["majority"].get_linestyle() == "--"
+  assert list(lines["n1"].get_xdata()) == [1, 2, 4]
+  assert list(lines["n4"].get_ydata()) == pytest.approx([0.1 + 0.5 / d for d in (1, 2, 4)])  # mean over seeds
+  assert sum(len(c.get_offsets()) for c in ax.collections) == 18  # every seed's point (not the "all" row)
+  assert _is_png(plotting.save(fig, str(tmp_path / "depth.png")))
+  curves = {"n1": {0: [(100, 0.1), (200, 0.3)], 1: [(100, 0.3), (200, 0.5)]}, "n4": {0: [(400, 0.6)]}}
+  fig = plotting.plot_seed_curves(curves, xlabel="training FLOPs", baseline=0.25, log_x=True)
+  lines = {l.get_label(): l for l in fig.axes[0].get_lines() if not l.get_label().startswith("_")}
+  assert list(lines["n1"].get_ydata()) == pytest.approx([0.2, 0.4]) and "majority" in lines
+  assert fig.axes[0].get_xscale() == "log"
+  assert _is_png(plotting.save(fig, str(tmp_path / "flops.png")))
+  with pytest.raises(ValueError, match="no row"):
+    plotting.plot_depth_by_variant([{"variant": "n1", "seed": 0, "depth": "all", "accuracy": 0.5}])
+  with pytest.raises(ValueError, match="no run"):
+    plotting.plot_seed_curves({"n1": {0: []}}, xlabel="tokens")
 
 
 def test_sleep_cost_counts_consolidation_windows():

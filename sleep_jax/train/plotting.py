@@ -2,9 +2,11 @@
 
 Shapes follow the paper: Fig. 2b plots accuracy against training tokens, one
 line per number of sleep passes ``N``; Fig. 3 plots accuracy (or loss)
-against depth, one line per ``N``. The inputs are plain records (dicts read
-from ``metrics.jsonl`` or a sweep table), so the functions are testable
-without training.
+against depth, one line per ``N``. Sweeps over seeds draw every seed as a
+point or a thin line and the mean over seeds as the line
+(:func:`plot_depth_by_variant`, :func:`plot_seed_curves`). The inputs are
+plain records (dicts read from ``metrics.jsonl`` or a sweep table), so the
+functions are testable without training.
 """
 from __future__ import annotations
 
@@ -143,6 +145,126 @@ def plot_vs_passes(rows: Iterable[Mapping], value: str = "accuracy", *, title: s
   ax.grid(alpha=0.3)
   ax.legend(fontsize=8)
   ax.set_title(title or f"{value} vs N")
+  fig.tight_layout()
+  return fig
+
+
+def _finite(v) -> bool:
+  return isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v)
+
+
+def seed_mean(points: Iterable[tuple[float, float]]) -> tuple[list[float], list[float]]:
+  """``(xs, ys)``: the mean ``y`` at each distinct ``x`` (sorted), over the finite points."""
+  groups: dict[float, list[float]] = {}
+  for x, y in points:
+    if _finite(x) and _finite(y):
+      groups.setdefault(float(x), []).append(float(y))
+  xs = sorted(groups)
+  return xs, [sum(groups[x]) / len(groups[x]) for x in xs]
+
+
+def plot_depth_by_variant(rows: Iterable[Mapping], value: str = "accuracy", *, depth_name: str = "depth",
+                          baseline: str | None = "majority", title: str | None = None):
+  """Accuracy against depth over seeds: per variant the mean (line) and every seed (points).
+
+  Args:
+    rows: sweep-table rows, dicts with ``variant``, ``seed``, ``depth`` (rows
+      whose depth is not an int, e.g. "all", are skipped) and ``value``; with
+      ``baseline``, the baseline's column too.
+    value: the column to plot.
+    depth_name: axis label (the task's depth knob).
+    baseline: a column drawn as a dashed line (its mean per depth over all
+      rows), e.g. "majority"; ``None`` or a column no row has draws none.
+    title: figure title.
+
+  Returns:
+    The matplotlib figure.
+
+  Raises:
+    ValueError: if no row has a finite ``value`` at an integer depth.
+  """
+  per_variant: dict[str, list[tuple[int, float]]] = {}
+  base: list[tuple[int, float]] = []
+  for r in rows:
+    d = r.get("depth")
+    if not isinstance(d, int) or isinstance(d, bool):
+      continue
+    if _finite(r.get(value)):
+      per_variant.setdefault(str(r["variant"]), []).append((d, float(r[value])))
+    if baseline and _finite(r.get(baseline)):
+      base.append((d, float(r[baseline])))
+  if not per_variant:
+    raise ValueError(f"no row has a finite {value!r} at an integer depth")
+  fig, ax = plt.subplots(figsize=(6.5, 4), dpi=120)
+  colors = plt.rcParams["axes.prop_cycle"].by_key()["color"]
+  n = len(per_variant)
+  for i, (variant, pts) in enumerate(per_variant.items()):
+    color = colors[i % len(colors)]
+    # A small per-variant shift keeps the seeds of different variants apart.
+    shift = (i - (n - 1) / 2) * min(0.08, 0.4 / n)
+    ax.scatter([d + shift for d, _ in pts], [y for _, y in pts], s=12, alpha=0.5, color=color)
+    xs, ys = seed_mean(pts)
+    ax.plot(xs, ys, marker="o", markersize=4, color=color, label=variant)
+  if base:
+    xs, ys = seed_mean(base)
+    ax.plot(xs, ys, linestyle="--", color="black", alpha=0.7, label=baseline)
+  ax.set_xlabel(depth_name)
+  ax.set_ylabel(value)
+  ax.grid(alpha=0.3)
+  ax.legend(fontsize=8)
+  ax.set_title(title or f"{value} vs {depth_name} (line: mean over seeds; points: seeds)")
+  fig.tight_layout()
+  return fig
+
+
+def plot_seed_curves(curves: Mapping[str, Mapping[object, Sequence[tuple[float, float]]]], *,
+                     xlabel: str, ylabel: str = "accuracy", baseline: float | None = None,
+                     baseline_label: str = "majority", log_x: bool = False, title: str | None = None):
+  """One metric against a training axis (tokens, FLOPs) over seeds.
+
+  Args:
+    curves: variant -> seed -> ``[(x, y)]`` points of that run.
+    xlabel: the x axis label.
+    ylabel: the y axis label.
+    baseline: a constant drawn as a dashed line (e.g. the majority accuracy).
+    baseline_label: its legend label.
+    log_x: logarithmic x axis.
+    title: figure title.
+
+  Returns:
+    The matplotlib figure: per variant every seed as a thin line and the mean
+    over seeds (at each x any seed has) as a thick one.
+
+  Raises:
+    ValueError: if no run has a finite point.
+  """
+  fig, ax = plt.subplots(figsize=(6.5, 4), dpi=120)
+  colors = plt.rcParams["axes.prop_cycle"].by_key()["color"]
+  drawn = 0
+  for i, (variant, seeds) in enumerate(curves.items()):
+    color = colors[i % len(colors)]
+    pooled = []
+    for pts in seeds.values():
+      pts = sorted((float(x), float(y)) for x, y in pts if _finite(x) and _finite(y))
+      if pts:
+        ax.plot([x for x, _ in pts], [y for _, y in pts], marker=".", linewidth=0.8, alpha=0.35, color=color)
+        pooled += pts
+    if pooled:
+      xs, ys = seed_mean(pooled)
+      ax.plot(xs, ys, marker="o", markersize=3, linewidth=1.8, color=color, label=variant)
+      drawn += 1
+  if not drawn:
+    plt.close(fig)
+    raise ValueError("no run has a finite point")
+  if baseline is not None and _finite(baseline):
+    ax.axhline(baseline, linestyle="--", color="black", alpha=0.7, label=baseline_label)
+  ax.set_xlabel(xlabel)
+  ax.set_ylabel(ylabel)
+  if log_x:
+    ax.set_xscale("log")
+  ax.grid(alpha=0.3)
+  ax.legend(fontsize=8)
+  ax.set_title(title or f"{ylabel} vs {xlabel}")
   fig.tight_layout()
   return fig
 

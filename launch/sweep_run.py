@@ -1,0 +1,89 @@
+r"""Trains one sweep point from its resolved config: ``python -m launch.sweep_run --workdir=<run dir>``.
+
+``launch.sweep`` writes the run's fully resolved config (the config file, the
+sweep's ``--config.*`` overrides and the variant's changes) to
+``<run dir>/sweep_config.json`` and starts this module once per run, so a
+run trains exactly what the sweep resolved and nothing is re-parsed from
+strings. Training is ``launch.experiment.run``, as for ``launch.train``:
+re-running in the same directory resumes from its latest checkpoint.
+
+The wall time of every process (start-up, compile, steps, evaluation) is
+added to ``<run dir>/sweep_timing.json``, also when the process is stopped by
+SIGTERM or Ctrl-C.
+"""
+from __future__ import annotations
+
+import time
+
+_START = time.perf_counter()  # before the heavy imports: the run's wall time counts them
+
+import json  # noqa: E402
+import os  # noqa: E402
+import signal  # noqa: E402
+import sys  # noqa: E402
+
+from absl import app, flags  # noqa: E402
+
+from launch import cli  # noqa: E402  (defines --compilation_cache_dir)
+from launch.sweep_results import CONFIG_FILE, TIMING_FILE  # noqa: E402
+
+_WORKDIR = flags.DEFINE_string("workdir", None, "The run directory holding sweep_config.json.")
+
+
+def add_wall_time(workdir: str, seconds: float, *, finished: bool) -> dict:
+  """Adds one process's wall time to ``<workdir>/sweep_timing.json``; returns the new record."""
+  path = os.path.join(workdir, TIMING_FILE)
+  record = {"wall_s": 0.0, "processes": 0}
+  if os.path.exists(path):
+    with open(path) as f:
+      record.update(json.load(f))
+  record["wall_s"] = float(record["wall_s"]) + float(seconds)
+  record["processes"] = int(record["processes"]) + 1
+  record["finished"] = bool(finished)
+  tmp = path + ".tmp"
+  with open(tmp, "w") as f:
+    json.dump(record, f, indent=1, sort_keys=True)
+  os.replace(tmp, path)
+  return record
+
+
+def _stop(signum, frame):
+  del frame
+  raise SystemExit(128 + signum)
+
+
+def main(argv):
+  if len(argv) > 1:
+    raise app.UsageError(f"unexpected arguments: {argv[1:]}")
+  if not _WORKDIR.value:
+    raise app.UsageError("--workdir is required")
+  path = os.path.join(_WORKDIR.value, CONFIG_FILE)
+  if not os.path.exists(path):
+    print(f"error: {path} does not exist; launch.sweep writes it", file=sys.stderr)
+    return 1
+  from launch import experiment
+  from sleep_jax.train import checkpoint as ckpt_lib
+  from sleep_jax.train import metrics as metrics_lib
+
+  cli.setup_compilation_cache()
+  cli.quiet_logging()
+  signal.signal(signal.SIGTERM, _stop)  # so the finally below records the time of a stopped run
+  finished = False
+  try:
+    with open(path) as f:
+      cfg = json.load(f)
+    result = experiment.run(cfg, _WORKDIR.value)
+    finished = True
+    last = result.last_train
+    print(f"step {result.step}: loss {last.get('loss', float('nan')):.4f}, accuracy "
+          f"{result.eval.get('accuracy', float('nan')):.4f}", flush=True)
+  except (ValueError, metrics_lib.NonFiniteError, ckpt_lib.CheckpointError) as e:
+    print(f"error: {e}", file=sys.stderr)
+    return 1
+  finally:
+    add_wall_time(_WORKDIR.value, time.perf_counter() - _START, finished=finished)
+  return 0
+
+
+if __name__ == "__main__":
+  app.run(lambda argv: sys.exit(main(argv)))
