@@ -637,6 +637,9 @@ def main(argv):
   except ValueError as e:
     print(f"error: {e}", file=sys.stderr)
     return 1
+  except KeyboardInterrupt:
+    print("interrupted; re-run the same command to resume", file=sys.stderr)
+    return 130
   return 1 if bad else 0
 
 

@@ -10,8 +10,10 @@ batch_size * T``, every position). ``train_flops`` are analytic (see
 ``launch/sweep_flops.py``): comparable across sleep passes, depth and the
 plain transformer. ``wall_s`` is the run's own wall-clock time in its training
 processes (start-up, compile, steps and evaluations; summed over resumes),
-``stderr`` in a row the binomial standard error of that run's accuracy over
-its ``count`` evaluated units.
+``startup_s`` the part before each process's first train step (imports,
+restore, compile: what a warm compilation cache shortens), ``stderr`` in a
+row the binomial standard error of that run's accuracy over its ``count``
+evaluated units.
 """
 from __future__ import annotations
 
@@ -24,7 +26,7 @@ import re
 from typing import Iterable, Mapping, Sequence
 
 COLUMNS = ("task", "variant", "n_passes", "seed", "depth", "accuracy", "majority", "chance", "count", "stderr",
-           "loss", "tokens", "steps", "train_flops", "wall_s", "train_depth", "status", "run")
+           "loss", "tokens", "steps", "train_flops", "wall_s", "train_depth", "status", "run", "startup_s")
 # The files a sweep keeps in each run directory, beside the trainer's own.
 POINT_FILE = "sweep_point.json"  # the sweep point: variant, seed, overrides, provenance
 CONFIG_FILE = "sweep_config.json"  # the resolved config launch.sweep_run trains
@@ -114,6 +116,7 @@ class RunRecord:
     flops_per_step: analytic training FLOPs of one step.
     wall_s: wall-clock seconds of the run's training processes (NaN if
       unknown).
+    startup_s: of which before their first train steps (NaN if unknown).
     result: the latest evaluation (the final one when done; empty if none).
     curve: ``[(step, tokens, accuracy)]`` of the eval records over training.
     depth_name: the task's depth knob.
@@ -135,6 +138,7 @@ class RunRecord:
   curve: list
   depth_name: str = "depth"
   epochs: float = NAN
+  startup_s: float = NAN
 
   @property
   def variant(self) -> str:
@@ -159,22 +163,50 @@ def _read_json(path: str):
     return json.load(f)
 
 
-def wall_seconds(workdir: str, train_records: Sequence[dict] = ()) -> float:
-  """A run's wall time: the sweep worker's ``sweep_timing.json``, else estimated from the train records.
+def wall_seconds(workdir: str, train_records: Sequence[dict] = ()) -> tuple[float, float]:
+  """``(wall_s, startup_s)`` of a run: the sweep worker's ``sweep_timing.json``, else estimated.
 
-  The estimate sums each logging window's steps over its ``steps_per_s``
-  (training steps only; NaN without records).
+  The estimate (a run trained outside the sweep) sums each logging window's
+  steps over its ``steps_per_s`` (training steps only; NaN without records);
+  its start-up is unknown (NaN).
   """
   path = os.path.join(workdir, TIMING_FILE)
   if os.path.exists(path):
-    return float(_read_json(path).get("wall_s", NAN))
+    rec = _read_json(path)
+    return float(rec.get("wall_s", NAN)), float(rec.get("startup_s", NAN))
   total, prev = 0.0, 0
   for r in sorted(train_records, key=lambda r: r.get("step", 0)):
     sps = r.get("steps_per_s")
     if _finite(sps) and sps > 0:
       total += (r["step"] - prev) / sps
     prev = r.get("step", prev)
-  return total if train_records else NAN
+  return (total if train_records else NAN), NAN
+
+
+def add_wall_time(workdir: str, seconds: float, *, finished: bool, startup_s: float | None = None) -> dict:
+  """Adds one process's wall time to ``<workdir>/sweep_timing.json``; returns the new record.
+
+  Args:
+    workdir: the run directory.
+    seconds: the process's wall time.
+    finished: whether the run has now finished.
+    startup_s: the process's time to its first train step (``None``: it took
+      none, e.g. it only evaluated; its whole time then counts as start-up).
+  """
+  path = os.path.join(workdir, TIMING_FILE)
+  record = {"wall_s": 0.0, "startup_s": 0.0, "processes": 0}
+  if os.path.exists(path):
+    with open(path) as f:
+      record.update(json.load(f))
+  record["wall_s"] = float(record["wall_s"]) + float(seconds)
+  record["startup_s"] = float(record["startup_s"]) + float(seconds if startup_s is None else startup_s)
+  record["processes"] = int(record["processes"]) + 1
+  record["finished"] = bool(finished)
+  tmp = path + ".tmp"
+  with open(tmp, "w") as f:
+    json.dump(record, f, indent=1, sort_keys=True)
+  os.replace(tmp, path)
+  return record
 
 
 def run_status(workdir: str, num_steps: int) -> str:
@@ -232,11 +264,12 @@ def read_run(workdir: str) -> RunRecord | None:
   tokens = steps * exp.train.batch_size * seq.seq_len
   n_train = exp.task_config.num_train_examples
   epochs = steps * exp.train.batch_size / n_train if n_train < (1 << 30) else NAN
+  wall_s, startup_s = wall_seconds(workdir, train)
   return RunRecord(name=os.path.basename(os.path.normpath(workdir)), workdir=workdir, point=point,
                    task=exp.task_name, n_passes=exp.sleep.n_passes, status=status, num_steps=num_steps,
                    steps=steps, tokens=tokens, flops_per_step=exp.train.batch_size * seq.train,
-                   wall_s=wall_seconds(workdir, train), result=result, curve=curve, depth_name=exp.task.depth_name,
-                   epochs=epochs)
+                   wall_s=wall_s, result=result, curve=curve, depth_name=exp.task.depth_name, epochs=epochs,
+                   startup_s=startup_s)
 
 
 def read_runs(root: str) -> list[RunRecord]:
@@ -259,7 +292,7 @@ def run_rows(rec: RunRecord) -> list[dict]:
     return []
   base = {"task": rec.task, "variant": rec.variant, "n_passes": rec.n_passes, "seed": rec.seed,
           "tokens": rec.tokens, "steps": rec.steps, "train_flops": rec.train_flops, "wall_s": rec.wall_s,
-          "train_depth": rec.train_depth, "status": rec.status, "run": rec.name}
+          "train_depth": rec.train_depth, "status": rec.status, "run": rec.name, "startup_s": rec.startup_s}
   return eval_rows(rec.result, base)
 
 
@@ -387,13 +420,16 @@ def markdown(summary: Sequence[Mapping], records: Sequence[RunRecord], *, depth_
       seeds = " ".join(_fmt(v) for v in s["seeds"].values())
       out.append(f"{_fmt(s['mean'])}{se} [{seeds}]")
     lines.append(f"| {label} | " + " | ".join(out) + " |")
-  lines += ["", "## Runs", "", "| run | variant | N | seed | status | steps | tokens | train FLOPs | wall s | "
-            "epochs | accuracy |", "|---|---|---|---|---|---|---|---|---|---|---|"]
+  lines += ["", "## Runs", "", "wall s: the run's processes, in brackets the part before their first train step "
+            "(start-up and compile).", "",
+            "| run | variant | N | seed | status | steps | tokens | train FLOPs | wall s | epochs | accuracy |",
+            "|---|---|---|---|---|---|---|---|---|---|---|"]
   for r in records:
     acc = _number(r.result.get("accuracy")) if r.result else NAN
+    startup = f" ({_fmt(r.startup_s, '.0f')})" if _finite(r.startup_s) else ""
     lines.append(f"| {r.name} | {r.variant} | {r.n_passes} | {r.seed} | {r.status} | {r.steps}/{r.num_steps} | "
-                 f"{r.tokens} | {_fmt_flops(r.train_flops)} | {_fmt(r.wall_s, '.0f')} | {_fmt(r.epochs, '.2f')} | "
-                 f"{_fmt(acc)} |")
+                 f"{r.tokens} | {_fmt_flops(r.train_flops)} | {_fmt(r.wall_s, '.0f')}{startup} | "
+                 f"{_fmt(r.epochs, '.2f')} | {_fmt(acc)} |")
   return "\n".join(lines) + "\n"
 
 

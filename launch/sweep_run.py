@@ -9,7 +9,8 @@ re-running in the same directory resumes from its latest checkpoint.
 
 The wall time of every process (start-up, compile, steps, evaluation) is
 added to ``<run dir>/sweep_timing.json``, also when the process is stopped by
-SIGTERM or Ctrl-C.
+SIGTERM or Ctrl-C, and so is its time to the first train step (imports,
+restore and compile: the part a warm compilation cache shortens).
 """
 from __future__ import annotations
 
@@ -25,26 +26,9 @@ import sys  # noqa: E402
 from absl import app, flags  # noqa: E402
 
 from launch import cli  # noqa: E402  (defines --compilation_cache_dir)
-from launch.sweep_results import CONFIG_FILE, TIMING_FILE  # noqa: E402
+from launch.sweep_results import CONFIG_FILE, add_wall_time  # noqa: E402
 
 _WORKDIR = flags.DEFINE_string("workdir", None, "The run directory holding sweep_config.json.")
-
-
-def add_wall_time(workdir: str, seconds: float, *, finished: bool) -> dict:
-  """Adds one process's wall time to ``<workdir>/sweep_timing.json``; returns the new record."""
-  path = os.path.join(workdir, TIMING_FILE)
-  record = {"wall_s": 0.0, "processes": 0}
-  if os.path.exists(path):
-    with open(path) as f:
-      record.update(json.load(f))
-  record["wall_s"] = float(record["wall_s"]) + float(seconds)
-  record["processes"] = int(record["processes"]) + 1
-  record["finished"] = bool(finished)
-  tmp = path + ".tmp"
-  with open(tmp, "w") as f:
-    json.dump(record, f, indent=1, sort_keys=True)
-  os.replace(tmp, path)
-  return record
 
 
 def _stop(signum, frame):
@@ -68,11 +52,11 @@ def main(argv):
   cli.setup_compilation_cache()
   cli.quiet_logging()
   signal.signal(signal.SIGTERM, _stop)  # so the finally below records the time of a stopped run
-  finished = False
+  finished, first_step = False, []
   try:
     with open(path) as f:
       cfg = json.load(f)
-    result = experiment.run(cfg, _WORKDIR.value)
+    result = experiment.run(cfg, _WORKDIR.value, on_first_step=lambda: first_step.append(time.perf_counter() - _START))
     finished = True
     last = result.last_train
     print(f"step {result.step}: loss {last.get('loss', float('nan')):.4f}, accuracy "
@@ -81,7 +65,8 @@ def main(argv):
     print(f"error: {e}", file=sys.stderr)
     return 1
   finally:
-    add_wall_time(_WORKDIR.value, time.perf_counter() - _START, finished=finished)
+    add_wall_time(_WORKDIR.value, time.perf_counter() - _START, finished=finished,
+                  startup_s=first_step[0] if first_step else None)
   return 0
 
 

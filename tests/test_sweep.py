@@ -246,6 +246,18 @@ def test_run_status_and_config_conflicts(tmp_path):
   assert sweep.prepare_run(str(tmp_path), point, c, values, {})[1] == "done"
 
 
+def test_wall_time_adds_up_over_resumed_processes(tmp_path):
+  d = str(tmp_path)
+  assert math.isnan(results_lib.wall_seconds(d)[0])
+  records = [{"step": 50, "steps_per_s": 10.0}, {"step": 100, "steps_per_s": 5.0}]
+  assert results_lib.wall_seconds(d, records)[0] == pytest.approx(15.0)  # outside a sweep: the steps' time
+  results_lib.add_wall_time(d, 30.0, finished=False, startup_s=12.0)  # stopped, then resumed
+  rec = results_lib.add_wall_time(d, 20.0, finished=True, startup_s=8.0)
+  assert rec == {"wall_s": 50.0, "startup_s": 20.0, "processes": 2, "finished": True}
+  assert results_lib.wall_seconds(d, records) == (50.0, 20.0)
+  assert results_lib.add_wall_time(d, 5.0, finished=True)["startup_s"] == 25.0  # no train step: all start-up
+
+
 def test_processes_are_pinned_to_one_core_each(monkeypatch):
   env = sweep.child_env(True, {"XLA_FLAGS": "--xla_force_host_platform_device_count=2", "PATH": "/bin"})
   assert env["XLA_FLAGS"].split() == ["--xla_force_host_platform_device_count=2",
@@ -296,6 +308,7 @@ def test_report_rebuilds_tables_and_figures_from_run_dirs(tmp_path):
   by = {(r["run"], r["depth"]): r for r in rows}
   assert by["n1_s1", 4]["accuracy"] == pytest.approx(0.7) and by["n1_s1", 4]["steps"] == 2
   assert by["n1_s1", 4]["tokens"] == 2 * 2 * 17 and by["n1_s1", 4]["wall_s"] == pytest.approx(4.0)
+  assert math.isnan(by["n1_s1", 4]["startup_s"])  # no sweep_timing.json: estimated from the train records
   assert by["n2_s0", "all"]["train_flops"] > by["n1_s0", "all"]["train_flops"]
   assert by["transformer_s0", 4]["status"] == "partial"  # its latest eval record stands in
   md = open(paths[1]).read()
@@ -328,7 +341,7 @@ def test_tiny_sweep_trains_skips_finished_and_reports(tmp_path):
   for r in rows:
     metrics = [json.loads(l) for l in open(os.path.join(root, r["run"], "metrics.jsonl"))]
     assert r["tokens"] == metrics[-1]["tokens"] == 2 * 2 * 17 and r["steps"] == 2  # as the trainer counts
-    assert r["wall_s"] > 0 and 0 <= r["accuracy"] <= 1 and r["status"] == "done"
+    assert 0 < r["startup_s"] < r["wall_s"] and 0 <= r["accuracy"] <= 1 and r["status"] == "done"
   assert {r["n_passes"] for r in rows if r["variant"] == "n2"} == {2}
   for name in ("results.md", "accuracy_vs_depth.png", "accuracy_vs_tokens.png", "accuracy_vs_flops.png"):
     assert os.path.exists(os.path.join(root, name))

@@ -208,6 +208,9 @@ def plot_depth_by_variant(rows: Iterable[Mapping], value: str = "accuracy", *, d
   if base:
     xs, ys = seed_mean(base)
     ax.plot(xs, ys, linestyle="--", color="black", alpha=0.7, label=baseline)
+  depths = sorted({d for pts in per_variant.values() for d, _ in pts})
+  if len(depths) <= 24:  # integer depth ticks while they stay legible
+    ax.set_xticks(depths)
   ax.set_xlabel(depth_name)
   ax.set_ylabel(value)
   ax.grid(alpha=0.3)
