@@ -74,8 +74,8 @@ _WINDOW_WHY = {
                  "evicted under its own L)", "--config.task_config.window"),
 }
 _EVICTION_WHY = {
-    "sliding": ("sliding eviction lets the prediction window attend to the previous L - 1 tokens (the question, "
-                "the last state), so the answer need not come from the fast weights"),
+    "sliding": ("sliding eviction lets the prediction window attend to the previous L - 1 tokens of context, "
+                "so the answer need not come from the fast weights"),
     "hard": "the task's sliding variant was laid out for sliding eviction; hard eviction is another variant",
 }
 
