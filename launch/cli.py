@@ -62,6 +62,6 @@ def setup_compilation_cache(path: str | None = None, *, min_compile_time_secs: f
 
 
 def quiet_logging() -> None:
-  """Keeps the console to progress and results (absl and jax log warnings and errors only)."""
-  for name in ("absl", "jax"):
+  """Keeps the console to progress and results (absl, jax and tensorboardX log warnings and errors only)."""
+  for name in ("absl", "jax", "tensorboardX"):
     logging.getLogger(name).setLevel(logging.WARNING)

@@ -161,6 +161,8 @@ def main(argv):
 
   out = _OUTPUT.value or os.path.join(_WORKDIR.value, "eval_n_passes.json")
   trained = cfg["sleep"]["n_passes"]
+  if cfg["sleep"].get("n_passes_train"):  # training drew N per step from these
+    trained = "/".join(str(n) for n in cfg["sleep"]["n_passes_train"])
   with open(out, "w") as f:
     json.dump({"step": step, "trained_n_passes": trained, "n_passes": list(results), "overrides": overrides,
                "results": {str(n): r for n, r in results.items()}}, f, indent=1, sort_keys=True)
