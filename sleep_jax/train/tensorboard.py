@@ -27,7 +27,7 @@ import numpy as np
 # scalars of the same run).
 HPARAM_METRICS = ("eval/accuracy", "eval/loss", "loss")
 
-_DEPTH_KEY = re.compile(r"(accuracy|loss)/depth=(-?\d+)$")
+_DEPTH_KEY = re.compile(r"(.+)/depth=(-?\d+)$")
 _NOT_IN_TAGS = re.compile(r"[^-/\w.]")
 # Record fields that are bookkeeping, not metrics.
 _NOT_SCALARS = ("kind", "step", "tokens")
@@ -81,23 +81,28 @@ def flatten_config(tree: Any, prefix: str = "") -> dict[str, bool | int | float 
 
 
 def depth_table_markdown(result: Mapping[str, float]) -> str | None:
-  """A markdown table of ``accuracy/depth=<d>`` and ``loss/depth=<d>``.
+  """A markdown table of the per-depth entries ``<metric>/depth=<d>`` of a result.
+
+  Columns are ``accuracy`` and ``loss`` first, then any other per-depth metric
+  the evaluator reports (counts, baselines), in name order.
 
   Args:
     result: an evaluator result.
 
   Returns:
-    The table (one row per depth, then ``all``), or ``None`` when the result
-    has no per-depth entries.
+    The table (one row per depth, then ``all`` with the overall values), or
+    ``None`` when the result has no per-depth entries.
   """
-  depths = sorted({int(m.group(2)) for k in result for m in [_DEPTH_KEY.match(k)] if m})
-  if not depths:
+  found = [(m.group(1), int(m.group(2))) for k in result for m in [_DEPTH_KEY.match(k)] if m]
+  if not found:
     return None
-  fmt = lambda v: "nan" if v is None or not math.isfinite(v) else f"{v:.4f}"
-  lines = ["| depth | accuracy | loss |", "|---:|---:|---:|"]
+  depths = sorted({d for _, d in found})
+  names = sorted({n for n, _ in found}, key=lambda n: ({"accuracy": 0, "loss": 1}.get(n, 2), n))
+  fmt = lambda v: "" if v is None else "nan" if not math.isfinite(v) else f"{v:.4f}"
+  lines = ["| depth | " + " | ".join(names) + " |", "|---:|" + "---:|" * len(names)]
   for d in depths:
-    lines.append(f"| {d} | {fmt(result.get(f'accuracy/depth={d}'))} | {fmt(result.get(f'loss/depth={d}'))} |")
-  lines.append(f"| all | {fmt(result.get('accuracy'))} | {fmt(result.get('loss'))} |")
+    lines.append(f"| {d} | " + " | ".join(fmt(result.get(f"{n}/depth={d}")) for n in names) + " |")
+  lines.append("| all | " + " | ".join(fmt(result.get(n)) for n in names) + " |")
   return "\n".join(lines)
 
 
