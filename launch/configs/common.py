@@ -79,7 +79,7 @@ def base_config(task: str, preset: str) -> ml_collections.ConfigDict:
 
   c.sleep = ml_collections.ConfigDict(dict(
       window=0, n_passes=1, eviction="", remat_passes=True, remat_windows=True, grad_passes=0, n_passes_train=(),
-      n_passes_train_weights=()))
+      n_passes_train_weights=(), halt_tol=0.0, max_passes=0, replay=False))
 
   c.train = ml_collections.ConfigDict(dict(
       num_steps=1000, batch_size=128, seed=0, log_every=50, eval_every=0, eval_batches=8,
