@@ -148,8 +148,8 @@ def experiment_from_config(cfg) -> Experiment:
   s["window"] = _task_defined(task, "window", s.get("window"), task.window(task_config), unset=(0, None))
   s["eviction"] = _task_defined(task, "eviction", s.get("eviction"), task.eviction(task_config),
                                 unset=("", None))
-  if s.get("grad_passes") in (0, None):
-    s["grad_passes"] = None
+  for key in ("grad_passes", "halt_tol", "max_passes"):  # 0: off (halt_tol 0 would equal fixed N anyway)
+    s[key] = None if s.get(key) in (0, None) else s[key]
   for key in ("n_passes_train", "n_passes_train_weights"):  # () (or the plain transformer): N is not drawn
     s[key] = None if plain else (tuple(s.get(key) or ()) or None)
   if plain:

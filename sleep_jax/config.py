@@ -159,6 +159,15 @@ class SleepConfig:
       per distinct value drawn.
     n_passes_train_weights: relative probabilities of the ``n_passes_train``
       values (``None``: uniform).
+    halt_tol: adaptive sleep (``None``: off). Each example stops sleeping on a
+      window once one sleep pass changes its looped core's fast weights by
+      less than this, relatively: ``||S_n - S_{n-1}|| / ||S_{n-1}||`` over all
+      the core's GDN states of that example. At least one sleep pass runs
+      (``N >= 2``), at most :attr:`max_n_passes`; examples halt independently.
+      ``0`` never halts (the same numbers as fixed ``N = max_n_passes``).
+    max_passes: with ``halt_tol``, the most passes a sleeping window runs,
+      paper's count (``None``: ``n_passes``, which adaptive sleep otherwise
+      ignores).
   """
   window: int
   n_passes: int = 1
@@ -169,6 +178,8 @@ class SleepConfig:
   replay: bool = False
   n_passes_train: tuple[int, ...] | None = None
   n_passes_train_weights: tuple[float, ...] | None = None
+  halt_tol: float | None = None
+  max_passes: int | None = None
 
   def __post_init__(self):
     _require(isinstance(self.replay, bool), f"SleepConfig.replay must be a bool, got {self.replay!r}")
@@ -196,11 +207,36 @@ class SleepConfig:
                f"({len(self.n_passes_train)}), got {len(w)}")
       _require(all(math.isfinite(x) and x >= 0 for x in w) and sum(w) > 0,
                f"SleepConfig.n_passes_train_weights must be finite, >= 0 and not all zero, got {w!r}")
+    if self.halt_tol is not None:
+      _require(isinstance(self.halt_tol, (int, float)) and not isinstance(self.halt_tol, bool)
+               and self.halt_tol >= 0, f"SleepConfig.halt_tol must be None or a number >= 0, got {self.halt_tol!r}")
+      object.__setattr__(self, "halt_tol", float(self.halt_tol))
+    if self.max_passes is not None:
+      _require(isinstance(self.max_passes, int) and not isinstance(self.max_passes, bool) and self.max_passes >= 1,
+               f"SleepConfig.max_passes must be None or an integer >= 1, got {self.max_passes!r}")
+      _require(self.halt_tol is not None, "SleepConfig.max_passes needs halt_tol (adaptive sleep); for a fixed N "
+               "set n_passes")
+      _require(self.n_passes_train is None, "SleepConfig.max_passes fixes the adaptive cap, so n_passes_train "
+               "(a per-step n_passes) would be ignored; leave max_passes None to draw the cap")
+
+  @property
+  def adaptive(self) -> bool:
+    """Sleep halts per example (``halt_tol`` is set)."""
+    return self.halt_tol is not None
+
+  @property
+  def max_n_passes(self) -> int:
+    """The most passes a sleeping window runs, wake pass included: ``N``, or
+    the adaptive cap (``max_passes``, default ``n_passes``)."""
+    if self.halt_tol is not None and self.max_passes is not None:
+      return self.max_passes
+    return self.n_passes
 
   @property
   def n_sleep_passes(self) -> int:
-    """Core passes a sleeping window runs after its wake pass: ``max(N - 1, 0)``."""
-    return max(self.n_passes - 1, 0)
+    """Core passes a sleeping window runs after its wake pass (at most, when
+    adaptive): ``max(max_n_passes - 1, 0)``."""
+    return max(self.max_n_passes - 1, 0)
 
   def draw_n_passes(self, seed: int, step: int) -> int:
     """The ``N`` of training step ``step``: drawn from ``n_passes_train``.

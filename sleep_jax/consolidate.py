@@ -15,14 +15,30 @@ the plain model). This function counts the passes it runs, from the hidden
 states it is given: ``n_sleep_passes``. Started from the embedded window, as in
 the paper's ``repeat N times: h, S <- Blocks(h, S)``, that is ``N``; started
 from a wake pass's output, as ``windowed.run_window`` does, it is ``N - 1``.
+
+Adaptive sleep (``halt_tol``). Each example stops once a pass changes its fast
+weights by less than ``halt_tol`` relatively (:func:`relative_change`), or
+after ``n_sleep_passes``. It is a fixed-length scan whose carry holds a
+per-example ``active`` mask: a halted example's hidden states and fast weights
+are carried through unchanged (``jnp.where``), and a pass whose batch has
+halted altogether is skipped with ``lax.cond``. Why this and not a
+``while_loop``: the scan has a static trip count, so it is reverse-mode
+differentiable (a ``while_loop`` is not) and one compiled program serves every
+halting pattern; examples halt independently inside one batch (a
+``while_loop`` would run until the slowest example for all of them anyway);
+and it composes with ``jit``, ``vmap`` (where the ``cond`` becomes a select),
+``grad``, ``remat`` and ``shard_map`` like the fixed-``N`` scan. The halting
+decision itself carries no gradient (it is a comparison).
 """
 from __future__ import annotations
 
 from typing import Any, Callable
 
 import jax
+import jax.numpy as jnp
 
 BlocksFn = Callable[[Any, Any], tuple[Any, Any]]
+HaltMeasure = Callable[[Any, Any], jax.Array]
 
 
 def _run_passes(fn, carry, n: int):
@@ -36,8 +52,61 @@ def _run_passes(fn, carry, n: int):
   return carry
 
 
+def relative_change(old, new) -> jax.Array:
+  """Per-example ``||new - old|| / ||old||`` over every leaf of two pytrees.
+
+  Args:
+    old: pytree whose leaves share a leading batch axis ``B``.
+    new: pytree of the same structure and shapes.
+
+  Returns:
+    ``[B]`` float32. Where ``||old|| = 0`` it is ``||new||`` (absolute).
+  """
+  olds, news = jax.tree.leaves(old), jax.tree.leaves(new)
+  b = olds[0].shape[0]
+  sq = lambda x: jnp.sum(jnp.square(x.astype(jnp.float32)).reshape(b, -1), axis=1)
+  diff = sum(sq(n - o) for o, n in zip(olds, news))
+  norm = sum(sq(o) for o in olds)
+  return jnp.sqrt(diff) / jnp.where(norm > 0, jnp.sqrt(norm), 1.0)
+
+
+def _leading_axis(tree, b: int, what: str) -> None:
+  for x in jax.tree.leaves(tree):
+    if jnp.ndim(x) < 1 or jnp.shape(x)[0] != b:
+      raise ValueError(f"adaptive sleep (halt_tol) needs the batch as the leading axis of every leaf of {what}; "
+                       f"got a leaf of shape {jnp.shape(x)} with batch {b}")
+
+
+def _select(active, new, old):
+  def pick(n, o):
+    return jnp.where(active.reshape(active.shape + (1,) * (jnp.ndim(n) - 1)), n, o)
+  return jax.tree.map(pick, new, old)
+
+
+def _run_adaptive(fn, carry, n: int, halt_tol: float, measure: HaltMeasure):
+  """``n`` masked passes over ``carry = (h, fast_weights, active [B], passes [B])``."""
+  if n == 0:
+    return carry
+
+  def one_pass(c):
+    h, fw, active, passes = c
+    h_new, fw_new = fn(h, fw)
+    change = measure(jax.lax.stop_gradient(fw), jax.lax.stop_gradient(fw_new))
+    h, fw = _select(active, (h_new, fw_new), (h, fw))
+    passes = passes + active.astype(jnp.int32)
+    # `change < tol` is False for a NaN change: such an example keeps sleeping.
+    return h, fw, jnp.logical_and(active, jnp.logical_not(change < halt_tol)), passes
+
+  def body(c, _):
+    return jax.lax.cond(jnp.any(c[2]), one_pass, lambda c: c, c), None
+
+  carry, _ = jax.lax.scan(body, carry, None, length=n)
+  return carry
+
+
 def sleep_consolidate(blocks_fn: BlocksFn, h, fast_weights, n_sleep_passes: int, *, remat: bool = True,
-                      grad_passes: int | None = None, return_hidden: bool = False):
+                      grad_passes: int | None = None, return_hidden: bool = False, halt_tol: float | None = None,
+                      halt_measure: HaltMeasure | None = None, return_passes: bool = False):
   """Runs ``blocks_fn`` ``n_sleep_passes`` times, threading hidden states and fast weights.
 
   Args:
@@ -56,14 +125,26 @@ def sleep_consolidate(blocks_fn: BlocksFn, h, fast_weights, n_sleep_passes: int,
       them, which also cuts the gradient reaching earlier windows through the
       fast weights). ``None`` or ``k >= n_sleep_passes``: through every pass.
     return_hidden: also return the last pass's hidden states.
+    halt_tol: adaptive sleep (``None``: every pass runs). An example halts
+      after the first pass whose ``halt_measure`` is below ``halt_tol``, so
+      each runs between 1 and ``n_sleep_passes`` passes; ``0`` never halts
+      (the fixed-length numbers exactly); ``inf`` halts after one pass. Every
+      leaf of ``h`` and ``fast_weights`` needs the batch as its leading axis.
+      With ``grad_passes`` the truncation point is the scan's (before its last
+      ``k`` positions), whether or not an example has halted by then.
+    halt_measure: ``(fast_weights_before, fast_weights_after) -> [B]`` change
+      of one pass (default :func:`relative_change` over every leaf).
+    return_passes: also return the ``[B]`` int32 passes each example ran.
 
   Returns:
-    ``fast_weights`` after the last pass, or ``(fast_weights, h)`` when
-    ``return_hidden``.
+    ``fast_weights`` after the last pass, followed by ``h`` when
+    ``return_hidden`` and by the passes run when ``return_passes`` (a tuple
+    when either is set).
 
   Raises:
-    ValueError: if ``n_sleep_passes`` is not an integer >= 0, ``grad_passes`` is not
-      None or an integer >= 1, or ``blocks_fn`` is not callable.
+    ValueError: if ``n_sleep_passes`` is not an integer >= 0, ``grad_passes``
+      is not None or an integer >= 1, ``halt_tol`` is negative, ``blocks_fn``
+      is not callable, or (adaptive) a leaf lacks the leading batch axis.
   """
   if not callable(blocks_fn):
     raise ValueError(f"blocks_fn must be callable, got {type(blocks_fn).__name__}")
@@ -72,13 +153,34 @@ def sleep_consolidate(blocks_fn: BlocksFn, h, fast_weights, n_sleep_passes: int,
   if grad_passes is not None and (isinstance(grad_passes, bool) or not isinstance(grad_passes, int)
                                   or grad_passes < 1):
     raise ValueError(f"grad_passes must be None or an integer >= 1, got {grad_passes!r}")
+  if halt_tol is not None and not halt_tol >= 0:
+    raise ValueError(f"halt_tol must be None or >= 0, got {halt_tol!r}")
   fn = jax.checkpoint(blocks_fn) if remat else blocks_fn
-  carry = (h, fast_weights)
-  if grad_passes is None or grad_passes >= n_sleep_passes:
-    carry = _run_passes(fn, carry, n_sleep_passes)
+  b = None
+  if halt_tol is not None or return_passes:
+    leaves = jax.tree.leaves(h) or jax.tree.leaves(fast_weights)
+    if not leaves or jnp.ndim(leaves[0]) < 1:
+      raise ValueError("halt_tol / return_passes need a leading batch axis on h (or fast_weights)")
+    b = jnp.shape(leaves[0])[0]
+  if halt_tol is None:
+    run = lambda c, n: _run_passes(fn, c, n)
+    carry = (h, fast_weights)
   else:
-    carry = _run_passes(fn, carry, n_sleep_passes - grad_passes)
+    _leading_axis(h, b, "h")
+    _leading_axis(fast_weights, b, "fast_weights")
+    measure = relative_change if halt_measure is None else halt_measure
+    run = lambda c, n: _run_adaptive(fn, c, n, float(halt_tol), measure)
+    carry = (h, fast_weights, jnp.ones((b,), bool), jnp.zeros((b,), jnp.int32))
+  if grad_passes is None or grad_passes >= n_sleep_passes:
+    carry = run(carry, n_sleep_passes)
+  else:
+    carry = run(carry, n_sleep_passes - grad_passes)
     carry = jax.lax.stop_gradient(carry)
-    carry = _run_passes(fn, carry, grad_passes)
-  h, fast_weights = carry
-  return (fast_weights, h) if return_hidden else fast_weights
+    carry = run(carry, grad_passes)
+  h, fast_weights = carry[:2]
+  out = (fast_weights,)
+  if return_hidden:
+    out += (h,)
+  if return_passes:
+    out += (carry[3] if halt_tol is not None else jnp.full((b,), n_sleep_passes, jnp.int32),)
+  return out[0] if len(out) == 1 else out

@@ -15,8 +15,10 @@ cache snapshotted when the window began, plus the window's tokens), so it is
 bit-for-bit the training computation: ``N`` passes of the core plus the wake
 pass that produced the logits (``N + 1`` core passes of compute per window in
 all; the wake pass's hidden states are not kept). With ``N = 1`` nothing is
-re-run: the streamed fast weights and keys/values are already pass 1's. A
-block of ``L`` tokens that starts at a window boundary is run as one window
+re-run: the streamed fast weights and keys/values are already pass 1's; with
+``N = 0`` neither (the fast weights revert to the window start). Adaptive
+sleep (``SleepConfig.halt_tol``) runs here as in training, each batch row
+halting on its own. A block of ``L`` tokens that starts at a window boundary is run as one window
 call (wake plus sleep), which is how long contexts are ingested quickly.
 
 All jitted functions are pure functions of ``(params, SessionState, ...)`` with
@@ -99,23 +101,34 @@ def _prefix(sleep: SleepConfig, state: SessionState):
   return state.window_prefix if sleep.eviction == "sliding" else None
 
 
-def sleep_window(model, sleep: SleepConfig, state: SessionState) -> SessionState:
-  """Sleeps on the just-filled window (the position is at its end)."""
-  if sleep.n_passes == 1:
-    return state  # streaming already computed pass 1's fast weights and keys/values
+def sleep_window(model, sleep: SleepConfig, state: SessionState) -> tuple[SessionState, jax.Array]:
+  """Sleeps on the just-filled window (the position is at its end).
+
+  Returns:
+    ``(state, passes)``: ``passes`` ``[B]`` int32 are the core's passes over
+    the window, wake pass included (see ``windowed.run_window``).
+  """
+  one = jnp.ones((state.window_tokens.shape[0],), jnp.int32)
+  if sleep.max_n_passes == 1:
+    return state, one  # streaming already computed pass 1's fast weights and keys/values
+  if sleep.max_n_passes == 0:
+    # Forget the window: its fast weights revert; the streamed keys/values are
+    # the wake pass's, as run_window's are for N = 0. Nothing is re-run.
+    return dataclasses.replace(state, fast_weights=state.window_fast_weights), one
   positions = _positions(state, sleep.window, sleep.window)
-  _, fw, kvs = run_window(model, state.window_tokens, positions, state.window_fast_weights,
-                          _prefix(sleep, state), sleep, True, want_logits=False)
-  return dataclasses.replace(state, fast_weights=fw, kv_caches=kvs)
+  _, fw, kvs, passes = run_window(model, state.window_tokens, positions, state.window_fast_weights,
+                                  _prefix(sleep, state), sleep, True, want_logits=False)
+  return dataclasses.replace(state, fast_weights=fw, kv_caches=kvs), passes
 
 
 def run_full_window(model, sleep: SleepConfig, state: SessionState, tokens: jax.Array):
-  """Wake pass plus sleep over ``L`` tokens starting at a window boundary."""
+  """Wake pass plus sleep over ``L`` tokens starting at a window boundary: ``(logits, state, passes)``."""
   positions = _positions(state, 0, sleep.window)
-  logits, fw, kvs = run_window(model, tokens, positions, state.fast_weights, _prefix(sleep, state), sleep, True)
+  logits, fw, kvs, passes = run_window(model, tokens, positions, state.fast_weights, _prefix(sleep, state), sleep,
+                                       True)
   state = dataclasses.replace(state, fast_weights=fw, kv_caches=kvs, window_tokens=tokens.astype(jnp.int32),
                               position=state.position + sleep.window, last_logits=logits[:, -1])
-  return logits, state
+  return logits, state, passes
 
 
 def begin_window(model, sleep: SleepConfig, state: SessionState) -> SessionState:
@@ -237,7 +250,7 @@ class SleepSession:
     out, i = [], 0
     while i < t.shape[1]:
       if self._pos % L == 0 and t.shape[1] - i >= L:
-        logits, self.state = self._window(self._params, self.state, jnp.asarray(t[:, i:i + L]))
+        logits, self.state, passes = self._window(self._params, self.state, jnp.asarray(t[:, i:i + L]))
         self._pos += L
         i += L
         out.append(logits)
@@ -255,7 +268,7 @@ class SleepSession:
     logits, self.state = self._decode(self._params, self.state, token)
     self._pos += 1
     if self._pos % self.sleep.window == 0:
-      self.state = self._sleep(self._params, self.state)
+      self.state, passes = self._sleep(self._params, self.state)
       self.state = self._begin(self._params, self.state)
     return logits
 

@@ -29,6 +29,10 @@ Design decisions (ours):
   time (:func:`serving_schedule`).
 * ``N = 0`` means a consolidation window is not slept on at all: the fast
   weights revert to their window-start value (the window is forgotten).
+* Adaptive sleep (``SleepConfig.halt_tol``): each example stops sleeping once
+  a pass barely changes its core's fast weights, after at least one and at
+  most ``max_n_passes - 1`` sleep passes (``sleep_consolidate``'s masked
+  scan); :attr:`WindowedOutput.passes` reports what each example ran.
 * Short convolutions restart from zeros every pass and window; RoPE uses
   absolute positions ``0..T-1``.
 * A call with ``fast_weights`` continues a sequence's memory but starts with an
@@ -59,9 +63,13 @@ class WindowedOutput:
   Attributes:
     logits: ``[B, T, V]`` float32 wake-pass logits (None if not requested).
     fast_weights: fast weights after the last window.
+    passes: ``[B, n_windows]`` int32: the looped core's passes over each
+      window that slept, wake pass included (the paper's ``N``, per example
+      under adaptive sleep), 0 for windows that did not sleep.
   """
   logits: jax.Array | None
   fast_weights: FastWeights
+  passes: jax.Array
 
 
 @jax.tree_util.register_dataclass
@@ -75,12 +83,15 @@ class LossAux:
     n_tokens: scalar, the sum of the loss mask.
     predictions: ``[B, T]`` int32 argmax of the logits.
     fast_weights: fast weights after the last window.
+    passes: ``[B, n_windows]`` int32 passes per window (see
+      :class:`WindowedOutput`).
   """
   logits: jax.Array
   token_loss: jax.Array
   n_tokens: jax.Array
   predictions: jax.Array
   fast_weights: FastWeights
+  passes: jax.Array
 
 
 # -- schedule ---------------------------------------------------------------------------------------
@@ -122,8 +133,12 @@ def run_window(model, tokens, positions, fast_weights: FastWeights, prefixes, sl
     want_logits: compute the wake-pass logits.
 
   Returns:
-    ``(logits [B, W, V] or None, fast_weights, kvs)`` with ``kvs`` a tuple of
-    this window's ``KVCache`` per attention block, from the last pass.
+    ``(logits [B, W, V] or None, fast_weights, kvs, passes)`` with ``kvs`` a
+    tuple of this window's ``KVCache`` per attention block, from the last
+    pass, and ``passes`` ``[B]`` int32: the looped core's passes over the
+    window counting the wake pass (the paper's ``N``; per example when
+    adaptive) if it slept, else 0. ``N = 0`` and ``N = 1`` report 1 (the wake
+    pass ran, nothing more).
   """
   cfg = model.config
   n_blocks = len(cfg.block_types)
@@ -137,44 +152,56 @@ def run_window(model, tokens, positions, fast_weights: FastWeights, prefixes, sl
   h_out, fw_wake, kv_coda = run(h_core, fw_core, start=c1, stop=n_blocks)
   logits = model.unembed(h_out) if want_logits else None
   core_slots = sorted({model.gdn_slots[i] for i in range(c0, c1)} - {-1})
+  b = tokens.shape[0]
+  n_max = sleep.max_n_passes  # N, or the adaptive cap
 
   def awake():
-    return fw_wake, {**kv_core, **kv_coda}
+    return fw_wake, {**kv_core, **kv_coda}, jnp.zeros((b,), jnp.int32)
 
   def asleep():
-    if sleep.n_passes == 0:  # forget the window (its wake pass has run)
-      return fast_weights, {**kv_core, **kv_coda}
+    if n_max == 0:  # forget the window (its wake pass has run)
+      return fast_weights, {**kv_core, **kv_coda}, jnp.ones((b,), jnp.int32)
+    if n_max == 1:  # the wake pass was the only pass
+      return fw_wake, {**kv_core, **kv_coda}, jnp.ones((b,), jnp.int32)
     n_sleep = sleep.n_sleep_passes  # N - 1: the wake pass is pass 1 of N
 
-    def core_pass(hh, carry):
-      states, _ = carry
+    # The carried hidden state holds the core's output and its keys/values
+    # (batch-leading, as adaptive masking needs); the fast weights are the
+    # core's GDN states, over which adaptive sleep measures its change.
+    def core_pass(carry, states):
+      hh, _ = carry
       # replay (a control): every pass re-reads the core's wake-pass input.
       hh, fw_out, kv = run(h if sleep.replay else hh, fw_core.replace(states), start=c0, stop=c1)
-      return hh, ({i: fw_out.states[i] for i in core_slots}, kv)
+      return (hh, {i: (c.k, c.v) for i, c in kv.items()}), {i: fw_out.states[i] for i in core_slots}
 
-    carry = ({i: fw_core.states[i] for i in core_slots}, kv_core)
-    h_start = h_core
+    states = {i: fw_core.states[i] for i in core_slots}
+    carry = (h_core, {i: (c.k, c.v) for i, c in kv_core.items()})
     # Truncation counts the wake pass as pass 1 of N: k = N - 1 cuts it off.
     grad_passes = sleep.grad_passes
-    if grad_passes is not None and grad_passes >= sleep.n_passes:
+    if grad_passes is not None and grad_passes >= n_max:
       grad_passes = None
     elif grad_passes is not None and grad_passes == n_sleep:
-      h_start, carry = jax.lax.stop_gradient((h_start, carry))
+      carry, states = jax.lax.stop_gradient((carry, states))
       grad_passes = None
-    (states, kv_last), h_last = sleep_consolidate(core_pass, h_start, carry, n_sleep, remat=sleep.remat_passes,
-                                                  grad_passes=grad_passes, return_hidden=True)
+    # A core without GDN blocks has nothing to consolidate: halt at once.
+    measure = None if core_slots else (lambda old, new: jnp.zeros((b,), jnp.float32))
+    states, (h_last, kv_last), n_run = sleep_consolidate(
+        core_pass, carry, states, n_sleep, remat=sleep.remat_passes, grad_passes=grad_passes, return_hidden=True,
+        halt_tol=sleep.halt_tol, halt_measure=measure, return_passes=True)
+    kv_last = {i: dataclasses.replace(kv_core[i], k=k, v=v) for i, (k, v) in kv_last.items()}
     # The coda restarts from its window-start states (fw_core's coda slots).
     _, fw_out, kv_coda_n = run(h_last, fw_core.replace(states), start=c1, stop=n_blocks)
-    return fw_out, {**kv_last, **kv_coda_n}
+    return fw_out, {**kv_last, **kv_coda_n}, 1 + n_run
 
   if isinstance(consolidate, (bool, np.bool_)):
-    fw_out, kvs = asleep() if (consolidate and sleep.n_passes != 1) else awake()
-  elif sleep.n_passes == 1:
-    fw_out, kvs = awake()
+    fw_out, kvs, passes = asleep() if consolidate else awake()
+  elif n_max == 1:  # sleeping changes nothing but the count: no lax.cond
+    fw_out, kvs, _ = awake()
+    passes = jnp.full((b,), consolidate, jnp.int32)
   else:
-    fw_out, kvs = jax.lax.cond(consolidate, asleep, awake)
+    fw_out, kvs, passes = jax.lax.cond(consolidate, asleep, awake)
   kvs = {**kv_pre, **kvs}
-  return logits, fw_out, tuple(kvs[i] for i in range(len(kvs)))
+  return logits, fw_out, tuple(kvs[i] for i in range(len(kvs))), passes
 
 
 # -- the whole sequence -------------------------------------------------------------------------------
@@ -277,10 +304,11 @@ def windowed_forward(model, tokens, loss_mask, sleep: SleepConfig, *, fast_weigh
     m = nnx.merge(graphdef, state)
     positions = start + jnp.arange(width, dtype=jnp.int32)
     consolidate = pred if consolidate_static is None else consolidate_static
-    lg, fw, kvs = run_window(m, tokens_w, positions, fw, prefixes, sleep, consolidate, want_logits=want_logits)
+    lg, fw, kvs, passes = run_window(m, tokens_w, positions, fw, prefixes, sleep, consolidate,
+                                     want_logits=want_logits)
     if sleep.eviction == "sliding":
       prefixes = kvs
-    return (fw, prefixes), lg
+    return (fw, prefixes), (lg, passes)
 
   # Consecutive windows of the same width and static schedule share one scanned
   # (so once-compiled) window body.
@@ -292,7 +320,7 @@ def windowed_forward(model, tokens, loss_mask, sleep: SleepConfig, *, fast_weigh
     else:
       groups.append((key, [w]))
 
-  carry, logits = (fast_weights, prefixes), []
+  carry, logits, passes = (fast_weights, prefixes), [], []
   for (width, static), ws in groups:
     fn = functools.partial(window_fn, width, static, state)
     if sleep.remat_windows:
@@ -301,14 +329,15 @@ def windowed_forward(model, tokens, loss_mask, sleep: SleepConfig, *, fast_weigh
     toks = jnp.stack([tokens[:, spans[w][0]:spans[w][1]].astype(jnp.int32) for w in ws])
     pred = None if static is not None else jnp.stack([preds[w] for w in ws])
     if len(ws) == 1:
-      carry, lg = fn(carry, (starts[0], toks[0], None if pred is None else pred[0]))
-      lg = None if lg is None else lg[None]
+      carry, (lg, n_run) = fn(carry, (starts[0], toks[0], None if pred is None else pred[0]))
+      lg, n_run = None if lg is None else lg[None], n_run[None]
     else:
-      carry, lg = jax.lax.scan(fn, carry, (starts, toks, pred))
+      carry, (lg, n_run) = jax.lax.scan(fn, carry, (starts, toks, pred))
+    passes.append(n_run)
     if want_logits:
       logits.append(jnp.moveaxis(lg, 0, 1).reshape(b, len(ws) * width, -1))
   out = jnp.concatenate(logits, axis=1) if want_logits else None
-  return WindowedOutput(logits=out, fast_weights=carry[0])
+  return WindowedOutput(logits=out, fast_weights=carry[0], passes=jnp.concatenate(passes, axis=0).T)
 
 
 def windowed_loss(model, batch: dict, sleep: SleepConfig, *,
@@ -344,7 +373,8 @@ def windowed_loss(model, batch: dict, sleep: SleepConfig, *,
   n_tokens = jnp.sum(mask)
   loss = jnp.sum(token_loss) / jnp.maximum(n_tokens, 1.0)
   aux = LossAux(logits=logits, token_loss=token_loss, n_tokens=n_tokens,
-                predictions=jnp.argmax(logits, axis=-1).astype(jnp.int32), fast_weights=out.fast_weights)
+                predictions=jnp.argmax(logits, axis=-1).astype(jnp.int32), fast_weights=out.fast_weights,
+                passes=out.passes)
   return loss, aux
 
 
