@@ -87,7 +87,8 @@ class DepoConfig:
 
   def __post_init__(self):
     req, is_int = ex_lib.require, ex_lib.is_int
-    object.__setattr__(self, "eval_ks", tuple(self.eval_ks))
+    if isinstance(self.eval_ks, (list, tuple)):
+      object.__setattr__(self, "eval_ks", tuple(self.eval_ks))
     req(is_int(self.n_min) and self.n_min >= 2, f"DepoConfig.n_min must be an integer >= 2, got {self.n_min!r}")
     req(is_int(self.n_max) and self.n_max >= self.n_min,
         f"DepoConfig.n_max must be an integer >= n_min ({self.n_min}), got {self.n_max!r}")
@@ -104,10 +105,11 @@ class DepoConfig:
         f"DepoConfig.context_len ({self.context_len}) must be a multiple of window ({self.window}) so the "
         "edges fill whole consolidation windows")
     req(QUERY_TOKENS * self.n_queries <= self.window,
-        f"DepoConfig: {self.n_queries} queries take {QUERY_TOKENS * self.n_queries} tokens, more than one "
-        f"prediction window of {self.window}")
+        f"DepoConfig: n_queries = {self.n_queries} queries take {QUERY_TOKENS * self.n_queries} tokens, more "
+        f"than one prediction window of window = {self.window}")
     req(is_int(self.k_max) and self.k_max >= 1, f"DepoConfig.k_max must be an integer >= 1, got {self.k_max!r}")
-    req(len(self.eval_ks) >= 1 and all(is_int(k) and k >= 1 for k in self.eval_ks),
+    req(isinstance(self.eval_ks, tuple) and len(self.eval_ks) >= 1
+        and all(is_int(k) and k >= 1 for k in self.eval_ks),
         f"DepoConfig.eval_ks must be a non-empty tuple of integers >= 1, got {self.eval_ks!r}")
     # See the module docstring: k >= n would wrap around the cycle, and repeated
     # sources would let attention copy an earlier answer.

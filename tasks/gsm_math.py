@@ -111,7 +111,8 @@ class GsmMathConfig:
 
   def __post_init__(self):
     req, is_int = ex_lib.require, ex_lib.is_int
-    object.__setattr__(self, "operators", tuple(self.operators))
+    if isinstance(self.operators, (list, tuple)):
+      object.__setattr__(self, "operators", tuple(self.operators))
     req(is_int(self.op_min) and self.op_min >= 1, f"GsmMathConfig.op_min must be an integer >= 1, got {self.op_min!r}")
     req(is_int(self.op_max) and self.op_min <= self.op_max <= MAX_OPS,
         f"GsmMathConfig.op_max must be an integer in [op_min, {MAX_OPS}] (op beyond {MAX_OPS} is not "
@@ -119,7 +120,7 @@ class GsmMathConfig:
     req(self.eviction in EVICTIONS, f"GsmMathConfig.eviction must be one of {EVICTIONS}, got {self.eviction!r}")
     req(is_int(self.modulus) and _is_prime(self.modulus),
         f"GsmMathConfig.modulus must be a prime, got {self.modulus!r}")
-    req(len(self.operators) >= 1 and set(self.operators) <= set(OPERATORS)
+    req(isinstance(self.operators, tuple) and len(self.operators) >= 1 and set(self.operators) <= set(OPERATORS)
         and len(set(self.operators)) == len(self.operators),
         f"GsmMathConfig.operators must be distinct elements of {OPERATORS}, got {self.operators!r}")
     req(self.line_order in LINE_ORDERS,
@@ -141,8 +142,8 @@ class GsmMathConfig:
         f"(positions >= {self.last_visible_position}) when the answer is predicted ({self.eviction} eviction, "
         f"window {self.window}, seq_len {self.seq_len}, min_len {self.min_len}); raise min_len or lower window")
     req(is_int(self.n_vars) and self.n_vars >= self.max_lines,
-        f"GsmMathConfig.n_vars ({self.n_vars!r}) must be at least the most lines that fit ({self.max_lines}): "
-        "every line defines a new variable from the pool")
+        f"GsmMathConfig.n_vars ({self.n_vars!r}) must be at least the most lines that fit in seq_len = "
+        f"{self.seq_len} tokens ({self.max_lines}): every line defines a new variable from the pool")
     req(is_int(self.num_train_examples) and self.num_train_examples >= 1,
         f"GsmMathConfig.num_train_examples must be an integer >= 1, got {self.num_train_examples!r}")
     req(is_int(self.num_eval_examples) and self.num_eval_examples >= 1,

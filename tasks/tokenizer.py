@@ -82,13 +82,19 @@ class Tokenizer:
     """Joins the words of ``ids`` with single spaces.
 
     Args:
-      ids: a sequence or 1-D array of ids.
+      ids: a sequence or 1-D array of integer ids (or a single id).
       skip_pad: drop ``<pad>`` tokens.
 
     Raises:
-      ValueError: if an id is outside ``[0, vocab_size)``.
+      ValueError: if ``ids`` is not integer or has more than one axis, or an
+        id is outside ``[0, vocab_size)``.
     """
-    arr = np.asarray(ids).reshape(-1)
+    arr = np.asarray(ids)
+    # Refused rather than cast: a float id would be truncated and a 2-D batch
+    # flattened into one line without a word of warning.
+    if arr.ndim > 1 or (arr.size and not np.issubdtype(arr.dtype, np.integer)):
+      raise ValueError(f"ids must be a sequence or 1-D array of integers, got shape {arr.shape}, dtype {arr.dtype}")
+    arr = arr.reshape(-1)
     if arr.size and (arr.min() < 0 or arr.max() >= self.vocab_size):
       bad = arr[(arr < 0) | (arr >= self.vocab_size)][0]
       raise ValueError(f"id {int(bad)} is outside [0, {self.vocab_size})")

@@ -4,6 +4,17 @@ import os
 os.environ.setdefault("XLA_FLAGS", "--xla_force_host_platform_device_count=4")
 os.environ.setdefault("JAX_PLATFORMS", "cpu")
 
+# Property tests (tests/test_fuzz.py): few examples by default, many in the
+# slow-marked duplicates. HYPOTHESIS_PROFILE=slow makes every property test use
+# the slow profile.
+try:
+  from hypothesis import settings
+except ImportError:  # hypothesis is a test extra; only test_fuzz.py needs it.
+  settings = None
+if settings is not None:
+  settings.register_profile("fast", max_examples=10, deadline=None, print_blob=True)
+  settings.register_profile("slow", max_examples=200, deadline=None, print_blob=True)
+  settings.load_profile(os.environ.get("HYPOTHESIS_PROFILE", "fast"))
 
 # JAX's persistent compilation cache, shared with the launch CLIs (launch/cli.py),
 # so a second test run (and every CLI subprocess, which inherits the
