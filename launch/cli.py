@@ -11,8 +11,9 @@ from __future__ import annotations
 
 import logging
 import os
+import sys
 
-from absl import flags
+from absl import app, flags
 
 ENV_VAR = "SLEEP_JAX_COMPILATION_CACHE"
 DEFAULT_DIR = os.path.join("~", ".cache", "sleep_jax", "jax")
@@ -65,3 +66,26 @@ def quiet_logging() -> None:
   """Keeps the console to progress and results (absl, jax and tensorboardX log warnings and errors only)."""
   for name in ("absl", "jax", "tensorboardX"):
     logging.getLogger(name).setLevel(logging.WARNING)
+
+
+def parse_flags(argv: list[str], define=None) -> list[str]:
+  """absl's flag parsing (``app.run(..., flags_parser=cli.parse_flags)``), one line for an unknown config field.
+
+  ``ml_collections`` raises ``AttributeError`` / ``KeyError`` (a traceback)
+  for ``--config.a.b=v`` naming no field; this prints which override it was
+  and exits with status 1, as absl does for its own flag errors.
+
+  Args:
+    argv: the command line.
+    define: called first, for flags defined from the command line itself
+      (``config_flags.DEFINE_config_dict`` applies the overrides on definition).
+  """
+  try:
+    if define is not None:
+      define()
+    return app.parse_flags_with_usage(argv)
+  except (AttributeError, KeyError) as e:
+    name = str(e).strip("\"'")
+    bad = [a.split("=", 1)[0] for a in argv if a.startswith("--config.") and name in a.split("=", 1)[0].split(".")]
+    print(f"error: {', '.join(bad) or 'a --config override'}: the config has no field {name!r}", file=sys.stderr)
+    sys.exit(1)

@@ -68,9 +68,11 @@ def parse_flags(argv: list[str]) -> list[str]:
       cfg = experiment.load_run_config(workdir)
     except ValueError:
       pass
-  if "config" not in flags.FLAGS:
-    config_flags.DEFINE_config_dict("config", cfg, _CONFIG_HELP, lock_config=True, sys_argv=argv)
-  return app.parse_flags_with_usage(argv)
+  def define():
+    if "config" not in flags.FLAGS:
+      config_flags.DEFINE_config_dict("config", cfg, _CONFIG_HELP, lock_config=True, sys_argv=argv)
+
+  return cli.parse_flags(argv, define)
 
 
 def _config_overrides(argv: list[str]) -> list[str]:

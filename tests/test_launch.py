@@ -240,6 +240,10 @@ def test_bad_flags_exit_with_clear_errors(tmp_path):
   errors = [l for l in p.stderr.splitlines() if l.startswith("error:")]
   assert errors == [l for l in p.stderr.splitlines() if "sleep.window" in l]
   assert errors[0].startswith("error: config.sleep.window=20 splits a Rule 110 state") and "L=16" in errors[0]
+  p = _launch("launch.train", "--config=launch/configs/rule110_small.py", f"--workdir={tmp_path}",
+              "--config.sleep.bogus=1")
+  assert p.returncode == 1 and "Traceback" not in p.stderr, p.stderr[-2000:]
+  assert "error: --config.sleep.bogus: the config has no field 'bogus'" in p.stderr
 
 
 def test_overrides_parse_and_reject():
