@@ -275,7 +275,7 @@ def gdr_bad_inputs(draw):
   kind = draw(st.sampled_from(["rank", "size", "empty", "dtype", "list", "values", "scale", "chunk_size",
                                "impl"]), label="kind")
   if kind in ("scale", "chunk_size", "impl"):
-    bad = {"scale": [math.nan, math.inf, "1", True, np.ones(2)], "chunk_size": [0, -1, 1.5, True, "64", None],
+    bad = {"scale": [math.nan, math.inf, "1", True, np.ones(2)], "chunk_size": [0, -1, 1.5, True, "64"],
            "impl": ["bogus", None, 3, "CHUNKED"]}[kind]
     kwargs[kind] = draw(st.sampled_from(bad), label="value")
     return args, kwargs, kind
