@@ -185,10 +185,31 @@ def test_custom_vjp_variant_matches_oracle():
   ref = fwd_bwd(args, cts, "reference")
 
   def run(*a):
-    return chunked.gated_delta_rule_chunked(*a[:5], initial_state=a[5], chunk_size=32, use_custom_vjp=True)
+    return chunked.gated_delta_rule_chunked(*a[:5], initial_state=a[5], chunk_size=32, use_custom_vjp=True,
+                                            form="parallel")
 
   (o, s), vjp = jax.vjp(run, *args)
   assert_matches(ref, (o, s, vjp(cts)), "custom_vjp")
+
+
+@pytest.mark.timeout(300)
+def test_parallel_form_matches_oracle():
+  # The chunk-parallel form (no longer the default) at a grid shape with
+  # strong decay and an odd length.
+  args = make_inputs(12, 2, 75, 4, 16, 16, "strong", "uniform")
+  cts = cotangents(12, 2, 75, 4, 16, 16)
+
+  def run(*a):
+    return chunked.gated_delta_rule_chunked(*a[:5], initial_state=a[5], chunk_size=32, form="parallel")
+
+  (o, s), vjp = jax.jit(lambda *a: jax.vjp(run, *a))(*args)
+  assert_matches(fwd_bwd(args, cts, "reference"), (o, s, vjp(cts)), "parallel form")
+
+
+def test_unknown_form_raises():
+  args = make_inputs(1, 1, 4, 1, 4, 4)
+  with pytest.raises(ValueError, match="form"):
+    chunked.gated_delta_rule_chunked(*args[:5], form="blocked")
 
 
 # ---------------------------------------------------------------------------
@@ -301,10 +322,35 @@ def test_resolve_impl():
 
 def test_auto_and_enum_run_the_resolved_impl():
   args = make_inputs(4, 1, 33, 1, 16, 16)
-  want = gated_delta_rule(*args[:5], initial_state=args[5], impl=api.resolve_impl("auto"))
-  for impl in ("auto", api.Impl.AUTO):
-    got = gated_delta_rule(*args[:5], initial_state=args[5], impl=impl)
+  impl, chunk = api.auto_choice(33)
+  assert api.resolve_impl("auto", t=33) is impl
+  want = gated_delta_rule(*args[:5], initial_state=args[5], impl=impl, chunk_size=chunk)
+  for auto in ("auto", api.Impl.AUTO):
+    # The caller's chunk size is not read by "auto" on cpu (the table's is used).
+    got = gated_delta_rule(*args[:5], initial_state=args[5], impl=auto, chunk_size=7)
     np.testing.assert_array_equal(np.asarray(want[0]), np.asarray(got[0]))
+
+
+def test_auto_table_is_well_formed():
+  # Buckets ascending from the shortest training window; every row exact and runnable.
+  keys = list(api.AUTO_TABLE_CPU)
+  assert keys == sorted(keys) and keys[0] >= 1
+  for name, chunk in api.AUTO_TABLE_CPU.values():
+    assert name in ("reference", "chunked")
+    assert (chunk is None) == (name == "reference")
+  assert api.auto_choice(keys[0], "cpu") == (api.Impl(api.AUTO_TABLE_CPU[keys[0]][0]), api.AUTO_TABLE_CPU[keys[0]][1])
+  assert api.auto_choice(keys[-1] + 1, "cpu") == (api.Impl.CHUNKED, api.LONG_CHUNK_CPU)
+  assert api.auto_choice(None, "cpu") == (api.Impl.CHUNKED, api.LONG_CHUNK_CPU)
+  assert api.auto_choice(16, "gpu") == (api.Impl.PALLAS, None)
+  assert api.auto_choice(16, "tpu")[0] is api.Impl.PALLAS
+
+
+def test_auto_matches_oracle_at_training_windows():
+  # The short windows the table chooses for, forward and backward, vs the oracle.
+  for t in (16, 24):
+    args = make_inputs(30 + t, 4, t, 2, 16, 16, "moderate", "uniform")
+    cts = cotangents(30 + t, 4, t, 2, 16, 16)
+    assert_matches(fwd_bwd(args, cts, "reference"), fwd_bwd(args, cts, "auto"), f"auto T={t}")
 
 
 # ---------------------------------------------------------------------------

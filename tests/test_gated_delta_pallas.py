@@ -272,3 +272,30 @@ def test_interpret_false_on_cpu_is_an_error():
   for backend in BACKENDS:
     with pytest.raises(ValueError, match="interpret=False"):
       _bad(backend=backend, interpret=False)
+
+
+# ---------------------------------------------------------------------------
+# The one-shot GPU check (launch/benchmarks/gpu.py): on a CPU host it prints its
+# plan and exits 0; its code paths run here with the kernel interpreted.
+
+
+def test_gpu_check_on_cpu_prints_plan_and_exits_0(capsys):
+  from launch.benchmarks import gpu  # pylint: disable=import-outside-toplevel
+  if jax.default_backend() == "gpu":
+    pytest.skip("a GPU host runs the real check")
+  assert gpu.main([]) == 0
+  out = capsys.readouterr().out
+  assert "no CUDA device" in out and "T=16384" in out
+
+
+def test_gpu_check_code_paths_interpreted(monkeypatch):
+  import time  # pylint: disable=import-outside-toplevel
+  from launch.benchmarks import gpu  # pylint: disable=import-outside-toplevel
+  monkeypatch.setattr(gpu, "INTERPRET", True)
+  monkeypatch.setattr(gpu, "GRID", ((1, 5, 2, 16, 16, "mixed", 16),))
+  monkeypatch.setattr(gpu, "SPEED_SHAPES", ((1, 16, 2, 16, 16),))
+  result = gpu.run(time.monotonic() + 600, repeats=1)
+  assert result["ok"] and result["exactness"][0]["ok"]
+  row = result["speed"][0]
+  assert set(row["ms"]) == {"pallas", "chunked", "fla"}
+  assert row["ms"]["pallas"]["fwd"] > 0 and row["rel_rms_vs_pallas"]["chunked"] < 2e-2  # bf16 inputs.

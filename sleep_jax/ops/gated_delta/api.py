@@ -11,10 +11,12 @@ Implementations (``Impl``, or its string value):
 * ``"chunked"``: the WY / UT chunked form in pure JAX (exact forward and
   backward, any backend).
 * ``"pallas"``: the Pallas kernels (``pallas.py``), interpreted on CPU.
-* ``"auto"``: ``"pallas"`` on gpu / tpu, ``"chunked"`` on cpu. It never falls
-  back: if the resolved implementation cannot run, the call raises.
-  ``resolve_impl`` tells which implementation a call will use, and the first
-  resolution per backend is logged.
+* ``"auto"``: ``"pallas"`` on gpu / tpu; on cpu the fastest exact
+  implementation and chunk size for the sequence length, from the measured
+  ``AUTO_TABLE_CPU`` (``"reference"`` or ``"chunked"``). It never falls back:
+  if the resolved implementation cannot run, the call raises.
+  ``resolve_impl`` / ``auto_choice`` tell which implementation a call will
+  use, and the first resolution per backend and length bucket is logged.
 """
 from __future__ import annotations
 
@@ -35,6 +37,28 @@ _reference_step = jax.jit(reference.gated_delta_step_reference, static_argnames=
 _LOGGED: set[tuple[str, str]] = set()
 
 
+# impl="auto" on CPU: T up to the key -> (implementation, chunk size), the
+# fastest exact choice by fwd+bwd process CPU time at the training window shapes
+# (B=128, H=2, Dk=Dv=32 at T = 16, 24, 32, 64; B=128, H=4, Dk=Dv=64 at T = 75 for
+# the 96 bucket). Candidates: the per-token reference and chunked at C = 8, 16,
+# 32, 64 (capped at T). The reference lost at every length (fwd+bwd 2.7-3.9x
+# slower than the winner); between chunk sizes the gaps were 5-25%.
+# Measured 2026-11-29 on the 2-core x86-64 dev machine (jax 0.10.2, XLA
+# single-threaded, both cores busy with other jobs, load ~12: CPU time, not
+# wall-clock, is the criterion) by
+#   XLA_FLAGS="--xla_cpu_multi_thread_eigen=false intra_op_parallelism_threads=1" \
+#     python -m launch.bench kernels --auto-table-only
+# which prints every candidate's times and the dict to paste here. Re-measure
+# after changing chunked.py or reference.py.
+AUTO_TABLE_CPU: dict[int, tuple[str, int | None]] = {
+    16: ("chunked", 16), 24: ("chunked", 24), 32: ("chunked", 32), 64: ("chunked", 16), 96: ("chunked", 16),
+}
+# Longer sequences: measured at B=4, T=2048, H=4, Dk=Dv=64 (C = 32 fwd+bwd 177 ms
+# CPU time vs 188 ms at C = 16 and 379 ms for the chunk-parallel form at C = 64).
+LONG_CHUNK_CPU = 32
+_GPU_TPU = ("gpu", "cuda", "rocm", "tpu")
+
+
 class Impl(enum.Enum):
   """Implementation of the gated delta rule."""
   AUTO = "auto"
@@ -43,7 +67,36 @@ class Impl(enum.Enum):
   PALLAS = "pallas"
 
 
-def resolve_impl(impl: str | Impl = "auto", backend: str | None = None) -> Impl:
+def auto_choice(t: int | None, backend: str | None = None) -> tuple[Impl, int | None]:
+  """What ``impl="auto"`` runs for a sequence of ``t`` tokens.
+
+  Args:
+    t: sequence length; ``None`` means a long sequence.
+    backend: platform name; ``None`` means ``jax.default_backend()``.
+
+  Returns:
+    ``(impl, chunk_size)``: ``(Impl.PALLAS, None)`` on gpu / tpu (the caller's
+    chunk size applies); on cpu the row of ``AUTO_TABLE_CPU`` for ``t``
+    (``chunk_size`` ``None`` for the reference).
+  """
+  backend = jax.default_backend() if backend is None else backend
+  if backend in _GPU_TPU:
+    choice, bucket = (Impl.PALLAS, None), None
+  else:
+    bucket = next((key for key in sorted(AUTO_TABLE_CPU) if t is not None and t <= key), None)
+    if bucket is None:
+      choice = (Impl.CHUNKED, LONG_CHUNK_CPU)
+    else:
+      name, chunk = AUTO_TABLE_CPU[bucket]
+      choice = (Impl(name), chunk)
+  if (backend, bucket, choice) not in _LOGGED:
+    _LOGGED.add((backend, bucket, choice))
+    _LOG.info("gated_delta_rule: impl='auto' with T=%s resolved to %r (chunk %s) on backend %r", t,
+              choice[0].value, choice[1], backend)
+  return choice
+
+
+def resolve_impl(impl: str | Impl = "auto", backend: str | None = None, t: int | None = None) -> Impl:
   """Returns the concrete implementation that ``impl`` stands for.
 
   Args:
@@ -51,6 +104,8 @@ def resolve_impl(impl: str | Impl = "auto", backend: str | None = None) -> Impl:
       ``"pallas"``.
     backend: platform name (``"cpu"``, ``"gpu"``, ``"tpu"``); ``None`` means
       ``jax.default_backend()``.
+    t: sequence length, which ``"auto"`` on cpu chooses by (``auto_choice``);
+      ``None`` means a long sequence.
 
   Returns:
     ``Impl.REFERENCE``, ``Impl.CHUNKED`` or ``Impl.PALLAS`` (never ``AUTO``).
@@ -66,12 +121,7 @@ def resolve_impl(impl: str | Impl = "auto", backend: str | None = None) -> Impl:
     raise ValueError(f"impl must be an Impl or one of {[m.value for m in Impl]}, got {impl!r}")
   if resolved is not Impl.AUTO:
     return resolved
-  backend = jax.default_backend() if backend is None else backend
-  resolved = Impl.PALLAS if backend in ("gpu", "cuda", "rocm", "tpu") else Impl.CHUNKED
-  if (backend, resolved.value) not in _LOGGED:
-    _LOGGED.add((backend, resolved.value))
-    _LOG.info("gated_delta_rule: impl='auto' resolved to %r on backend %r", resolved.value, backend)
-  return resolved
+  return auto_choice(t, backend)[0]
 
 
 def _pallas_rule():
@@ -86,7 +136,7 @@ def _pallas_rule():
 
 
 def gated_delta_rule(q, k, v, log_alpha, beta, *, initial_state=None, scale=None, impl="auto",
-                     chunk_size=64):
+                     chunk_size=None):
   """Gated delta rule over a sequence.
 
   Per token (per batch element and head, state ``S`` of shape ``[Dk, Dv]``)::
@@ -104,8 +154,12 @@ def gated_delta_rule(q, k, v, log_alpha, beta, *, initial_state=None, scale=None
     initial_state: ``[B, H, Dk, Dv]`` (held in float32), or ``None`` for zeros.
     scale: query scale, a static real number; ``None`` means ``Dk ** -0.5``.
     impl: an ``Impl`` or its string value (see the module docstring).
-    chunk_size: tokens per chunk for the chunked and Pallas forms (``>= 1``).
-      The result does not depend on it beyond float rounding.
+    chunk_size: tokens per chunk for the chunked and Pallas forms (``>= 1``),
+      or ``None`` for the default (Pallas: 64; chunked: the measured choice
+      for ``T``, see ``AUTO_TABLE_CPU``). ``impl="auto"`` on cpu takes its
+      chunk size from the table and does not read this; on gpu / tpu it is
+      the Pallas chunk. The result does not depend on it beyond float
+      rounding.
 
   Returns:
     ``(o, final_state)``: ``o`` is ``[B, T, H, Dv]`` in ``v``'s dtype,
@@ -120,12 +174,20 @@ def gated_delta_rule(q, k, v, log_alpha, beta, *, initial_state=None, scale=None
     ImportError: if ``impl`` resolves to ``"pallas"`` and the kernels are not
       available (no silent fallback).
   """
+  if chunk_size is not None:
+    checks.check_chunk_size(chunk_size)
   resolved = resolve_impl(impl)
-  checks.check_chunk_size(chunk_size)
   checks.check_scale(scale)
   checks.check_sequence_inputs(q, k, v, log_alpha, beta, initial_state)
   checks.check_log_alpha_values(log_alpha)
   scale = None if scale is None else float(scale)
+  t = q.shape[1]
+  if impl in (Impl.AUTO, Impl.AUTO.value):
+    resolved, auto_chunk = auto_choice(t)
+    if resolved is not Impl.PALLAS:
+      chunk_size = auto_chunk
+  if resolved is Impl.CHUNKED and chunk_size is None:
+    chunk_size = auto_choice(t, "cpu")[1] or LONG_CHUNK_CPU
   if resolved is Impl.REFERENCE:
     return _reference_rule(q, k, v, log_alpha, beta, initial_state=initial_state, scale=scale)
   if resolved is Impl.CHUNKED:
@@ -136,7 +198,7 @@ def gated_delta_rule(q, k, v, log_alpha, beta, *, initial_state=None, scale=None
   # cpu (pallas.resolve_interpret). To debug a kernel on a GPU/TPU host, call
   # pallas.gated_delta_rule_pallas(..., interpret=True) directly.
   return rule(q, k, v, log_alpha, beta, initial_state=initial_state, scale=scale,
-              chunk_size=int(chunk_size), interpret=None)
+              chunk_size=64 if chunk_size is None else int(chunk_size), interpret=None)
 
 
 def gated_delta_step(q, k, v, log_alpha, beta, state, *, scale=None):

@@ -39,9 +39,15 @@ def _check_equal(shape, expected, name: str, legend: str, against: str) -> None:
                      f"got {tuple(shape)}")
 
 
+# jax.core.Tracer is public in jax 0.10-0.11; guarded in case a release drops the alias.
+_TRACER = getattr(jax.core, "Tracer", None)
+if _TRACER is None:  # pragma: no cover
+  from jax._src.core import Tracer as _TRACER  # pylint: disable=g-import-not-at-top,protected-access
+
+
 def is_concrete(x) -> bool:
   """True when ``x`` holds values readable on the host (not a tracer)."""
-  return not isinstance(x, jax.core.Tracer)
+  return not isinstance(x, _TRACER)
 
 
 def check_log_alpha_values(log_alpha, name: str = "log_alpha") -> None:

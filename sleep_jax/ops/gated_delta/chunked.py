@@ -406,30 +406,9 @@ def _chunks_scan(q, k, v, g, beta, s0, scale, remat=True):
 FORMS = ("scan", "parallel")
 
 
-def _slabbed(fn, xs, s0, slab):
-  """Runs ``fn(*xs, s0)`` over slabs of ``slab`` rows of the leading ``z`` axis.
-
-  ``z`` (batch x heads) is padded with zero rows (``k = 0``, ``beta = 0``:
-  no write, zero output) to a multiple of ``slab``; the slabs run one after
-  another in a ``lax.map`` so that each slab's operands stay in cache.
-  """
-  z = s0.shape[0]
-  n_slabs = -(-z // slab)
-  pad = n_slabs * slab - z
-
-  def split(x):
-    if pad:
-      x = jnp.pad(x, [(0, pad)] + [(0, 0)] * (x.ndim - 1))
-    return x.reshape((n_slabs, slab) + x.shape[1:])
-
-  o, final = jax.lax.map(lambda args: fn(*args), tuple(split(x) for x in tuple(xs) + (s0,)))
-  merge = lambda x: x.reshape((n_slabs * slab,) + x.shape[2:])[:z]  # pylint: disable=unnecessary-lambda-assignment
-  return merge(o), merge(final)
-
-
-@functools.partial(jax.jit, static_argnames=("scale", "chunk_size", "use_custom_vjp", "form", "slab"))
+@functools.partial(jax.jit, static_argnames=("scale", "chunk_size", "use_custom_vjp", "form"))
 def gated_delta_rule_chunked(q, k, v, log_alpha, beta, *, initial_state=None, scale=None,
-                             chunk_size=64, use_custom_vjp=False, form="scan", slab=None):
+                             chunk_size=64, use_custom_vjp=False, form="scan"):
   """Gated delta rule over a sequence, chunked (WY / UT form).
 
   Same math and signature as ``reference.gated_delta_rule_reference`` (the
@@ -456,8 +435,6 @@ def gated_delta_rule_chunked(q, k, v, log_alpha, beta, *, initial_state=None, sc
       chunk math, rematerialised in the backward (``_chunks_scan``).
       ``"parallel"``: the chunk-parallel quantities for all chunks at once,
       then a scan over ``S_{n+1} = D_n S_n + E_n`` (``_forward_chunks``).
-    slab: with ``form="scan"``, process the ``B * H`` axis in slabs of this
-      many rows, one after another (``None``: all at once).
 
   Returns:
     ``(o, final_state)`` with ``o: [B, T, H, Dv]`` in ``v``'s dtype and
@@ -485,11 +462,7 @@ def gated_delta_rule_chunked(q, k, v, log_alpha, beta, *, initial_state=None, sc
   xs = tuple(_to_chunks(x, n, c) for x in xs)
   s0 = initial_state.astype(f32).reshape(b * h, dk, dv)
   if form == "scan":
-    fn = functools.partial(_chunks_scan, scale=scale)
-    if slab is not None and slab < b * h:
-      o, final = _slabbed(fn, xs, s0, int(slab))
-    else:
-      o, final = fn(*xs, s0)
+    o, final = _chunks_scan(*xs, s0, scale)
   else:
     fn = _chunks_custom_vjp if use_custom_vjp else _chunks_autodiff
     o, final = fn(*xs, s0, scale)

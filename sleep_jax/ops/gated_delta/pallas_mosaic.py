@@ -31,7 +31,9 @@ from jax.experimental.pallas import tpu as pltpu
 from sleep_jax.ops.gated_delta.pallas import chunk_backward, chunk_forward, out_struct
 
 _F32 = jnp.float32
-_SEMANTICS = pltpu.CompilerParams(dimension_semantics=("parallel", "arbitrary"))
+# jax 0.10-0.11: pltpu.CompilerParams; older releases: pltpu.TPUCompilerParams.
+_SEMANTICS = (getattr(pltpu, "CompilerParams", None) or getattr(pltpu, "TPUCompilerParams"))(
+    dimension_semantics=("parallel", "arbitrary"))
 
 
 def _chunk_spec(chunk, d, reverse, n_chunks):

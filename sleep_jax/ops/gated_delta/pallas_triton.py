@@ -26,10 +26,20 @@ from sleep_jax.ops.gated_delta.pallas import chunk_backward, chunk_forward, out_
 _F32 = jnp.float32
 
 
+def _triton_params_class():
+  # jax 0.10-0.11 name it pallas.triton.CompilerParams; older releases had
+  # pallas.gpu.TritonCompilerParams. Looked up lazily so importing never fails.
+  cls = getattr(pltriton, "CompilerParams", None)
+  if cls is None:
+    from jax.experimental.pallas import gpu as plgpu  # pylint: disable=import-outside-toplevel
+    cls = plgpu.TritonCompilerParams
+  return cls
+
+
 def _compiler_params(dk, dv):
   # The [Dk, Dv] state lives in registers; wider heads need more warps to hold
   # it without spilling. Untuned on hardware (none was available when written).
-  return pltriton.CompilerParams(num_warps=4 if dk * dv <= 64 * 64 else 8, num_stages=1)
+  return _triton_params_class()(num_warps=4 if dk * dv <= 64 * 64 else 8, num_stages=1)
 
 
 def _row_spec(t, d):
