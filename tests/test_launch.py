@@ -79,8 +79,11 @@ def test_one_step_other_tasks(tmp_path, name):
   assert result.step == 1 and 0.0 <= result.eval["accuracy"] <= 1.0
 
 
-@pytest.mark.parametrize("name", ["rule110_small", "rule110_paper", "depo_small", "depo_paper", "gsm_math_small",
-                                  "gsm_math_paper"])
+CONFIG_FILES = sorted(f[:-3] for f in os.listdir(os.path.join(REPO, "launch", "configs"))
+                      if f.endswith(".py") and f != "common.py")
+
+
+@pytest.mark.parametrize("name", CONFIG_FILES)
 def test_every_config_converts(name):
   exp = experiment.experiment_from_config(_config(name))
   assert exp.sleep.window == exp.task.window(exp.task_config)
