@@ -21,7 +21,7 @@ from sleep_jax.consolidate import sleep_consolidate
 from sleep_jax.fast_weights import FastWeights, init_fast_weights
 from sleep_jax.model import HybridLM
 from sleep_jax.retrofit import insert_gdn_blocks, with_passes
-from sleep_jax.session import SessionState, SleepSession
+from sleep_jax.session import SessionState, SessionStats, SleepSession
 from sleep_jax.windowed import (LossAux, WindowedLoss, WindowedOutput, schedule_from_mask, serving_schedule,
                                 windowed_forward, windowed_loss)
 
@@ -31,6 +31,7 @@ __all__ = [
     "LossAux",
     "ModelConfig",
     "SessionState",
+    "SessionStats",
     "SleepConfig",
     "SleepSession",
     "WindowedLoss",

@@ -40,6 +40,7 @@ import orbax.checkpoint as ocp
 from flax import nnx
 
 from sleep_jax.config import SleepConfig
+from sleep_jax.cost import decode_flops, window_flops
 from sleep_jax.fast_weights import FastWeights
 from sleep_jax.nn.attention import KVCache
 from sleep_jax.windowed import run_window
@@ -68,6 +69,41 @@ class SessionState:
   window_tokens: jax.Array
   position: jax.Array
   last_logits: jax.Array
+
+
+@dataclasses.dataclass(frozen=True)
+class SessionStats:
+  """Compute a session has spent since it was made (analytic FLOPs, see
+  ``sleep_jax.cost``), summed over its batch rows. Not saved with the state: a
+  restored session counts from zero.
+
+  Attributes:
+    tokens: tokens consumed (fed or generated), all rows together.
+    sleeps: windows slept on (each sleep covers every row).
+    passes: passes per slept window and row, wake pass included (the paper's
+      ``N``; under adaptive sleep, the mean of what ran).
+    wake_flops: FLOPs of the wake passes (one ordinary forward per token).
+    sleep_flops: FLOPs of sleeping: the sleep passes, plus re-running the wake
+      pass of a window that was streamed token by token (its hidden states are
+      not kept), without the output projection.
+  """
+  tokens: int
+  sleeps: int
+  passes: float
+  wake_flops: float
+  sleep_flops: float
+
+  @property
+  def wake_flops_per_token(self) -> float:
+    return self.wake_flops / max(self.tokens, 1)
+
+  @property
+  def sleep_flops_per_token(self) -> float:
+    return self.sleep_flops / max(self.tokens, 1)
+
+  @property
+  def flops_per_token(self) -> float:
+    return (self.wake_flops + self.sleep_flops) / max(self.tokens, 1)
 
 
 def init_session_state(model, sleep: SleepConfig, batch_size: int) -> SessionState:
@@ -170,6 +206,7 @@ class SleepSession:
   Attributes:
     sleep: the ``SleepConfig``.
     state: the current ``SessionState``.
+    stats: the compute spent so far (:class:`SessionStats`).
   """
 
   def __init__(self, model, sleep: SleepConfig, batch_size: int = 1, *, state: SessionState | None = None):
@@ -189,6 +226,36 @@ class SleepSession:
     self._sleep = functools.partial(_sleep_jit, self._graphdef, sleep)
     self._window = functools.partial(_window_jit, self._graphdef, sleep)
     self._begin = functools.partial(_begin_jit, self._graphdef, sleep)
+
+    # Compute accounting (see `stats`): host counters, plus the per-row pass
+    # counts of each sleep kept on the device (no sync per sleep).
+    self._token_flops = decode_flops(model.config, sleep)
+    self._window_flops = window_flops(model.config, sleep, sleep.window)
+    self._counts = {"tokens": 0, "sleeps": 0, "wake_flops": 0.0, "rerun_flops": 0.0}
+    self._pass_counts: list = []
+
+  def _count_sleep(self, passes, rerun: bool) -> None:
+    self._counts["sleeps"] += 1
+    if rerun and self.sleep.max_n_passes >= 2:
+      self._counts["rerun_flops"] += self.batch_size * self._window_flops.stack
+    self._pass_counts.append(passes)
+    if len(self._pass_counts) > 256:  # bounded host memory on long streams
+      self._pass_counts = [sum(jnp.sum(p) for p in self._pass_counts)]
+
+  @property
+  def stats(self) -> SessionStats:
+    """:class:`SessionStats` so far (reads the pass counts back from the device)."""
+    c = self._counts
+    total_passes = float(sum(np.sum(np.asarray(p)) for p in jax.device_get(self._pass_counts)))
+    rows = c["sleeps"] * self.batch_size
+    wf = self._window_flops
+    # Every slept row ran p >= 2 passes when N >= 2 (adaptive: at least one
+    # sleep pass), so its sleep FLOPs (p - 1) core + coda sum linearly.
+    sleep_flops = c["rerun_flops"]
+    if self.sleep.max_n_passes >= 2:
+      sleep_flops += (total_passes - rows) * wf.core + rows * wf.coda
+    return SessionStats(tokens=c["tokens"], sleeps=c["sleeps"], passes=total_passes / max(rows, 1),
+                        wake_flops=c["wake_flops"], sleep_flops=sleep_flops)
 
   @property
   def position(self) -> int:
@@ -253,6 +320,9 @@ class SleepSession:
         logits, self.state, passes = self._window(self._params, self.state, jnp.asarray(t[:, i:i + L]))
         self._pos += L
         i += L
+        self._counts["tokens"] += self.batch_size * L
+        self._counts["wake_flops"] += self.batch_size * self._window_flops.wake
+        self._count_sleep(passes, rerun=False)
         out.append(logits)
         self.state = self._begin(self._params, self.state)
         continue
@@ -267,9 +337,12 @@ class SleepSession:
     and starting a new window when this token fills one. Returns ``[B, V]``."""
     logits, self.state = self._decode(self._params, self.state, token)
     self._pos += 1
+    self._counts["tokens"] += self.batch_size
+    self._counts["wake_flops"] += self.batch_size * self._token_flops
     if self._pos % self.sleep.window == 0:
       self.state, passes = self._sleep(self._params, self.state)
       self.state = self._begin(self._params, self.state)
+      self._count_sleep(passes, rerun=True)
     return logits
 
   def generate(self, n_tokens: int) -> np.ndarray:
@@ -307,6 +380,7 @@ class SleepSession:
     context."""
     other = object.__new__(SleepSession)
     other.__dict__.update(self.__dict__)
+    other._counts, other._pass_counts = dict(self._counts), list(self._pass_counts)  # counts carry on apart
     return other
 
   # -- persistence ---------------------------------------------------------------------------------

@@ -52,6 +52,7 @@ from flax import nnx
 
 from sleep_jax.config import SleepConfig
 from sleep_jax.consolidate import sleep_consolidate
+from sleep_jax.cost import sequence_cost
 from sleep_jax.fast_weights import FastWeights, init_fast_weights
 
 
@@ -85,6 +86,9 @@ class LossAux:
     fast_weights: fast weights after the last window.
     passes: ``[B, n_windows]`` int32 passes per window (see
       :class:`WindowedOutput`).
+    cost: per-example ``[B]`` compute of the forward
+      (``cost.sequence_cost``: wake and sleep FLOPs, passes, windows slept,
+      ``N``); the train step reports it as ``sleep/*`` metrics.
   """
   logits: jax.Array
   token_loss: jax.Array
@@ -92,6 +96,7 @@ class LossAux:
   predictions: jax.Array
   fast_weights: FastWeights
   passes: jax.Array
+  cost: dict
 
 
 # -- schedule ---------------------------------------------------------------------------------------
@@ -374,7 +379,7 @@ def windowed_loss(model, batch: dict, sleep: SleepConfig, *,
   loss = jnp.sum(token_loss) / jnp.maximum(n_tokens, 1.0)
   aux = LossAux(logits=logits, token_loss=token_loss, n_tokens=n_tokens,
                 predictions=jnp.argmax(logits, axis=-1).astype(jnp.int32), fast_weights=out.fast_weights,
-                passes=out.passes)
+                passes=out.passes, cost=sequence_cost(model.config, sleep, tokens.shape[1], out.passes))
   return loss, aux
 
 

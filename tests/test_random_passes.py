@@ -11,7 +11,7 @@ from flax import nnx
 from sleep_jax.config import ModelConfig, SleepConfig
 from sleep_jax.model import HybridLM
 from sleep_jax.train import config as tcfg
-from sleep_jax.train import loop, parallel, state as tstate, step as tstep
+from sleep_jax.train import loop, metrics as metrics_lib, parallel, state as tstate, step as tstep
 from sleep_jax.windowed import WindowedLoss
 from train_helpers import SEQ, VOCAB, make_batch, make_grain_iter
 
@@ -77,8 +77,8 @@ def test_drawn_step_equals_fixed_step():
     np.testing.assert_array_equal(a, b)
   assert float(m_drawn["loss"]) == float(m_fixed["loss"])
   # The draw matters: the step that drew N = 1 computes another loss.
-  _, m_one = run(loss.for_step(s1, 0), s3)
-  assert float(m_one["loss"]) != float(m_drawn["loss"])
+  one = jax.jit(lambda st, b: loss.for_step(s1, 0)(tstate.merge_model(graphdef, st), b)[0])
+  assert float(one(state, batch)) != float(m_drawn["loss"])
   # Evaluation ignores the distribution: it runs at n_passes.
   assert loss.for_step(s3, 0).sleep.n_passes == 3 and loss.sleep.n_passes == 1
 
@@ -99,6 +99,12 @@ def test_resume_across_a_change_of_drawn_n_is_bit_exact(tmp_path, monkeypatch):
                                       checkpoint_every=3, num_devices=1, progress=False)
   straight = loop.train(spec, config(6), str(tmp_path / "straight"))
   assert len(built) == 2  # one compiled step per distinct N drawn
+  # The logged steps (3 and 6) report the N their step drew and what it cost.
+  recs = metrics_lib.read_jsonl(str(tmp_path / "straight" / "metrics.jsonl"), "train")
+  assert [r["sleep/n_passes"] for r in recs] == [sleep.draw_n_passes(seed, 2), sleep.draw_n_passes(seed, 5)]
+  for r in recs:
+    assert r["sleep/passes"] == r["sleep/n_passes"] and r["sleep/wake_flops"] > 0
+    assert (r["sleep/sleep_flops"] > 0) == (r["sleep/n_passes"] >= 2)
   loop.train(spec, config(3), str(tmp_path / "resumed"))
   resumed = loop.train(spec, config(6), str(tmp_path / "resumed"))
   assert resumed.resumed_from == 3

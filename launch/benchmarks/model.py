@@ -1,4 +1,5 @@
-"""The sleep model, side by side: ``python -m launch.bench model [--quick] [--skip-decode] [--skip-train]``.
+"""The sleep model, side by side: ``python -m launch.bench model [--quick] [--skip-decode] [--skip-train]
+[--skip-stream]``.
 
 (a) Per-token decode latency of the sleep model (``SleepSession``, hybrid
     attention/GDN, a ring KV cache of ``L`` slots) after contexts of 1k, 8k and
@@ -20,6 +21,14 @@
     matmul FLOPs in the differentiated jaxpr with every ``scan`` body
     multiplied by its length (the one the ratio uses). Prints time ratio /
     FLOP ratio (target: within 1.15).
+
+(c) Per-token latency of a stream that crosses many window boundaries: tokens
+    fed one at a time to a ``SleepSession`` (B = 1), each timed until the
+    session state is ready, so the token that fills a window pays for its
+    sleep (re-running the window's wake pass, then the sleep passes). Prints
+    p50 / p99 of the wake tokens and of the sleeping tokens separately, the
+    amortised latency, and the session's compute accounting per token
+    (``SleepSession.stats``: analytic wake and sleep FLOPs, passes per sleep).
 """
 from __future__ import annotations
 
@@ -33,43 +42,14 @@ import numpy as np
 from flax import nnx
 
 from sleep_jax.config import ModelConfig, SleepConfig
+from sleep_jax.cost import jaxpr_matmul_flops
 from sleep_jax.model import HybridLM
 from sleep_jax.session import SleepSession
 from sleep_jax.windowed import windowed_loss
 
 
 # -- FLOP counting ----------------------------------------------------------------------------------
-def _dot_flops(eqn) -> float:
-  (lc, rc), (lb, _) = eqn.params["dimension_numbers"]
-  lhs, rhs = (v.aval.shape for v in eqn.invars[:2])
-  contract = np.prod([lhs[i] for i in lc]) if lc else 1
-  batch = np.prod([lhs[i] for i in lb]) if lb else 1
-  lfree = np.prod([d for i, d in enumerate(lhs) if i not in lc and i not in lb])
-  rfree = np.prod([d for i, d in enumerate(rhs) if i not in rc and i not in eqn.params["dimension_numbers"][1][1]])
-  return 2.0 * batch * lfree * rfree * contract
-
-
-def jaxpr_matmul_flops(jaxpr) -> float:
-  """Matmul FLOPs of a (closed) jaxpr; scan bodies count ``length`` times, cond the max branch."""
-  jaxpr = getattr(jaxpr, "jaxpr", jaxpr)
-  total = 0.0
-  for eqn in jaxpr.eqns:
-    name = eqn.primitive.name
-    if name == "dot_general":
-      total += _dot_flops(eqn)
-    elif name == "scan":
-      total += eqn.params["length"] * jaxpr_matmul_flops(eqn.params["jaxpr"])
-    elif name == "cond":
-      total += max(jaxpr_matmul_flops(b) for b in eqn.params["branches"])
-    elif name == "while":
-      total += jaxpr_matmul_flops(eqn.params["body_jaxpr"])  # trip count unknown: once
-    else:
-      for key in ("jaxpr", "call_jaxpr", "fun_jaxpr"):
-        sub = eqn.params.get(key)
-        if sub is not None and hasattr(getattr(sub, "jaxpr", sub), "eqns"):
-          total += jaxpr_matmul_flops(sub)
-          break
-  return total
+# jaxpr_matmul_flops (sleep_jax.cost) counts every scan body times its length.
 
 
 def _xla_flops(compiled) -> float:
@@ -216,6 +196,47 @@ def bench_decode(contexts, window: int, n_passes: int, n_tokens: int, gdn_impl: 
         f"(target <= 1.1)")
 
 
+# -- (c) streaming latency across window boundaries -------------------------------------------------
+def bench_stream(window: int, n_passes: int, n_windows: int, gdn_impl: str, halt_tol: float | None = None) -> None:
+  cfg = ModelConfig(vocab_size=256, d_model=256, n_layers=4, n_heads=4, head_dim=64, gdn_head_dim=64,
+                    gdn_impl=gdn_impl)
+  if halt_tol is None:
+    sleep = SleepConfig(window=window, n_passes=n_passes)
+    how = f"N={n_passes}"
+  else:
+    sleep = SleepConfig(window=window, halt_tol=halt_tol, max_passes=n_passes)
+    how = f"adaptive halt_tol={halt_tol}, max N={n_passes}"
+  session = SleepSession(HybridLM(cfg, rngs=nnx.Rngs(0)), sleep)
+  rng = np.random.default_rng(0)
+  warm = session.fork()
+  for t in rng.integers(0, 256, window + 1):  # compile decode, sleep and window start
+    jax.block_until_ready(warm.feed(np.int32(t)))
+  jax.block_until_ready(warm.state)
+  wake, sleeping = [], []
+  t_all = time.perf_counter()
+  for t in rng.integers(0, 256, n_windows * window):
+    t0 = time.perf_counter()
+    session.feed(np.int32(t))
+    # The state, not only the logits: the token that fills a window pays for its sleep.
+    jax.block_until_ready(session.state)
+    dt = time.perf_counter() - t0
+    (sleeping if session.position % window == 0 else wake).append(dt)
+  total = time.perf_counter() - t_all
+  stats = session.stats
+  print(f"\n(c) streaming latency, B=1, d=256, 4 layers {cfg.block_types}, L={window}, {how}: "
+        f"{stats.tokens} tokens one at a time, {stats.sleeps} window boundaries, backend={jax.default_backend()}")
+  pct = lambda xs, q: float(np.percentile(np.asarray(xs) * 1e3, q))
+  print(f"{'tokens':>16} {'count':>6} {'p50 ms':>9} {'p99 ms':>9} {'max ms':>9}")
+  for name, xs in (("wake", wake), ("sleeping", sleeping), ("all", wake + sleeping)):
+    print(f"{name:>16} {len(xs):>6} {pct(xs, 50):>9.2f} {pct(xs, 99):>9.2f} {pct(xs, 100):>9.2f}")
+  print(f"amortised: {total / stats.tokens * 1e3:.2f} ms/token; sleeping token / wake p50 = "
+        f"{pct(sleeping, 50) / pct(wake, 50):.1f}x")
+  print(f"compute (analytic, SleepSession.stats): passes per sleep {stats.passes:.2f}; per token: wake "
+        f"{stats.wake_flops_per_token / 1e6:.2f} MFLOP, sleep {stats.sleep_flops_per_token / 1e6:.2f} MFLOP "
+        f"(sleep/wake {stats.sleep_flops / stats.wake_flops:.2f}); achieved "
+        f"{(stats.wake_flops + stats.sleep_flops) / total / 1e9:.2f} GFLOP/s")
+
+
 def main(argv: list[str]) -> int:
   parser = argparse.ArgumentParser(prog="python -m launch.bench model", description=__doc__.splitlines()[0])
   parser.add_argument("--quick", action="store_true", help="small run: contexts 1k/8k, N in 1,2, batch 2")
@@ -223,6 +244,11 @@ def main(argv: list[str]) -> int:
   parser.add_argument("--skip-train", action="store_true")
   parser.add_argument("--gdn-impl", default="auto", choices=["auto", "reference", "chunked", "pallas"])
   parser.add_argument("--window", type=int, default=1024, help="L of the sleep model in (a)")
+  parser.add_argument("--skip-stream", action="store_true")
+  parser.add_argument("--stream-window", type=int, default=128, help="L in (c)")
+  parser.add_argument("--stream-windows", type=int, default=16, help="windows streamed in (c)")
+  parser.add_argument("--stream-passes", type=int, default=4, help="N (or the adaptive cap) in (c)")
+  parser.add_argument("--halt-tol", type=float, default=None, help="adaptive sleep in (c)")
   args = parser.parse_args(argv)
   if not args.skip_decode:
     contexts = (1024, 8192) if args.quick else (1024, 8192, 65536)
@@ -230,4 +256,7 @@ def main(argv: list[str]) -> int:
   if not args.skip_train:
     passes = (1, 2) if args.quick else (1, 2, 4)
     bench_train(passes, 2 if args.quick else 8, 3 if args.quick else 5, args.gdn_impl)
+  if not args.skip_stream:
+    bench_stream(64 if args.quick else args.stream_window, args.stream_passes, 6 if args.quick else args.stream_windows,
+                 args.gdn_impl, args.halt_tol)
   return 0

@@ -69,7 +69,10 @@ class RunSpec:
       iterator has ``get_state()`` / ``set_state()``.
     eval_data: ``() -> iterable`` of numpy eval batches, or ``None``.
     evaluator: ``() -> Evaluator`` (``update`` / ``result``), or ``None``.
-    sleep_cost: ``loss_mask -> dict`` of sleep-cost metrics, or ``None``.
+    sleep_cost: ``loss_mask -> dict`` of sleep-cost metrics, or ``None``
+      (host-side, fixed ``N``; where the loss reports its compute, e.g.
+      ``windowed_loss``, the step's ``sleep/*`` metrics override clashing
+      keys).
     meta: JSON-able run description saved with every checkpoint.
   """
   model_factory: Callable
@@ -216,11 +219,17 @@ def train(spec: RunSpec, config: TrainConfig, workdir: str) -> TrainResult:
     if log_now:
       elapsed = max(time.perf_counter() - window_start, 1e-9)
       rec = metrics_lib.to_python(m)
+      if rec.get("sleep/wake_flops"):
+        # The step's own accounting (what ran, whatever N was drawn or
+        # adaptive sleep chose) wins over the host-side fixed-N sleep_cost.
+        rec["sleep/compute_ratio"] = 1.0 + rec["sleep/sleep_flops"] / rec["sleep/wake_flops"]
+      else:  # the loss reports no compute
+        rec = {k: v for k, v in rec.items() if k not in step_lib.COST_METRICS}
+      if spec.sleep_cost is not None:
+        rec = {**spec.sleep_cost(batch["loss_mask"]), **rec}
       rec.update({"kind": "train", "step": s + 1, "tokens": tokens_seen(s + 1),
                   "steps_per_s": window_steps / elapsed,
                   "tokens_per_s": window_steps * config.batch_size * seq_len / elapsed})
-      if spec.sleep_cost is not None:
-        rec.update(spec.sleep_cost(batch["loss_mask"]))
       if spec.evaluator is not None and "predictions" in last_m:
         ev = spec.evaluator()
         ev.update(batch, parallel.local_rows(last_m["predictions"]), parallel.local_rows(last_m["token_loss"]))

@@ -8,7 +8,10 @@ non-finite values and applies the optimizer.
 Contract of ``loss_fn``: ``loss`` is the mean over the positions where
 ``batch["loss_mask"]`` is 1 (so shards can be re-weighted exactly by their token
 counts); ``aux`` may carry ``predictions`` and ``token_loss`` ([B, T]) as
-attributes or dict keys, which are passed through for the task evaluator.
+attributes or dict keys, which are passed through for the task evaluator, and
+``cost``, a dict of per-example ``[B]`` compute (``sleep_jax.cost.sequence_cost``,
+as ``windowed_loss`` gives), reduced over the global batch into the
+``sleep/*`` metrics (:data:`COST_METRICS`).
 """
 from __future__ import annotations
 
@@ -23,7 +26,12 @@ from sleep_jax.train.state import TrainState, merge_model
 
 LossFn = Callable[..., tuple[jax.Array, Any]]
 
-SCALAR_METRICS = ("loss", "grad_norm", "n_tokens", "loss_finite", "grads_finite")
+# Compute of the step, from aux["cost"] (zeros when the loss reports none):
+# total wake and sleep FLOPs over the global batch, the mean passes per window
+# that slept (wake pass included: the paper's N, averaged under adaptive sleep),
+# windows slept per sequence, and the step's N (a randomised N's draw).
+COST_METRICS = ("sleep/wake_flops", "sleep/sleep_flops", "sleep/passes", "sleep/sleep_windows", "sleep/n_passes")
+SCALAR_METRICS = ("loss", "grad_norm", "n_tokens", "loss_finite", "grads_finite") + COST_METRICS
 PER_EXAMPLE_OUTPUTS = ("predictions", "token_loss")
 
 
@@ -44,6 +52,19 @@ def _per_example(aux, batch) -> dict:
   return out
 
 
+def _cost_metrics(aux, batch, axis_name) -> dict:
+  cost = _aux_get(aux, "cost") or {}
+  keys = ("wake_flops", "sleep_flops", "sleep_passes", "sleep_windows", "n_passes")
+  sums = {k: jnp.sum(jnp.asarray(cost[k], jnp.float32)) if k in cost else jnp.zeros((), jnp.float32) for k in keys}
+  sums["examples"] = jnp.asarray(jnp.shape(batch["loss_mask"])[0], jnp.float32)
+  if axis_name:
+    sums = lax.psum(sums, axis_name)
+  examples = jnp.maximum(sums["examples"], 1.0)
+  return {"sleep/wake_flops": sums["wake_flops"], "sleep/sleep_flops": sums["sleep_flops"],
+          "sleep/passes": sums["sleep_passes"] / jnp.maximum(sums["sleep_windows"], 1.0),
+          "sleep/sleep_windows": sums["sleep_windows"] / examples, "sleep/n_passes": sums["n_passes"] / examples}
+
+
 def make_train_step(loss_fn: LossFn, tx: optax.GradientTransformation, graphdef, *,
                     schedules: dict[str, Callable] | None = None, axis_name: str | None = None,
                     with_rng: bool = False) -> Callable[[TrainState, dict], tuple[TrainState, dict]]:
@@ -62,8 +83,9 @@ def make_train_step(loss_fn: LossFn, tx: optax.GradientTransformation, graphdef,
   Returns:
     ``train_step(state, batch) -> (state, metrics)``. ``metrics`` holds the
     scalars ``loss`` (global masked mean), ``grad_norm`` (before clipping),
-    ``n_tokens``, ``loss_finite``, ``grads_finite``, ``lr/<group>``, and
-    per-example ``predictions`` / ``token_loss`` (zeros when ``aux`` lacks them). A step
+    ``n_tokens``, ``loss_finite``, ``grads_finite``, ``lr/<group>``, the
+    compute accounting :data:`COST_METRICS`, and per-example ``predictions``
+    / ``token_loss`` (zeros when ``aux`` lacks them). A step
     whose loss or gradients are not finite leaves params and optimizer state
     unchanged (the host stops the run; see ``loop.py``).
   """
@@ -106,6 +128,7 @@ def make_train_step(loss_fn: LossFn, tx: optax.GradientTransformation, graphdef,
                "loss_finite": loss_finite, "grads_finite": grads_finite}
     for name, sched in schedules.items():
       metrics[f"lr/{name}"] = jnp.asarray(sched(state.step), jnp.float32)
+    metrics.update(_cost_metrics(aux, batch, axis_name))
     metrics.update(_per_example(aux, batch))
     return new_state, metrics
 

@@ -1,0 +1,203 @@
+"""Compute accounting: analytic FLOPs of the wake and sleep passes.
+
+What runs (``windowed.run_window``, ``session.SleepSession``):
+
+* **wake**: every window runs every block once over its tokens, plus the
+  output projection when logits are computed; a streamed token runs every
+  block once against the ring cache of ``L`` slots, plus the output
+  projection.
+* **sleep**: a window that slept for ``p`` passes (the paper's count, wake
+  pass included, per example under adaptive sleep) adds ``p - 1`` passes of
+  the looped core and one more of the coda when ``p >= 2``; ``p = 1``
+  (``N = 1``) and ``N = 0`` (forget the window) add nothing. A session that
+  streamed a window token by token re-runs its wake pass (without the output
+  projection) before the sleep passes, since the streamed hidden states are
+  not kept; that re-run counts as sleep compute.
+
+Conventions (those of the launch sweep's compute axis): forward FLOPs, a
+multiply-add is 2 FLOPs; per token and block:
+
+* attention: projections ``8 d H Dh``; scores and values ``4 H Dh S`` over the
+  ``S`` key slots the dense kernel computes, masked ones included (the
+  window's width, plus the kept prefix of ``L`` slots under sliding eviction;
+  ``L`` ring slots when decoding);
+* Gated DeltaNet: projections ``2 d H (2 Dk + 3 Dv + 2)`` (q, k, v, g, o, a,
+  b), short convolution ``2 K H (2 Dk + Dv)``, recurrence ``8 H Dk Dv`` (decay,
+  read ``S k``, rank-one write, read ``S q``: the per-token form; the chunked
+  kernels spend somewhat more);
+* SwiGLU ``6 d F``; output projection ``2 d V`` per token.
+
+Norms, activations, gates, softmax, RoPE and the embedding lookup are not
+counted. ``matmul_only=True`` drops the convolution and the recurrence's decay
+term: that is exactly the ``dot_general`` FLOPs of the program with the
+reference gated delta rule, which :func:`jaxpr_matmul_flops` counts and the
+tests compare against.
+
+Adaptive sleep is counted per example (each example's own passes). The
+batched masked scan executes, per window, the largest count in the batch for
+every example (halted examples compute and discard) unless the whole batch has
+halted.
+"""
+from __future__ import annotations
+
+import dataclasses
+import math
+
+import jax
+import jax.numpy as jnp
+
+from sleep_jax.config import ModelConfig, SleepConfig
+
+
+def block_flops(config: ModelConfig, kind: str, keys: int, *, matmul_only: bool = False) -> float:
+  """Forward FLOPs of one block for one token.
+
+  Args:
+    config: the model.
+    kind: "attn" or "gdn".
+    keys: key slots each attention query is scored against (ignored for GDN).
+    matmul_only: count matrix products only (see the module docstring).
+
+  Returns:
+    FLOPs (mixer and MLP).
+
+  Raises:
+    ValueError: for an unknown block kind.
+  """
+  d = config.d_model
+  mlp = 6 * d * config.mlp_width
+  if kind == "attn":
+    hd = config.n_heads * config.head_dim
+    return float(8 * d * hd + 4 * hd * keys + mlp)
+  if kind == "gdn":
+    h, dk, dv = config.num_gdn_heads, config.gdn_head_dim, config.gdn_v_dim
+    proj = 2 * d * h * (2 * dk + 3 * dv + 2)
+    if matmul_only:
+      return float(proj + 6 * h * dk * dv + mlp)
+    conv = 2 * config.conv_size * h * (2 * dk + dv)
+    return float(proj + conv + 8 * h * dk * dv + mlp)
+  raise ValueError(f"unknown block kind {kind!r}")
+
+
+def blocks_flops(config: ModelConfig, start: int, stop: int, keys: int, *, matmul_only: bool = False) -> float:
+  """Forward FLOPs per token of blocks ``[start, stop)``."""
+  return sum(block_flops(config, k, keys, matmul_only=matmul_only) for k in config.block_types[start:stop])
+
+
+def unembed_flops(config: ModelConfig) -> float:
+  """Output projection FLOPs per token."""
+  return float(2 * config.d_model * config.vocab_size)
+
+
+@dataclasses.dataclass(frozen=True)
+class WindowFlops:
+  """Forward FLOPs of one example over one window.
+
+  Attributes:
+    width: tokens in the window.
+    stack: one pass of every block (the wake pass without the output projection).
+    unembed: the output projection over the window.
+    core: one pass of the looped core.
+    coda: one pass of the coda.
+  """
+  width: int
+  stack: float
+  unembed: float
+  core: float
+  coda: float
+
+  @property
+  def wake(self) -> float:
+    """The wake pass with its logits."""
+    return self.stack + self.unembed
+
+  def sleep(self, passes):
+    """Sleep FLOPs of ``passes`` (the paper's count; an int or an array): ``(p - 1) core + coda`` for ``p >= 2``."""
+    extra = passes - 1
+    return (extra * self.core + self.coda) * (extra > 0)
+
+
+def window_flops(config: ModelConfig, sleep: SleepConfig, width: int, *, matmul_only: bool = False) -> WindowFlops:
+  """:class:`WindowFlops` of a window of ``width`` tokens (keys: the window, plus ``L`` kept under sliding)."""
+  keys = width + (sleep.window if sleep.eviction == "sliding" else 0)
+  c0, c1 = config.core_range
+  per = lambda a, z: width * blocks_flops(config, a, z, keys, matmul_only=matmul_only)
+  n = len(config.block_types)
+  return WindowFlops(width=width, stack=per(0, n), unembed=width * unembed_flops(config), core=per(c0, c1),
+                     coda=per(c1, n))
+
+
+def decode_flops(config: ModelConfig, sleep: SleepConfig, *, matmul_only: bool = False) -> float:
+  """Forward FLOPs of one streamed token (every block against ``L`` ring slots, plus the logits)."""
+  n = len(config.block_types)
+  return blocks_flops(config, 0, n, sleep.window, matmul_only=matmul_only) + unembed_flops(config)
+
+
+def sequence_cost(config: ModelConfig, sleep: SleepConfig, length: int, passes, *, with_logits: bool = True,
+                  matmul_only: bool = False) -> dict[str, jax.Array]:
+  """Per-example compute of ``windowed_forward`` from the passes it reports.
+
+  Args:
+    config: the model.
+    sleep: the sleep configuration the forward ran with.
+    length: ``T``.
+    passes: ``[B, n_windows]`` int, ``WindowedOutput.passes`` (0: the window
+      did not sleep).
+    with_logits: the wake passes computed logits.
+    matmul_only: count matrix products only (see the module docstring).
+
+  Returns:
+    ``[B]`` float32 arrays: ``wake_flops``, ``sleep_flops``, ``sleep_passes``
+    (passes summed over the windows that slept), ``sleep_windows`` (windows
+    that slept) and ``n_passes`` (the configured ``N``, or the adaptive cap).
+  """
+  passes = jnp.asarray(passes)
+  spans = [(a, min(a + sleep.window, length)) for a in range(0, length, sleep.window)]
+  if passes.shape[-1] != len(spans):
+    raise ValueError(f"passes must have one column per window ({len(spans)}), got shape {passes.shape}")
+  b = passes.shape[0]
+  wake = 0.0
+  slept = jnp.zeros((b,), jnp.float32)
+  for w, (a, z) in enumerate(spans):
+    wf = window_flops(config, sleep, z - a, matmul_only=matmul_only)
+    wake += wf.wake if with_logits else wf.stack
+    slept = slept + wf.sleep(passes[:, w].astype(jnp.float32))
+  f32 = lambda x: jnp.asarray(x, jnp.float32)
+  return {"wake_flops": jnp.full((b,), wake, jnp.float32), "sleep_flops": slept,
+          "sleep_passes": f32(jnp.sum(passes, axis=1)), "sleep_windows": f32(jnp.sum(passes > 0, axis=1)),
+          "n_passes": jnp.full((b,), sleep.max_n_passes, jnp.float32)}
+
+
+# -- counting from the program (the reference the analytic count is tested against) ----------------
+def _dot_flops(eqn) -> float:
+  (lc, rc), (lb, rb) = eqn.params["dimension_numbers"]
+  lhs, rhs = (v.aval.shape for v in eqn.invars[:2])
+  contract = math.prod(lhs[i] for i in lc)
+  batch = math.prod(lhs[i] for i in lb)
+  lfree = math.prod(d for i, d in enumerate(lhs) if i not in lc and i not in lb)
+  rfree = math.prod(d for i, d in enumerate(rhs) if i not in rc and i not in rb)
+  return 2.0 * batch * lfree * rfree * contract
+
+
+def jaxpr_matmul_flops(jaxpr) -> float:
+  """``dot_general`` FLOPs of a (closed) jaxpr: ``scan`` bodies count ``length`` times, ``cond`` its
+  dearest branch, a ``while`` body once (its trip count is unknown)."""
+  jaxpr = getattr(jaxpr, "jaxpr", jaxpr)
+  total = 0.0
+  for eqn in jaxpr.eqns:
+    name = eqn.primitive.name
+    if name == "dot_general":
+      total += _dot_flops(eqn)
+    elif name == "scan":
+      total += eqn.params["length"] * jaxpr_matmul_flops(eqn.params["jaxpr"])
+    elif name == "cond":
+      total += max(jaxpr_matmul_flops(b) for b in eqn.params["branches"])
+    elif name == "while":
+      total += jaxpr_matmul_flops(eqn.params["body_jaxpr"])
+    else:
+      for key in ("jaxpr", "call_jaxpr", "fun_jaxpr"):
+        sub = eqn.params.get(key)
+        if sub is not None and hasattr(getattr(sub, "jaxpr", sub), "eqns"):
+          total += jaxpr_matmul_flops(sub)
+          break
+  return total
