@@ -145,7 +145,10 @@ class SleepConfig:
     remat_windows: checkpoint each window (activation memory O(1) in ``T/L``).
     grad_passes: backpropagate only through the last ``k`` of the ``N``
       passes of each sleeping window, counting the wake pass as pass 1
-      (``None`` or ``k >= N``: all passes, as in the paper).
+      (``None`` or ``k >= N``: all passes, as in the paper). Under adaptive
+      sleep ``N`` is the cap and the cut sits at a fixed pass index, so an
+      example that halted before it passes no gradient back through this
+      window's sleep (nor, through ``S``, to earlier windows).
     replay: a control, not the paper's method. Every sleep pass re-reads the
       window (it consumes the looped core's wake-pass *input*, i.e. the
       embedded tokens after the prelude) instead of the previous pass's hidden
@@ -165,6 +168,10 @@ class SleepConfig:
       the core's GDN states of that example. At least one sleep pass runs
       (``N >= 2``), at most :attr:`max_n_passes`; examples halt independently.
       ``0`` never halts (the same numbers as fixed ``N = max_n_passes``).
+      Works in training (differentiable), evaluation and serving alike; the
+      passes each example ran are reported (``WindowedOutput.passes``, the
+      ``sleep/passes`` training metric, ``SleepSession.stats``). Batched, it
+      saves compute only once every example of the batch has halted.
     max_passes: with ``halt_tol``, the most passes a sleeping window runs,
       paper's count (``None``: ``n_passes``, which adaptive sleep otherwise
       ignores).
