@@ -6,7 +6,6 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 import pytest
-from flax import nnx
 
 from sleep_jax.config import ModelConfig, SleepConfig
 from sleep_jax.model import HybridLM
