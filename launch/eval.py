@@ -38,7 +38,6 @@ _BATCHES = flags.DEFINE_integer("eval_batches", 0, "Eval batches (0: the whole e
 _OVERRIDE = flags.DEFINE_multi_string("override", [], "Deprecated spelling of --config.key.path=value.")
 _N_PASSES = flags.DEFINE_list("n_passes", [], "Evaluate at each of these sleep-pass counts N (e.g. 1,2,4,8).")
 _OUTPUT = flags.DEFINE_string("output", None, "JSON output path.")
-_CPU_DEVICES = flags.DEFINE_integer("cpu_devices", None, "Fake this many CPU devices.")
 _CONFIG_HELP = "The run's config.json; --config.a.b=value changes a field for this evaluation."
 
 
@@ -125,14 +124,10 @@ def main(argv):
     raise app.UsageError(f"unexpected arguments: {argv[1:]}")
   if not _WORKDIR.value:
     raise app.UsageError("--workdir is required")
-  if _CPU_DEVICES.value:
-    import jax
-    jax.config.update("jax_num_cpu_devices", _CPU_DEVICES.value)
-  cli.setup_compilation_cache()
+  cli.setup()
   import tasks
   from sleep_jax.train import checkpoint as ckpt_lib
 
-  cli.quiet_logging()
   if _OVERRIDE.value:
     logging.warning("--override is deprecated; use --config.%s", _OVERRIDE.value[0])
   overrides = _config_overrides(sys.argv[1:])
@@ -182,4 +177,4 @@ def main(argv):
 
 
 if __name__ == "__main__":
-  app.run(lambda argv: sys.exit(main(argv)), flags_parser=parse_flags)
+  cli.run(main, flags_parser=parse_flags)

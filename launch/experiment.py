@@ -1,19 +1,31 @@
-"""Experiments: a launch ConfigDict resolved into the library's frozen dataclasses.
+"""Experiments: a launch ConfigDict resolved into the library's frozen dataclasses, and run.
 
 ``launch/train.py``, ``launch/eval.py`` and ``launch/sweep.py`` share this; the
-library never reads flags or ConfigDicts.
+library never reads flags or ConfigDicts. A run's ``config.json`` is
+``launch/run_config.py``; the check that every batch sleeps on the windows the
+step was compiled for is ``sleep_jax.windowed.CheckedSchedule``.
 """
 from __future__ import annotations
 
-import ast
 import dataclasses
-import json
 import os
 from typing import Any
 
 from ml_collections import config_dict
 
-from launch.tables import depth_table  # noqa: F401  (its old home; the tables live in launch/tables.py)
+from launch import run_config
+from launch.run_config import as_tuples as _tuples
+# Their old home: the names below are re-exported from where they live now.
+from launch.run_config import apply_overrides, load_run_config  # noqa: F401
+from launch.tables import depth_table  # noqa: F401
+
+
+def __getattr__(name: str):
+  # Imported on use: importing sleep_jax (jax, flax) here would slow every `import launch.experiment`.
+  if name == "CheckedSchedule":
+    from sleep_jax.windowed import CheckedSchedule
+    return CheckedSchedule
+  raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -56,12 +68,6 @@ def _build(cls, section: str, fields: dict):
   return cls(**fields)
 
 
-def _tuples(x):
-  if isinstance(x, list):
-    return tuple(_tuples(v) for v in x)
-  return x
-
-
 # Why a task fixes its window and eviction mode, and which task field changes
 # them, for the one-line error of an override that differs.
 _WINDOW_WHY = {
@@ -90,15 +96,18 @@ def _task_defined(task, field: str, value, task_value, *, unset: tuple):
     return task_value
   if value == task_value:
     return value
+  if field == "vocab_size":
+    raise ValueError(f"config.model.vocab_size={value}: task {task.name}'s tokenizer has {task_value} token ids; "
+                     "leave config.model.vocab_size unset to take it from the task")
   if field == "window":
     why, knob = _WINDOW_WHY.get(task.name, ("changes how the task's examples fall into windows", "the task config"))
     raise ValueError(f"config.sleep.window={value} {why}; task {task.name} defines L={task_value}: leave "
-                     f"config.sleep.window at 0 to take L from the task, or change {knob}")
+                     f"config.sleep.window unset to take L from the task, or change {knob}")
   why = _EVICTION_WHY.get(str(value), "the task defines its eviction mode")
   head = f"config.sleep.eviction={value!r}: {why}; task {task.name} defines {task_value!r} eviction"
   if "eviction" not in _config_fields(task):
-    raise ValueError(f"{head} only: leave config.sleep.eviction at '' to take it from the task")
-  raise ValueError(f"{head}: leave config.sleep.eviction at '' to take it from the task, or change "
+    raise ValueError(f"{head} only: leave config.sleep.eviction unset to take it from the task")
+  raise ValueError(f"{head}: leave config.sleep.eviction unset to take it from the task, or change "
                    "--config.task_config.eviction or --config.task_preset")
 
 
@@ -110,8 +119,12 @@ def experiment_from_config(cfg) -> Experiment:
   """Converts a launch ConfigDict (or its ``to_dict()``) into an :class:`Experiment`.
 
   The task config is the preset ``cfg.task_preset`` with the set (non-None)
-  fields of ``cfg.task_config`` over it. ``sleep.window`` / ``sleep.eviction``
-  left at 0 / "" come from the task; an explicit value must equal the task's.
+  fields of ``cfg.task_config`` over it. ``model.vocab_size``,
+  ``sleep.window`` and ``sleep.eviction`` left unset come from the task; an
+  explicit value must equal the task's. The sentinels of configs written
+  before the placeholders (``launch/configs/common.py``) still read as unset:
+  ``0`` / ``""`` for the optional fields, ``()`` for ``sleep.n_passes_train``,
+  ``"start,stop"`` text for ``train.profile_steps``.
 
   Raises:
     ValueError: naming the bad field (unknown task, n_passes < 0, a window or
@@ -134,22 +147,30 @@ def experiment_from_config(cfg) -> Experiment:
   plain = bool(cfg.get("plain_transformer", False))
 
   m = _section(cfg, "model")
-  layout = m.pop("layout", "") or ""
-  if isinstance(layout, str):
-    layout = tuple(s.strip() for s in layout.split(",") if s.strip()) or None
+  layout = m.pop("layout", None)
+  if isinstance(layout, str):  # "attn,gdn,..."; "" (older config.json): unset
+    layout = tuple(s.strip() for s in layout.split(",") if s.strip())
+  layout = tuple(layout) if layout else None
   if plain:
     layout = ("attn",) * (len(layout) if layout else int(m.get("n_layers", 4)))
-  for key in ("gdn_n_heads", "mlp_hidden"):
-    if m.get(key) in (0, None):
+  for key in ("gdn_n_heads", "gdn_value_dim", "mlp_hidden"):  # 0 (older config.json): unset
+    if m.get(key) == 0:
       m[key] = None
-  model = _build(ModelConfig, "model", {**m, "layout": layout, "vocab_size": task.vocab_size(task_config)})
+  m["vocab_size"] = _task_defined(task, "vocab_size", m.get("vocab_size"), task.vocab_size(task_config),
+                                  unset=(0, None))
+  model = _build(ModelConfig, "model", {**m, "layout": layout})
 
   s = _section(cfg, "sleep")
   s["window"] = _task_defined(task, "window", s.get("window"), task.window(task_config), unset=(0, None))
   s["eviction"] = _task_defined(task, "eviction", s.get("eviction"), task.eviction(task_config),
                                 unset=("", None))
-  for key in ("grad_passes", "halt_tol", "max_passes"):  # 0: off (halt_tol 0 would equal fixed N anyway)
-    s[key] = None if s.get(key) in (0, None) else s[key]
+  for key in ("grad_passes", "max_passes"):  # 0 (older config.json): unset
+    if s.get(key) == 0:
+      s[key] = None
+  if s.get("halt_tol") == 0 and not s.get("max_passes"):
+    # Older config.json files spelled "adaptive sleep off" halt_tol=0, max_passes=0. (halt_tol 0 never halts:
+    # without a cap of its own that is fixed N = n_passes, the same numbers.)
+    s["halt_tol"] = None
   for key in ("n_passes_train", "n_passes_train_weights"):  # () (or the plain transformer): N is not drawn
     s[key] = None if plain else (tuple(s.get(key) or ()) or None)
   if plain:
@@ -159,52 +180,21 @@ def experiment_from_config(cfg) -> Experiment:
   sleep = _build(SleepConfig, "sleep", s)
 
   o = _section(cfg, "optimizer")
-  if o.get("decay_steps") in (0, None):
-    o["decay_steps"] = None
-  if o.get("clip_norm") in (0, None):
-    o["clip_norm"] = None
+  for key in ("decay_steps", "clip_norm"):  # 0 (older config.json): unset (clip_norm 0 also means no clipping)
+    if o.get(key) == 0:
+      o[key] = None
   optimizer = _build(OptimizerConfig, "optimizer", o)
   t = _section(cfg, "train")
-  for key in ("num_devices", "eval_batches"):
-    if t.get(key) in (0, None):
+  for key in ("num_devices", "eval_batches"):  # 0 (older config.json, or the command line): unset
+    if t.get(key) == 0:
       t[key] = None
-  if not t.get("init_from"):
+  if t.get("init_from") == "":
     t["init_from"] = None
-  if isinstance(t.get("profile_steps"), str):  # "start,stop" steps to trace; "" traces none
+  if isinstance(t.get("profile_steps"), str):  # older config.json: "start,stop" steps to trace; "" traces none
     t["profile_steps"] = tuple(int(x) for x in t["profile_steps"].split(",")) if t["profile_steps"] else None
   train = _build(TrainConfig, "train", {**t, "optimizer": optimizer})
   return Experiment(task_name=task.name, task_config=task_config, model=model, sleep=sleep, train=train,
                     plain_transformer=plain)
-
-
-class CheckedSchedule:
-  """Wraps a batch iterator and checks every batch sleeps on the expected windows.
-
-  The loss is compiled with a static per-window sleep schedule (cheaper than
-  deciding per window inside the step); a batch whose all-zero-mask windows
-  differ would silently get the wrong passes, so it is rejected here instead.
-  """
-
-  def __init__(self, it, schedule: tuple[bool, ...], window: int):
-    self.it, self.schedule, self.window = it, schedule, window
-
-  def __iter__(self):
-    return self
-
-  def __next__(self):
-    from sleep_jax.windowed import schedule_from_mask
-    batch = next(self.it)
-    got = schedule_from_mask(batch["loss_mask"], self.window)
-    if got != self.schedule:
-      raise ValueError(f"a batch's consolidation windows {got} differ from the task's {self.schedule}; "
-                       "this task needs a per-batch schedule")
-    return batch
-
-  def get_state(self):
-    return self.it.get_state()
-
-  def set_state(self, state):
-    self.it.set_state(state)
 
 
 def task_schedule(exp: Experiment, n_examples: int = 16) -> tuple[bool, ...]:
@@ -223,7 +213,7 @@ def build_run_spec(exp: Experiment, *, meta: dict | None = None):
   from sleep_jax.model import HybridLM
   from sleep_jax.train import loop
   from sleep_jax.train import metrics as metrics_lib
-  from sleep_jax.windowed import WindowedLoss
+  from sleep_jax.windowed import CheckedSchedule, WindowedLoss
 
   task = exp.task
   n_proc, pid = jax.process_count(), jax.process_index()
@@ -296,75 +286,15 @@ def run(cfg, workdir: str, *, on_first_step=None):
 
   exp = experiment_from_config(cfg)
   os.makedirs(workdir, exist_ok=True)
-  cfg_dict = cfg.to_dict() if isinstance(cfg, config_dict.ConfigDict) else dict(cfg)
   if jax.process_index() == 0:
-    with open(os.path.join(workdir, "config.json"), "w") as f:
-      json.dump(cfg_dict, f, indent=1, sort_keys=True, default=list)
+    run_config.write_run_config(workdir, cfg)
   meta = {"task": exp.task_name, "n_passes": exp.sleep.n_passes, "window": exp.sleep.window,
-          "plain_transformer": exp.plain_transformer, "config": json.loads(json.dumps(cfg_dict, default=list))}
+          "plain_transformer": exp.plain_transformer, "config": run_config.to_json_dict(cfg)}
   spec = build_run_spec(exp, meta=meta)
   if on_first_step is not None:
     train_data = spec.train_data
     spec = dataclasses.replace(spec, train_data=lambda: _FirstStepHook(train_data(), on_first_step))
   return loop.train(spec, exp.train, workdir)
-
-
-def apply_overrides(cfg: dict, overrides: list[str]) -> dict:
-  """Applies ``a.b.c=value`` strings to a nested dict (values parsed as Python literals when possible).
-
-  Raises:
-    ValueError: for a malformed override or a path that does not exist.
-  """
-  for item in overrides:
-    if "=" not in item:
-      raise ValueError(f"--override must look like key.path=value, got {item!r}")
-    path, raw = item.split("=", 1)
-    keys = path.strip().split(".")
-    node = cfg
-    for k in keys[:-1]:
-      if not isinstance(node, dict) or k not in node:
-        raise ValueError(f"--override {path!r}: no config section {k!r}")
-      node = node[k]
-    if not isinstance(node, dict) or keys[-1] not in node:
-      raise ValueError(f"--override {path!r}: no config field {keys[-1]!r}")
-    try:
-      value = ast.literal_eval(raw)
-    except (ValueError, SyntaxError):
-      value = raw
-    node[keys[-1]] = value
-  return cfg
-
-
-def load_run_config(workdir: str) -> config_dict.ConfigDict:
-  """A run's ``config.json`` as a launch ConfigDict, overridable like a config file's.
-
-  Unset task fields (``null``) become typed placeholders again and the task's
-  sequence fields tuples, so ``--config.task_config.t_max=8`` parses as it
-  does for ``launch.train``.
-
-  Raises:
-    ValueError: ``workdir`` has no ``config.json``, or it names an unknown task.
-  """
-  import tasks
-  from launch.configs import common
-
-  path = os.path.join(workdir, "config.json")
-  if not os.path.exists(path):
-    raise ValueError(f"{workdir!r} has no config.json; is it a launch/train.py workdir?")
-  with open(path) as f:
-    raw = json.load(f)
-  tasks.get_task(str(raw.get("task", "")))
-  task_fields = common.task_config_fields(raw["task"])
-  for k, v in (raw.get("task_config") or {}).items():
-    if k in task_fields and v is not None:
-      task_fields[k] = _tuples(v)
-    elif k not in task_fields:
-      with task_fields.unlocked():
-        task_fields[k] = _tuples(v)  # rejected by name when the experiment is built
-  raw["task_config"] = {}
-  cfg = config_dict.ConfigDict(raw)
-  cfg.task_config = task_fields
-  return cfg
 
 
 def evaluate_run(workdir: str, *, cfg=None, overrides=(), step=None, eval_batches=None) -> tuple[int, dict]:

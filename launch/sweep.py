@@ -28,7 +28,8 @@ Other axes: ``--seeds`` (``config.train.seed``: initialisation and data),
 tokens as the trainer counts them), ``--fixed_data`` (a finite train set of
 that many examples, repeated for as many epochs as the steps need, for every
 variant), ``--train_depths`` (one run per training depth). ``--config.*``
-overrides apply to every run.
+overrides apply to every run, and so do JAX's flags (``--jax_*``, see
+``launch/cli.py``).
 
 Runs. Each point trains in ``<workdir>/<variant>[_d<depth>]_s<seed>`` as a
 separate process (``launch.sweep_run`` on the point's fully resolved config,
@@ -631,6 +632,9 @@ def main(argv):
     extra = []
     if cli.COMPILATION_CACHE_DIR.present:
       extra.append(f"--compilation_cache_dir={cli.COMPILATION_CACHE_DIR.value}")
+    # JAX's flags given to the sweep (--jax_num_cpu_devices=4, ...) apply to every run.
+    extra += [flags.FLAGS[name].serialize() for name in sorted(flags.FLAGS)
+              if name.startswith("jax_") and flags.FLAGS[name].present]
     bad = run_sweep(_CONFIG.value, _WORKDIR.value, _VARIANTS.value, seeds, parallel=_PARALLEL.value,
                     tokens=_TOKENS.value, fixed_data=_FIXED_DATA.value, train_depths=_TRAIN_DEPTHS.value,
                     depth_fields=fields, one_core=_ONE_CORE.value, provenance=provenance, extra_args=extra)
@@ -644,4 +648,4 @@ def main(argv):
 
 
 if __name__ == "__main__":
-  app.run(lambda argv: sys.exit(main(argv)))
+  cli.run(main)

@@ -49,8 +49,7 @@ def main(argv):
   from sleep_jax.train import checkpoint as ckpt_lib
   from sleep_jax.train import metrics as metrics_lib
 
-  cli.setup_compilation_cache()
-  cli.quiet_logging()
+  cli.setup()
   signal.signal(signal.SIGTERM, _stop)  # so the finally below records the time of a stopped run
   finished, first_step = False, []
   try:
@@ -71,4 +70,4 @@ def main(argv):
 
 
 if __name__ == "__main__":
-  app.run(lambda argv: sys.exit(main(argv)))
+  cli.run(main)

@@ -9,6 +9,8 @@ Re-running the same command resumes from the latest good checkpoint in the
 workdir. Multi-host: run the same command on every host with
 ``--coordinator_address=host0:1234 --num_processes=P --process_id=i`` (or the
 ``SLEEP_JAX_*`` environment variables; TPU pods and SLURM: ``--distributed_auto``).
+JAX's own flags work too (``launch/cli.py``), e.g. ``--jax_num_cpu_devices=4``
+to try data parallelism over four fake CPU devices.
 
 The ConfigDict -> frozen-dataclass conversion lives in ``launch/experiment.py``.
 Compiled steps are kept in JAX's persistent compilation cache
@@ -36,8 +38,6 @@ _COORD = flags.DEFINE_string("coordinator_address", None, "Multi-host: host:port
 _NPROC = flags.DEFINE_integer("num_processes", None, "Multi-host: total processes.")
 _PID = flags.DEFINE_integer("process_id", None, "Multi-host: this process's id.")
 _AUTO = flags.DEFINE_bool("distributed_auto", False, "Multi-host: let jax detect the cluster (TPU pods, SLURM).")
-_CPU_DEVICES = flags.DEFINE_integer("cpu_devices", None,
-                                    "Fake this many CPU devices (testing data parallelism on one machine).")
 
 
 def main(argv):
@@ -47,15 +47,10 @@ def main(argv):
     raise app.UsageError("--config is required, e.g. --config=launch/configs/rule110_small.py")
   if not _WORKDIR.value:
     raise app.UsageError("--workdir is required")
-  if _CPU_DEVICES.value:
-    import jax
-    jax.config.update("jax_num_cpu_devices", _CPU_DEVICES.value)
-  cache_dir = cli.setup_compilation_cache()
+  cache_dir = cli.setup()
   from sleep_jax.train import checkpoint as ckpt_lib
   from sleep_jax.train import distributed
   from sleep_jax.train import metrics as metrics_lib
-
-  cli.quiet_logging()
 
   def first_step():
     import jax
@@ -83,4 +78,4 @@ def main(argv):
 
 
 if __name__ == "__main__":
-  app.run(lambda argv: sys.exit(main(argv)), flags_parser=cli.parse_flags)
+  cli.run(main)

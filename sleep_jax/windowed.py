@@ -118,6 +118,44 @@ def schedule_from_mask(loss_mask, window: int) -> tuple[bool, ...]:
   return tuple(bool(np.all(m[:, a:b] == 0)) for a, b in window_spans(m.shape[1], window))
 
 
+class CheckedSchedule:
+  """Wraps a batch iterator and checks every batch sleeps on the expected windows.
+
+  A loss compiled with a static ``sleep_schedule`` (cheaper than deciding per
+  window inside the step) would silently give a batch whose all-zero-mask
+  windows differ the wrong passes, so such a batch is rejected here instead.
+  Checkpointable like the iterator it wraps (``get_state`` / ``set_state``).
+
+  Args:
+    it: an iterator of numpy batches with ``"loss_mask"`` ``[B, T]``.
+    schedule: the static schedule (see :func:`schedule_from_mask`).
+    window: ``L``.
+
+  Raises:
+    ValueError: (from ``next``) a batch whose schedule differs.
+  """
+
+  def __init__(self, it, schedule: tuple[bool, ...], window: int):
+    self.it, self.schedule, self.window = it, schedule, window
+
+  def __iter__(self):
+    return self
+
+  def __next__(self):
+    batch = next(self.it)
+    got = schedule_from_mask(batch["loss_mask"], self.window)
+    if got != self.schedule:
+      raise ValueError(f"a batch's consolidation windows {got} differ from the task's {self.schedule}; "
+                       "this task needs a per-batch schedule")
+    return batch
+
+  def get_state(self):
+    return self.it.get_state()
+
+  def set_state(self, state):
+    self.it.set_state(state)
+
+
 def _is_concrete(x) -> bool:
   return not isinstance(x, jax.core.Tracer)
 

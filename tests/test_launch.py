@@ -158,6 +158,10 @@ def test_load_run_config_reads_new_and_old_config_json(tmp_path):
   loaded.task_config.k_max = 4  # an unset field is typed again, as --config.task_config.k_max=4 needs
   with pytest.raises(TypeError):
     loaded.task_config.k_max = "four"
+  assert loaded.sleep.grad_passes is None and loaded.train.profile_steps is None  # so are the library's
+  loaded.sleep.grad_passes = 2
+  with pytest.raises(TypeError):
+    loaded.sleep.grad_passes = "two"
   # A config.json that spelled out the whole preset (older runs) keeps meaning that preset.
   old = cfg.to_dict()
   old["task_config"] = dataclasses.asdict(tasks.get_task("depo").preset("small"))
@@ -227,13 +231,151 @@ def test_unknown_config_field():
     experiment.experiment_from_config(d)
 
 
+# One command-line value per field of the library's config dataclasses, all different from what
+# rule110_small resolves to: (value as typed, resolved value, other flags it needs). TASK: the field
+# comes from the task, which an explicit equal value must not change.
+TASK = object()
+FIELD_OVERRIDES = {
+    "model": {
+        "vocab_size": (TASK, TASK, ()), "d_model": ("48", 48, ()), "n_layers": ("6", 6, ()),
+        "layout": ("attn,gdn,gdn", ("attn", "gdn", "gdn"), ()), "n_heads": ("3", 3, ()),
+        "head_dim": ("16", 16, ()), "gdn_n_heads": ("3", 3, ()), "gdn_head_dim": ("16", 16, ()),
+        "gdn_value_dim": ("24", 24, ()), "conv_size": ("3", 3, ()), "mlp_hidden": ("128", 128, ()),
+        "rope_theta": ("500", 500.0, ()), "norm_eps": ("1e-5", 1e-5, ()), "embed_init_std": ("0.5", 0.5, ()),
+        "prelude": ("1", 1, ()), "coda": ("1", 1, ()), "tie_embeddings": ("True", True, ()),
+        "dtype": ("bfloat16", "bfloat16", ()), "gdn_impl": ("reference", "reference", ()),
+        "gdn_chunk_size": ("32", 32, ()),
+    },
+    "sleep": {
+        "window": (TASK, TASK, ()), "n_passes": ("3", 3, ()), "eviction": (TASK, TASK, ()),
+        "remat_passes": ("True", True, ()), "remat_windows": ("True", True, ()), "grad_passes": ("2", 2, ()),
+        "replay": ("True", True, ()), "n_passes_train": ("(1,2)", (1, 2), ()),
+        "n_passes_train_weights": ("(1.0,3.0)", (1.0, 3.0), ("--config.sleep.n_passes_train=(1,2)",)),
+        "halt_tol": ("0.01", 0.01, ()), "max_passes": ("4", 4, ("--config.sleep.halt_tol=0.01",)),
+    },
+    "train": {
+        "num_steps": ("7", 7, ()), "batch_size": ("6", 6, ()), "seed": ("3", 3, ()), "log_every": ("5", 5, ()),
+        "eval_every": ("10", 10, ()), "eval_batches": ("2", 2, ()), "checkpoint_every": ("20", 20, ()),
+        "max_to_keep": ("2", 2, ()), "sync_every": ("4", 4, ()), "num_devices": ("1", 1, ()),
+        "data_workers": ("1", 1, ()), "init_from": ("/tmp/a_run", "/tmp/a_run", ()),
+        "progress": ("False", False, ()), "profile_steps": ("2,4", (2, 4), ()),
+    },
+    "optimizer": {
+        "kind": ("muon_adamw", "muon_adamw", ()), "lr": ("0.002", 0.002, ()), "adamw_lr": ("1e-4", 1e-4, ()),
+        "schedule": ("linear", "linear", ()), "warmup_steps": ("7", 7, ()), "decay_steps": ("50", 50, ()),
+        "min_lr_ratio": ("0.1", 0.1, ()), "clip_norm": ("0.5", 0.5, ()), "weight_decay": ("0.01", 0.01, ()),
+        "b1": ("0.8", 0.8, ()), "b2": ("0.9", 0.9, ()), "eps": ("1e-6", 1e-6, ()), "muon_beta": ("0.9", 0.9, ()),
+        "muon_ns_steps": ("3", 3, ()), "adamw_patterns": ("('embed','norm')", ("embed", "norm"), ()),
+    },
+}
+
+
+def _resolved(exp, section):
+  return exp.train.optimizer if section == "optimizer" else getattr(exp, section)
+
+
+def test_field_overrides_cover_every_dataclass_field():
+  from sleep_jax.config import ModelConfig, SleepConfig
+  from sleep_jax.train.config import OptimizerConfig, TrainConfig
+  for section, cls in (("model", ModelConfig), ("sleep", SleepConfig), ("train", TrainConfig),
+                       ("optimizer", OptimizerConfig)):
+    fields = {f.name for f in dataclasses.fields(cls)} - {"optimizer"}  # TrainConfig.optimizer: its own section
+    assert set(FIELD_OVERRIDES[section]) == fields, f"add the new {cls.__name__} fields to FIELD_OVERRIDES"
+    # One set of defaults: the launch section holds the dataclass's fields and nothing else.
+    assert set(_config("rule110_small")[section]) == fields
+
+
+@pytest.mark.parametrize("section,field", [(s, f) for s in FIELD_OVERRIDES for f in FIELD_OVERRIDES[s]])
+def test_every_dataclass_field_overrides_from_the_command_line(section, field):
+  value, want, extra = FIELD_OVERRIDES[section][field]
+  default = experiment.experiment_from_config(_config("rule110_small"))
+  if value is TASK:  # the task's own value, given explicitly, is accepted and changes nothing
+    want = getattr(_resolved(default, section), field)
+    value = str(want)
+  else:
+    assert getattr(_resolved(default, section), field) != want  # or the override would prove nothing
+  exp = experiment.experiment_from_config(_parse_config("rule110_small", f"--config.{section}.{field}={value}",
+                                                        *extra))
+  assert getattr(_resolved(exp, section), field) == want
+
+
+def test_task_defined_vocab_size_is_refused_when_it_differs():
+  with pytest.raises(ValueError, match=r"^config.model.vocab_size=99: task rule110's tokenizer has \d+ token ids"):
+    experiment.experiment_from_config(_parse_config("rule110_small", "--config.model.vocab_size=99"))
+
+
+def _typed_fields():
+  cfg = _config("rule110_small")
+  for section in FIELD_OVERRIDES:
+    for field in cfg[section]:
+      kind = cfg[section].get_type(field)
+      if kind in (int, float, bool):
+        yield section, field, kind.__name__
+
+
+@pytest.mark.parametrize("section,field,kind", list(_typed_fields()))
+def test_a_value_of_the_wrong_type_is_one_line_naming_the_field(section, field, kind, capsys):
+  from launch import cli
+  arg = f"--config.{section}.{field}=x!"
+  argv = ["prog", "--config=launch/configs/rule110_small.py", arg]
+  fv = flags.FlagValues()
+  config_flags.DEFINE_config_file("config", None, "", flag_values=fv, lock_config=True, sys_argv=argv)
+  with pytest.raises(SystemExit) as e:
+    cli.parse_flags(argv, flag_values=fv)
+  assert e.value.code == 1
+  err = capsys.readouterr().err
+  assert err.count("\n") == 1 and err.startswith(f"error: {arg}: config.{section}.{field} takes {kind} values ("), err
+
+
+@pytest.mark.parametrize("arg,want", [
+    ("--config.model.d_modle=64",
+     "error: --config.model.d_modle: the config has no field 'd_modle'; did you mean \"d_model\""),
+    ("--config.sleep.n_pases=2", "error: --config.sleep.n_pases: the config has no field 'n_pases'"),
+    ("--config.trian.seed=1", "error: --config.trian.seed: the config has no field 'trian'"),
+])
+def test_a_misspelled_field_is_one_line_naming_it(arg, want, capsys):
+  from launch import cli
+  argv = ["prog", "--config=launch/configs/rule110_small.py", arg]
+  fv = flags.FlagValues()
+  config_flags.DEFINE_config_file("config", None, "", flag_values=fv, lock_config=True, sys_argv=argv)
+  with pytest.raises(SystemExit) as e:
+    cli.parse_flags(argv, flag_values=fv)
+  assert e.value.code == 1
+  err = capsys.readouterr().err
+  assert err.count("\n") == 1 and err.startswith(want), err
+
+
+OLD_CONFIG_JSON = os.path.join(REPO, "tests", "data", "config_json_before_placeholders")
+
+
+@pytest.mark.parametrize("name", CONFIG_FILES)
+def test_config_json_from_before_the_placeholders_still_resolves_to_its_config_file(name, tmp_path):
+  # tests/data/config_json_before_placeholders/<name>.json is what launch.train recorded for each config
+  # file while the launch config held its own defaults with 0 / "" for "unset". Such a run directory must
+  # still load (launch.eval, launch.retrofit), and the config file must still resolve to what it did then
+  # (the defaults now come from the library's dataclasses). A config file changed on purpose: change the
+  # same field in its JSON here.
+  with open(os.path.join(OLD_CONFIG_JSON, f"{name}.json")) as f:
+    old = json.load(f)
+  assert old["sleep"]["window"] == 0 and old["model"]["layout"] == ""  # the old spelling of "unset"
+  want = experiment.experiment_from_config(_config(name))
+  assert experiment.experiment_from_config(old) == want
+  with open(tmp_path / "config.json", "w") as f:
+    json.dump(old, f)
+  loaded = experiment.load_run_config(str(tmp_path))
+  assert experiment.experiment_from_config(loaded) == want
+  assert experiment.experiment_from_config(json.loads(json.dumps(loaded.to_dict(), default=list))) == want
+
+
 def test_bad_flags_exit_with_clear_errors(tmp_path):
   p = _launch("launch.train", "--config=launch/configs/rule110_small.py", f"--workdir={tmp_path}",
               "--config.sleep.n_passes=-1")
   assert p.returncode == 1 and "n_passes" in p.stderr and "Traceback" not in p.stderr
-  p = _launch("launch.train", "--config=launch/configs/rule110_small.py", f"--workdir={tmp_path}",
-              "--cpu_devices=4", "--config.train.batch_size=6")
-  assert p.returncode == 1 and "not divisible by the 4 devices" in p.stderr, p.stderr[-2000:]
+  # JAX's own flags (launch/cli.py), and the deprecated spelling of this one.
+  for devices in ("--jax_num_cpu_devices=4", "--cpu_devices=4"):
+    p = _launch("launch.train", "--config=launch/configs/rule110_small.py", f"--workdir={tmp_path}", devices,
+                "--config.train.batch_size=6")
+    assert p.returncode == 1 and "not divisible by the 4 devices" in p.stderr, p.stderr[-2000:]
   p = _launch("launch.train", "--config=launch/configs/rule110_small.py")
   assert p.returncode != 0 and "--workdir is required" in p.stderr
   # An override that changes the task: one line, no traceback.

@@ -9,8 +9,8 @@ from sleep_jax.config import ModelConfig, SleepConfig
 from sleep_jax.fast_weights import init_fast_weights
 from sleep_jax.model import HybridLM
 from sleep_jax.testing import assert_close
-from sleep_jax.windowed import (schedule_from_mask, serving_schedule, window_spans, windowed_forward,
-                                windowed_loss)
+from sleep_jax.windowed import (CheckedSchedule, schedule_from_mask, serving_schedule, window_spans,
+                                windowed_forward, windowed_loss)
 
 VOCAB = 7
 
@@ -78,6 +78,34 @@ def test_window_spans_and_schedules():
   mask[1, 9] = 1
   mask[0, 5] = 1
   assert schedule_from_mask(mask, 4) == (True, False, False)
+
+
+class _Batches:
+  def __init__(self, masks):
+    self.masks, self.i = masks, 0
+
+  def __next__(self):
+    self.i += 1
+    return {"loss_mask": self.masks[self.i - 1]}
+
+  def get_state(self):
+    return {"i": self.i}
+
+  def set_state(self, state):
+    self.i = state["i"]
+
+
+def test_checked_schedule_passes_matching_batches_and_rejects_others():
+  ok, other = np.zeros((2, 8)), np.zeros((2, 8))
+  ok[:, 7] = 1  # windows of 4: the first sleeps, the second does not
+  other[0, 1] = 1  # the first does not sleep, the second does
+  it = CheckedSchedule(_Batches([ok, ok, other]), (True, False), 4)
+  assert next(it)["loss_mask"] is ok and it.get_state() == {"i": 1}
+  it.set_state({"i": 2})
+  with pytest.raises(ValueError, match=r"windows \(False, True\) differ from the task's \(True, False\)"):
+    next(it)
+  from launch import experiment
+  assert experiment.CheckedSchedule is CheckedSchedule  # its old home still works
 
 
 def test_n1_hard_equals_window_by_window(model):

@@ -3,14 +3,34 @@
 Every field is overridable from the command line, e.g.
 ``--config.sleep.n_passes=4 --config.train.num_steps=200``. ``launch/train.py``
 turns the ConfigDict into the frozen dataclasses of the library
-(``ModelConfig``, ``SleepConfig``, ``TrainConfig``) and the task's config.
+(``ModelConfig``, ``SleepConfig``, ``TrainConfig``, ``OptimizerConfig``) and
+the task's config.
 
-Conventions for "take it from the task" values: ``sleep.window = 0`` uses the
-task's ``L``; ``sleep.eviction = ""`` the task's eviction mode;
-``model.layout = ""`` the paper's alternating attention / GDN layout (or a
-comma-separated list such as ``"attn,attn,attn,attn"``); ``plain_transformer
-= True`` replaces the model by an all-attention stack of the same size that
-sees the whole sequence (``window = T``, ``N = 1``).
+One set of defaults: the sections ``model``, ``sleep``, ``train`` and
+``optimizer`` are built from the library's dataclasses
+(:func:`dataclass_fields`): every field, with the dataclass's default. A field
+whose default is ``None`` (or that has none) is a typed placeholder
+(``config_dict.placeholder``): ``None`` until set, and type-checked when set
+(``--config.sleep.grad_passes=2``). The CPU-size choices that differ from the
+library's defaults (a width-64 model, the step count and batch size
+``TrainConfig`` requires) are set in :func:`base_config` as overrides, and
+each config file sets its own on top.
+
+Fields the task defines, filled by the launch path (``launch/experiment.py``):
+``model.vocab_size`` (the task's tokenizer), ``sleep.window`` (the task's
+``L``) and ``sleep.eviction``. They are unset placeholders; an explicit value
+must equal the task's (change the task's own fields instead:
+``--config.task_config.window=...``, ``--config.task_preset=paper_sliding``).
+
+Launch-only spellings: ``model.layout`` is a comma-separated string such as
+``"attn,attn,attn,attn"`` (unset: the paper's alternating attention / GDN
+layout); ``plain_transformer = True`` replaces the model by an all-attention
+stack of the same size that sees the whole sequence (``window = T``,
+``N = 1``). A placeholder cannot be set back to ``None`` on the command line
+(absl parses ``None`` as text); the older spellings of "unset", ``0`` and
+``""`` (what run ``config.json`` files written before the placeholders hold),
+are still read as ``None`` where ``None`` is what they meant, e.g.
+``--config.train.eval_batches=0`` evaluates the whole split.
 
 The task's configuration: ``task_preset`` names one of the task's presets
 (``tasks.get_task(task).presets``) and ``task_config`` holds only the fields
@@ -19,26 +39,91 @@ set on top of it. Every field of the task's config class is present in
 other field) but starts as an unset placeholder (``None``, "take it from the
 preset"). A config file sets the fields it means to change
 (``c.task_config.update(t_max=6)``); the command line may set more. The launch
-path (``launch/experiment.py``) builds the task config as the preset named by
-the *final* ``task_preset`` with the set fields laid over it, so
+path builds the task config as the preset named by the *final*
+``task_preset`` with the set fields laid over it, so
 ``--config.task_preset=paper_depth`` selects that preset whole, keeping only
 the fields the config file or the command line set. A run's ``config.json``
 records the same: the preset name and the set fields (unset ones are
 ``null``).
-
-``sleep.window`` and ``sleep.eviction`` describe the task, not the model: the
-launch path fills them from the task (``task.window``, ``task.eviction``) and
-rejects an explicit value that differs. Change the task's own fields instead
-(``--config.task_config.window=...``, ``--config.task_preset=paper_sliding``).
 """
 from __future__ import annotations
 
 import dataclasses
+import types
+import typing
 
 import ml_collections
 from ml_collections import config_dict
 
 import tasks
+from sleep_jax.config import ModelConfig, SleepConfig
+from sleep_jax.train.config import OptimizerConfig, TrainConfig
+
+# Fields the launch path fills from the task (see the module docstring).
+DERIVED_FIELDS = {"model": ("vocab_size",), "sleep": ("window", "eviction")}
+# The launch config's spelling of a field, where it differs from the dataclass's type.
+LAUNCH_TYPES = {"model": {"layout": str}}  # "attn,gdn,attn,gdn"
+
+
+def _value_type(hint) -> type:
+  """The one type a config field holds, from a dataclass annotation (``int | None`` -> ``int``)."""
+  origin = typing.get_origin(hint)
+  if origin in (typing.Union, types.UnionType):
+    args = [a for a in typing.get_args(hint) if a is not type(None)]
+    if len(args) == 1:
+      return _value_type(args[0])
+  elif origin is typing.Literal:
+    return type(typing.get_args(hint)[0])
+  elif origin in (tuple, list):
+    return tuple
+  elif isinstance(hint, type):
+    return hint
+  raise TypeError(f"no config field type for the annotation {hint!r}")
+
+
+def dataclass_fields(cls, *, skip=(), derived=(), field_types=None) -> ml_collections.ConfigDict:
+  """Every field of the dataclass ``cls``, with its default, as a ConfigDict section.
+
+  Args:
+    cls: a library config dataclass (``ModelConfig``, ``SleepConfig``, ...).
+    skip: fields left out (``TrainConfig.optimizer``, its own section).
+    derived: fields the launch path fills: unset placeholders whatever their
+      default.
+    field_types: ``{name: type}`` for fields the launch config spells
+      differently from the dataclass (``model.layout`` is a string).
+
+  Returns:
+    A ConfigDict whose fields hold the dataclass's defaults; fields without a
+    default, defaulting to ``None`` or in ``derived`` are typed placeholders
+    (``None`` until set).
+  """
+  hints = typing.get_type_hints(cls)
+  field_types = field_types or {}
+  fields = {}
+  for f in dataclasses.fields(cls):
+    if f.name in skip:
+      continue
+    if f.default is not dataclasses.MISSING:
+      default = f.default
+    elif f.default_factory is not dataclasses.MISSING:
+      default = f.default_factory()
+    else:
+      default = None
+    if default is None or f.name in derived or f.name in field_types:
+      fields[f.name] = config_dict.placeholder(field_types.get(f.name) or _value_type(hints[f.name]))
+    else:
+      fields[f.name] = default
+  return ml_collections.ConfigDict(fields)
+
+
+def library_sections() -> dict[str, ml_collections.ConfigDict]:
+  """The ``model``, ``sleep``, ``train`` and ``optimizer`` sections with the library's defaults only."""
+  return {
+      "model": dataclass_fields(ModelConfig, derived=DERIVED_FIELDS["model"], field_types=LAUNCH_TYPES["model"]),
+      "sleep": dataclass_fields(SleepConfig, derived=DERIVED_FIELDS["sleep"]),
+      "train": dataclass_fields(TrainConfig, skip=("optimizer",)),
+      "optimizer": dataclass_fields(OptimizerConfig),
+  }
 
 
 def task_config_fields(task: str) -> ml_collections.ConfigDict:
@@ -72,22 +157,9 @@ def base_config(task: str, preset: str) -> ml_collections.ConfigDict:
   c.task_config = task_config_fields(task)
   c.plain_transformer = False
 
-  c.model = ml_collections.ConfigDict(dict(
-      d_model=64, n_layers=4, layout="", n_heads=2, head_dim=32, gdn_n_heads=0, gdn_head_dim=32, conv_size=4,
-      mlp_hidden=0, embed_init_std=1.0, prelude=0, coda=0, tie_embeddings=False, dtype="float32",
-      gdn_impl="auto", gdn_chunk_size=64))
-
-  c.sleep = ml_collections.ConfigDict(dict(
-      window=0, n_passes=1, eviction="", remat_passes=True, remat_windows=True, grad_passes=0, n_passes_train=(),
-      n_passes_train_weights=(), halt_tol=0.0, max_passes=0, replay=False))
-
-  c.train = ml_collections.ConfigDict(dict(
-      num_steps=1000, batch_size=128, seed=0, log_every=50, eval_every=0, eval_batches=8,
-      checkpoint_every=500, max_to_keep=3, sync_every=16, num_devices=0, data_workers=0, init_from="",
-      progress=True, profile_steps=""))  # profile_steps: "start,stop" steps to trace
-
-  c.optimizer = ml_collections.ConfigDict(dict(
-      kind="muon_adamw", lr=2e-3, adamw_lr=5e-5, schedule="cosine", warmup_steps=100, decay_steps=0,
-      min_lr_ratio=0.0, clip_norm=1.0, weight_decay=0.0, b1=0.9, b2=0.95, eps=1e-8, muon_beta=0.95,
-      muon_ns_steps=5))
+  for name, section in library_sections().items():
+    c[name] = section
+  # CPU-size choices over the library's (paper-scale) defaults; the paper configs set their own.
+  c.model.update(d_model=64, n_heads=2, head_dim=32, gdn_head_dim=32)
+  c.train.update(num_steps=1000, batch_size=128)  # TrainConfig has no defaults for these
   return c

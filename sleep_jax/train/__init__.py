@@ -10,7 +10,7 @@ from sleep_jax.train.distributed import initialize as initialize_distributed
 from sleep_jax.train.loop import RunSpec, TrainResult, evaluate_checkpoint, train
 from sleep_jax.train.metrics import NonFiniteError, sleep_cost
 from sleep_jax.train.optimizer import describe_param_groups, make_optimizer
-from sleep_jax.train.parallel import data_parallel_train_step, make_data_mesh
+from sleep_jax.train.parallel import data_parallel_train_step, make_data_mesh, make_data_parallel_train_step
 from sleep_jax.train.state import TrainState, create_train_state
 from sleep_jax.train.step import make_eval_step, make_train_step
 from sleep_jax.train.tensorboard import TensorBoardWriter
@@ -19,6 +19,6 @@ __all__ = [
     "CheckpointError", "Checkpointer", "NonFiniteError", "OptimizerConfig", "RunSpec", "TensorBoardWriter",
     "TrainConfig", "TrainResult", "TrainState", "create_train_state", "data_parallel_train_step",
     "describe_param_groups", "evaluate_checkpoint",
-    "initialize_distributed", "load_params", "make_data_mesh", "make_eval_step", "make_optimizer",
-    "make_train_step", "sleep_cost", "train",
+    "initialize_distributed", "load_params", "make_data_mesh", "make_data_parallel_train_step", "make_eval_step",
+    "make_optimizer", "make_train_step", "sleep_cost", "train",
 ]

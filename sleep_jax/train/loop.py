@@ -175,9 +175,7 @@ def train(spec: RunSpec, config: TrainConfig, workdir: str) -> TrainResult:
     # One jitted step per distinct loss (e.g. per randomised N), built on first use.
     loss_fn = spec.loss_fn if loss_for_step is None else loss_for_step(s, config.seed)
     if loss_fn not in step_fns:
-      step_fns[loss_fn] = parallel.data_parallel_train_step(
-          step_lib.make_train_step(loss_fn, opt.tx, graphdef, schedules=opt.schedules,
-                                   axis_name=parallel.DATA_AXIS), mesh, schedule_names=tuple(opt.schedules))
+      step_fns[loss_fn] = parallel.make_data_parallel_train_step(loss_fn, opt, graphdef, mesh)
     return step_fns[loss_fn]
 
   eval_fn = make_eval_fn(spec.loss_fn, graphdef, mesh)

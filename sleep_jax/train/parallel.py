@@ -23,7 +23,7 @@ import numpy as np
 from jax.sharding import NamedSharding
 from jax.sharding import PartitionSpec as P
 
-from sleep_jax.train.step import PER_EXAMPLE_OUTPUTS, SCALAR_METRICS
+from sleep_jax.train.step import PER_EXAMPLE_OUTPUTS, SCALAR_METRICS, make_train_step
 
 DATA_AXIS = "data"
 
@@ -119,6 +119,28 @@ def data_parallel_train_step(train_step: Callable, mesh: jax.sharding.Mesh, *, s
   fn = jax.shard_map(train_step, mesh=mesh, in_specs=(P(), P(DATA_AXIS)),
                      out_specs=(P(), metric_specs(schedule_names)), check_vma=False)
   return jax.jit(fn, donate_argnums=(0,) if donate else ())
+
+
+def make_data_parallel_train_step(loss_fn: Callable, optimizer, graphdef, mesh: jax.sharding.Mesh, *,
+                                  donate: bool = True) -> Callable:
+  """A run's jitted train step: :func:`make_train_step` over the data mesh, its schedules as ``lr/*`` metrics.
+
+  The one place a run's step is assembled: ``loop.train`` builds each of its
+  steps (one per distinct loss) with it, and so does the training benchmark.
+
+  Args:
+    loss_fn: ``(model, batch) -> (loss, aux)`` (see ``step.py``).
+    optimizer: an ``optimizer.Optimizer`` (``tx`` and ``schedules``).
+    graphdef: the model's static graph definition.
+    mesh: the data mesh.
+    donate: donate the input state's buffers.
+
+  Returns:
+    ``step(state, batch) -> (state, metrics)`` on global arrays (see
+    :func:`data_parallel_train_step`).
+  """
+  train_step = make_train_step(loss_fn, optimizer.tx, graphdef, schedules=optimizer.schedules, axis_name=DATA_AXIS)
+  return data_parallel_train_step(train_step, mesh, schedule_names=tuple(optimizer.schedules), donate=donate)
 
 
 def data_parallel_eval_step(eval_step: Callable, mesh: jax.sharding.Mesh) -> Callable:
