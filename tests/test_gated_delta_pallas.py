@@ -232,7 +232,13 @@ def test_lowers_for_hardware(backend):
     o, s = pallas_mod._padded_rule(q, k, v, la, beta, s0, None, chunk, backend, False)
     return jnp.sum(o) + jnp.sum(s)
 
-  fwd = jax.jit(loss).trace(*args).lower(lowering_platforms=(platform,)).as_text()
+  try:
+    fwd = jax.jit(loss).trace(*args).lower(lowering_platforms=(platform,)).as_text()
+  except RuntimeError as err:
+    # jax 0.11's Triton lowering asks for a real (or abstract) GPU device.
+    if "No supported GPU devices found" in str(err):
+      pytest.skip(f"this jax cannot lower Triton without a GPU: {err}"[:200])
+    raise
   bwd = jax.jit(jax.grad(loss, argnums=tuple(range(6)))).trace(*args).lower(
       lowering_platforms=(platform,)).as_text()
   target = "__gpu$xla.gpu.triton" if backend == "triton" else "tpu_custom_call"

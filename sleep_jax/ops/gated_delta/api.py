@@ -25,6 +25,8 @@ import logging
 
 import jax
 
+from sleep_jax.array_typing import (Array, Float, Gate, GdnState, HeadsK, HeadsV, StepGate, StepK, StepV,
+                                    typed)
 from sleep_jax.ops.gated_delta import checks
 from sleep_jax.ops.gated_delta import chunked
 from sleep_jax.ops.gated_delta import reference
@@ -41,7 +43,7 @@ _LOGGED: set[tuple[str, str]] = set()
 # fastest exact choice by fwd+bwd process CPU time at the training window shapes
 # (B=128, H=2, Dk=Dv=32 at T = 16, 24, 32, 64; B=128, H=4, Dk=Dv=64 at T = 75 for
 # the 96 bucket). Candidates: the per-token reference and chunked at C = 8, 16,
-# 32, 64 (capped at T). The reference lost at every length (fwd+bwd 2.7-3.9x
+# 32, 64 (capped at T). The reference lost at every length (fwd+bwd 2.5-3.9x
 # slower than the winner); between chunk sizes the gaps were 5-25%.
 # Measured 2026-11-29 on the 2-core x86-64 dev machine (jax 0.10.2, XLA
 # single-threaded, both cores busy with other jobs, load ~12: CPU time, not
@@ -135,23 +137,29 @@ def _pallas_rule():
   return pallas.gated_delta_rule_pallas
 
 
-def gated_delta_rule(q, k, v, log_alpha, beta, *, initial_state=None, scale=None, impl="auto",
-                     chunk_size=None):
+@typed
+def gated_delta_rule(q: HeadsK, k: HeadsK, v: HeadsV, log_alpha: Gate, beta: Gate, *,
+                     initial_state: Float[Array, "b h k v"] | None = None, scale: float | None = None,
+                     impl: str | Impl = "auto", chunk_size: int | None = None) -> tuple[HeadsV, GdnState]:
   """Gated delta rule over a sequence.
 
   Per token (per batch element and head, state ``S`` of shape ``[Dk, Dv]``)::
 
       S <- exp(log_alpha) S;  S <- S + k (beta (v - S^T k))^T;  o = S^T (scale q)
 
+  Shapes use the axis legend of ``sleep_jax.array_typing`` (``b t h k`` is
+  ``[B, T, H, Dk]``); the annotations are checked at run time when
+  ``sleep_jax.array_typing.enable_runtime_checks()`` is on.
+
   Args:
-    q: ``[B, T, H, Dk]`` queries (already normalised by the caller).
-    k: ``[B, T, H, Dk]`` keys (already L2-normalised by the caller).
-    v: ``[B, T, H, Dv]`` values.
-    log_alpha: ``[B, T, H]`` log forget gate, ``<= 0``. Checked when concrete;
+    q: ``[B, T, H, Dk]`` (``b t h k``) queries (already normalised by the caller).
+    k: ``[B, T, H, Dk]`` (``b t h k``) keys (already L2-normalised by the caller).
+    v: ``[B, T, H, Dv]`` (``b t h v``) values.
+    log_alpha: ``[B, T, H]`` (``b t h``) log forget gate, ``<= 0``. Checked when concrete;
       under ``jit``/``vmap``/``grad`` the value check cannot run and is
       skipped (see ``checks.py``); values are never clipped.
-    beta: ``[B, T, H]`` write strength, usually in ``(0, 1)``.
-    initial_state: ``[B, H, Dk, Dv]`` (held in float32), or ``None`` for zeros.
+    beta: ``[B, T, H]`` (``b t h``) write strength, usually in ``(0, 1)``.
+    initial_state: ``[B, H, Dk, Dv]`` (``b h k v``, held in float32), or ``None`` for zeros.
     scale: query scale, a static real number; ``None`` means ``Dk ** -0.5``.
     impl: an ``Impl`` or its string value (see the module docstring).
     chunk_size: tokens per chunk for the chunked and Pallas forms (``>= 1``),
@@ -162,8 +170,8 @@ def gated_delta_rule(q, k, v, log_alpha, beta, *, initial_state=None, scale=None
       rounding.
 
   Returns:
-    ``(o, final_state)``: ``o`` is ``[B, T, H, Dv]`` in ``v``'s dtype,
-    ``final_state`` is ``[B, H, Dk, Dv]`` float32. Differentiable with respect
+    ``(o, final_state)``: ``o`` is ``[B, T, H, Dv]`` (``b t h v``) in ``v``'s dtype,
+    ``final_state`` is ``[B, H, Dk, Dv]`` (``b h k v``) float32. Differentiable with respect
     to every input, including ``initial_state``, with a cotangent on
     ``final_state``.
 
@@ -201,24 +209,26 @@ def gated_delta_rule(q, k, v, log_alpha, beta, *, initial_state=None, scale=None
               chunk_size=64 if chunk_size is None else int(chunk_size), interpret=None)
 
 
-def gated_delta_step(q, k, v, log_alpha, beta, state, *, scale=None):
+@typed
+def gated_delta_step(q: StepK, k: StepK, v: StepV, log_alpha: StepGate, beta: StepGate,
+                     state: Float[Array, "b h k v"], *, scale: float | None = None) -> tuple[StepV, GdnState]:
   """One decoding step of the gated delta rule.
 
   A sequence run with ``gated_delta_rule`` equals the same tokens fed one at a
   time through this function (the math is ``reference.gated_delta_step_reference``).
 
   Args:
-    q: ``[B, H, Dk]``.
-    k: ``[B, H, Dk]``.
-    v: ``[B, H, Dv]``.
-    log_alpha: ``[B, H]``, ``<= 0`` (checked when concrete).
-    beta: ``[B, H]``.
-    state: ``[B, H, Dk, Dv]`` (held in float32).
+    q: ``[B, H, Dk]`` (``b h k``).
+    k: ``[B, H, Dk]`` (``b h k``).
+    v: ``[B, H, Dv]`` (``b h v``).
+    log_alpha: ``[B, H]`` (``b h``), ``<= 0`` (checked when concrete).
+    beta: ``[B, H]`` (``b h``).
+    state: ``[B, H, Dk, Dv]`` (``b h k v``, held in float32).
     scale: query scale, default ``Dk ** -0.5``.
 
   Returns:
-    ``(o, new_state)``: ``o`` is ``[B, H, Dv]`` in ``v``'s dtype, ``new_state``
-    is ``[B, H, Dk, Dv]`` float32.
+    ``(o, new_state)``: ``o`` is ``[B, H, Dv]`` (``b h v``) in ``v``'s dtype, ``new_state``
+    is ``[B, H, Dk, Dv]`` (``b h k v``) float32.
 
   Raises:
     ValueError: naming the argument for a wrong rank, shape or dtype, a
