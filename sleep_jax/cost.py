@@ -114,7 +114,7 @@ class WindowFlops:
   def sleep(self, passes):
     """Sleep FLOPs of ``passes`` (the paper's count; an int or an array): ``(p - 1) core + coda`` for ``p >= 2``."""
     extra = passes - 1
-    return (extra * self.core + self.coda) * (extra > 0)
+    return (extra * self.core + self.coda) * (extra > 0) + 0.0  # + 0.0: no -0.0 where p = 0
 
 
 def window_flops(config: ModelConfig, sleep: SleepConfig, width: int, *, matmul_only: bool = False) -> WindowFlops:

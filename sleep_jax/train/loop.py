@@ -70,9 +70,9 @@ class RunSpec:
     eval_data: ``() -> iterable`` of numpy eval batches, or ``None``.
     evaluator: ``() -> Evaluator`` (``update`` / ``result``), or ``None``.
     sleep_cost: ``loss_mask -> dict`` of sleep-cost metrics, or ``None``
-      (host-side, fixed ``N``; where the loss reports its compute, e.g.
-      ``windowed_loss``, the step's ``sleep/*`` metrics override clashing
-      keys).
+      (host-side, fixed ``N``). Where the loss reports its compute (e.g.
+      ``windowed_loss``), the step's ``sleep/*`` metrics replace the ones that
+      depend on ``N``: ``sleep/relative_cost`` is then FLOPs over wake FLOPs.
     meta: JSON-able run description saved with every checkpoint.
   """
   model_factory: Callable
@@ -217,14 +217,19 @@ def train(spec: RunSpec, config: TrainConfig, workdir: str) -> TrainResult:
     if log_now:
       elapsed = max(time.perf_counter() - window_start, 1e-9)
       rec = metrics_lib.to_python(m)
-      if rec.get("sleep/wake_flops"):
-        # The step's own accounting (what ran, whatever N was drawn or
-        # adaptive sleep chose) wins over the host-side fixed-N sleep_cost.
-        rec["sleep/compute_ratio"] = 1.0 + rec["sleep/sleep_flops"] / rec["sleep/wake_flops"]
+      reported = bool(rec.get("sleep/wake_flops"))
+      if reported:
+        # The step's own accounting (what ran, whatever N was drawn or adaptive
+        # sleep chose) replaces the host-side fixed-N estimate: relative_cost
+        # becomes the step's FLOPs over its wake (N = 1) FLOPs.
+        rec["sleep/relative_cost"] = 1.0 + rec["sleep/sleep_flops"] / rec["sleep/wake_flops"]
       else:  # the loss reports no compute
         rec = {k: v for k, v in rec.items() if k not in step_lib.COST_METRICS}
       if spec.sleep_cost is not None:
-        rec = {**spec.sleep_cost(batch["loss_mask"]), **rec}
+        host = spec.sleep_cost(batch["loss_mask"])
+        if reported:
+          host.pop("sleep/block_passes", None)
+        rec = {**host, **rec}
       rec.update({"kind": "train", "step": s + 1, "tokens": tokens_seen(s + 1),
                   "steps_per_s": window_steps / elapsed,
                   "tokens_per_s": window_steps * config.batch_size * seq_len / elapsed})
