@@ -1,0 +1,110 @@
+"""launch.paper_cost: extrapolation arithmetic, table formatting and the train commands (no training)."""
+import math
+import shlex
+
+import pytest
+
+from launch import experiment
+from launch import paper_cost as pc
+from launch import sweep_flops
+
+
+def _ex(**kw):
+  base = dict(cpu_batch=2, paper_batch=512, cpu_step_s=0.5, cpu_step_core_s=0.25, seq_flops=3e9, seq_len=100,
+              num_steps=1000, accel_flops_per_s=100e12)
+  return pc.Extrapolation(**{**base, **kw})
+
+
+def test_extrapolation_scales_the_measured_rate_to_the_paper_run():
+  ex = _ex()
+  assert ex.cpu_step_flops == 6e9 and ex.paper_step_flops == 512 * 3e9
+  assert ex.run_flops == 1000 * 512 * 3e9 and ex.run_tokens == 1000 * 512 * 100
+  assert math.isclose(ex.cpu_flops_per_s, 12e9) and math.isclose(ex.cpu_flops_per_core_s, 24e9)
+  # FLOPs are linear in the batch: the paper step costs paper/cpu batch times the measured one.
+  assert math.isclose(ex.cpu_run_s, 0.5 * 512 / 2 * 1000)
+  assert math.isclose(ex.cpu_run_core_s, 0.25 * 512 / 2 * 1000)
+  assert math.isclose(ex.accel_step_s, 512 * 3e9 / 100e12)
+  assert math.isclose(ex.accel_run_s, 1000 * 512 * 3e9 / 100e12)
+  unmeasured = _ex(cpu_step_s=None, cpu_step_core_s=None)
+  assert unmeasured.cpu_flops_per_s is None and unmeasured.cpu_run_s is None
+  assert unmeasured.cpu_run_core_s is None
+  assert unmeasured.accel_run_s == ex.accel_run_s
+
+
+def test_durations_and_counts_format_with_units():
+  assert pc.format_duration(None) == "-"
+  assert pc.format_duration(0.0123) == "0.012 s"
+  assert pc.format_duration(42) == "42 s"
+  assert pc.format_duration(90) == "1.5 min"
+  assert pc.format_duration(2 * 3600) == "2.0 h"
+  assert pc.format_duration(3 * 86400) == "3.0 d"
+  assert pc.format_duration(2 * 365 * 86400) == "2.0 y"
+  assert pc.format_count(4.22e9) == "4.22G" and pc.format_count(1.08e12) == "1.08T"
+  assert pc.format_count(5.12e9) == "5.12G" and pc.format_count(12) == "12"
+
+
+def test_train_commands_are_the_shipped_configs_with_only_n_changed():
+  rule110, _, hard, sliding = pc.PAPER_CONFIGS
+  assert pc.train_command(rule110, 1, 1) == ("python -m launch.train --config=launch/configs/rule110_paper.py "
+                                             "--workdir=workdirs/rule110_paper_n1")
+  assert pc.train_command(sliding, 4, 1) == (
+      "python -m launch.train --config=launch/configs/gsm_math_paper.py --config.task_preset=paper_sliding "
+      "--config.sleep.n_passes=4 --workdir=workdirs/gsm_math_paper_paper_sliding_n4")
+  assert pc.workdir_name(hard, 6) == "workdirs/gsm_math_paper_n6"
+  # The command's overrides build the experiment the cost was computed for (parsed as launch.train does).
+  for paper in pc.PAPER_CONFIGS:
+    args = shlex.split(pc.train_command(paper, 4, 1))
+    assert args[:3] == ["python", "-m", "launch.train"]
+    path = args[3].split("=", 1)[1]
+    overrides = [a for a in args[4:] if a.startswith("--config.")]
+    exp = experiment.experiment_from_config(pc.load_config(path, overrides))
+    assert exp.sleep.n_passes == 4
+    shipped = experiment.experiment_from_config(pc.load_config(paper.path, list(paper.overrides)))
+    assert exp.train == shipped.train and exp.model == shipped.model and exp.task_config == shipped.task_config
+  sliding_exp = experiment.experiment_from_config(pc.load_config(sliding.path, list(sliding.overrides)))
+  assert (sliding_exp.sleep.eviction, sliding_exp.sleep.window) == ("sliding", 512)
+
+
+def test_table_lists_measured_and_failed_rows_with_their_commands():
+  rule110, depo = pc.PAPER_CONFIGS[:2]
+  exp = experiment.experiment_from_config(pc.load_config(rule110.path, []))
+  flops = sweep_flops.experiment_flops(exp)
+  common = dict(config_n_passes=1, cpu_batch=2, accel_tflops=100.0)
+  ok = pc.make_row(rule110, 1, paper_batch=exp.train.batch_size, seq_flops=flops.train, seq_len=flops.seq_len,
+                   num_steps=exp.train.num_steps, measured={"step_s": 0.5, "step_core_s": 0.25, "timed_steps": 3},
+                   **common)
+  assert ok["paper_step_flops"] == exp.train.batch_size * flops.train
+  assert math.isclose(ok["cpu_run_core_s_extrapolated"], 0.25 * exp.train.batch_size / 2 * exp.train.num_steps)
+  first_only = pc.make_row(rule110, 4, paper_batch=512, seq_flops=1e9, seq_len=100, num_steps=10,
+                           measured={"step_s": 2.0, "step_core_s": 1.0, "timed_steps": 0}, **common)
+  bad = pc.make_row(depo, 4, paper_batch=128, seq_flops=7e10, seq_len=360, num_steps=200_000,
+                    measured={"error": "not compiled within 180 s"}, **common)
+  text = pc.format_table([ok, first_only, bad])
+  lines = text.splitlines()
+  assert lines[0].split()[:2] == ["config", "N"] and set(lines[1]) <= {"-", " "}
+  widths = {len(line) for line in lines[:2]}
+  assert len(widths) == 1, "header and rule line up"
+  row = lines[2].split()
+  assert row[:7] == ["rule110_paper", "1", "512", "2", "0.5", "0.25", "3"]
+  assert row[9] == f"{2 * flops.train / 0.25 / 1e9:.1f}"  # GFLOP/core-s
+  assert lines[3].split()[6] == "1*"
+  assert lines[4].split()[4:6] == ["n/a", "n/a"] and "depo_paper N=4: not compiled within 180 s" in text
+  for r in (ok, first_only, bad):
+    assert r["command"] in text
+  header = pc.header(accel_tflops=100.0, load=(12.0, 13.0), cores=2, backend="cpu")
+  assert "loaded" in header and "extrapolated" in header and "100 TFLOP/s" in header
+
+
+def test_n_passes_parse():
+  assert pc.parse_n_passes("1,4") == [1, 4] and pc.parse_n_passes("6") == [6]
+  for bad in ("", "0,4", "-1"):
+    with pytest.raises(ValueError, match="n_passes"):
+      pc.parse_n_passes(bad)
+
+
+def test_batches_parse_with_per_config_overrides():
+  assert pc.parse_batches("2") == (2, {})
+  assert pc.parse_batches("2,gsm_math_paper=1") == (2, {"gsm_math_paper": 1})
+  for bad, match in (("gsm_math_paper=1", "default"), ("0", ">= 1"), ("2,depo_paper=x", "config=N")):
+    with pytest.raises(ValueError, match=match):
+      pc.parse_batches(bad)
