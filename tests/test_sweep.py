@@ -55,11 +55,14 @@ def test_variant_overrides_build_the_intended_experiments():
   from launch import experiment
   cfg = _config()
   v = {x.name: x for x in sweep.parse_variants(["n4", "replay4", "deep4", "transformer", "n1_compute"])}
-  assert sweep.variant_overrides(v["n4"], cfg) == {"sleep.n_passes": 4, "plain_transformer": False}
+  # sleep.replay is set explicitly (False) whenever the config has the field, so a base config with
+  # replay on cannot leak into the plain-N variants.
+  assert sweep.variant_overrides(v["n4"], cfg) == {"sleep.n_passes": 4, "plain_transformer": False,
+                                                   "sleep.replay": False}
   assert sweep.variant_overrides(v["replay4"], cfg) == {"sleep.n_passes": 4, "plain_transformer": False,
                                                         "sleep.replay": True}
   assert sweep.variant_overrides(v["deep4"], cfg) == {"sleep.n_passes": 1, "plain_transformer": False,
-                                                      "model.n_layers": 16}
+                                                      "model.n_layers": 16, "sleep.replay": False}
   cfg.model.layout = "attn,gdn,gdn"
   assert sweep.variant_overrides(v["deep4"], cfg)["model.layout"] == ",".join(["attn", "gdn", "gdn"] * 4)
   cfg = _config()

@@ -111,8 +111,12 @@ def test_launch_parses_profile_steps():
   from launch.configs import rule110_small
   cfg = rule110_small.get_config()
   assert experiment.experiment_from_config(cfg).train.profile_steps is None
-  cfg.train.profile_steps = "2,4"
+  cfg.train.profile_steps = (2, 4)  # the typed field; the command line gives --config.train.profile_steps=2,4
   assert experiment.experiment_from_config(cfg).train.profile_steps == (2, 4)
+  # An older config.json spelled it "start,stop".
+  old = cfg.to_dict()
+  old["train"]["profile_steps"] = "2,4"
+  assert experiment.experiment_from_config(old).train.profile_steps == (2, 4)
 
 
 def test_training_run_writes_event_files_and_profile(tmp_path):
