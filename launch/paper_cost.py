@@ -222,12 +222,13 @@ def format_count(x: float) -> str:
 COLUMNS = (("config", "<"), ("N", ">"), ("paper B", ">"), ("CPU B", ">"), ("wall s/step", ">"),
            ("core-s/step", ">"), ("timed", ">"), ("FLOP/step CPU B", ">"), ("FLOP/step paper B", ">"),
            ("GFLOP/core-s", ">"), ("paper steps", ">"), ("paper tokens", ">"),
-           ("CPU run, core-time (extrapolated)", ">"), ("accel run (estimate)", ">"))
+           ("compile core-s", ">"), ("CPU run, core-time (extrapolated)", ">"), ("accel run (estimate)", ">"))
 
 
 def table_row(row: dict) -> list[str]:
   """The table's cells of one result row (see :func:`make_row`)."""
   ex = Extrapolation(**row["extrapolation"])
+  compile_core = f"{row['compile_core_s']:.0f}" if row.get("compile_core_s") is not None else "-"
   if row.get("error"):
     wall, core, timed, rate, cpu_run = "n/a", "n/a", "-", "-", "n/a"
   else:
@@ -236,7 +237,7 @@ def table_row(row: dict) -> list[str]:
     rate, cpu_run = f"{ex.cpu_flops_per_core_s / 1e9:.1f}", format_duration(ex.cpu_run_core_s)
   return [row["label"], str(row["n_passes"]), str(ex.paper_batch), str(ex.cpu_batch), wall, core, timed,
           format_count(ex.cpu_step_flops), format_count(ex.paper_step_flops), rate, f"{ex.num_steps:,}",
-          format_count(ex.run_tokens), cpu_run, format_duration(ex.accel_run_s)]
+          format_count(ex.run_tokens), compile_core, cpu_run, format_duration(ex.accel_run_s)]
 
 
 def format_table(rows: Sequence[dict]) -> str:
@@ -256,13 +257,13 @@ def format_table(rows: Sequence[dict]) -> str:
   return "\n".join(lines)
 
 
-def header(*, accel_tflops: float, load: tuple[float, float], cores: int, backend: str) -> str:
+def header(*, accel_tflops: float, load: Sequence[float], cores: int, backend: str) -> str:
   """What the numbers are and are not: measured, extrapolated, assumed; how loaded the CPU was."""
   mfu = accel_tflops / 990.0
   return "\n".join([
       f"Paper configs: the trainer's step measured on {backend} ({cores} cores) at a reduced batch (CPU B).",
-      f"The machine was loaded by other jobs (load average {load[0]:.1f} at start, {load[1]:.1f} at end, on "
-      f"{cores} cores) and this ran niced: the numbers are rough.",
+      f"The machine was loaded by other jobs (load average {min(load):.1f}-{max(load):.1f} on {cores} cores "
+      "during the measurements) and this ran niced: the numbers are rough.",
       "wall s/step: measured wall time per step as loaded. core-s/step: this process's CPU seconds per step (all "
       "its threads), which the load inflates far less; an idle machine takes between core-s/cores and core-s.",
       "FLOPs: analytic training FLOPs (launch.sweep_flops: forward + backward, remat not counted). "
@@ -270,10 +271,34 @@ def header(*, accel_tflops: float, load: tuple[float, float], cores: int, backen
       "CPU run, core-time (extrapolated): the paper run's FLOPs (paper batch x paper steps) at the measured "
       "GFLOP/core-s, in core time (one idle core's wall time); not measured.",
       "accel run (estimate): the paper run's FLOPs at an assumed rate: "
-      + ACCEL_NOTE.format(tflops=accel_tflops, mfu=mfu, ratio=350.0 / accel_tflops) + "; not measured.",
+      + ACCEL_NOTE.format(tflops=accel_tflops, mfu=mfu, ratio=350.0 / accel_tflops) + "; not measured. "
+      "A small model's step (d = 256, T = 100) is bound by kernel launches and sequential scans more than by "
+      "FLOPs: read its estimate as a lower bound.",
       "timed: steps timed after compile and one warm-up step (1*: only the first step after compile, "
       "which includes one-off overhead, timed because a step took longer than the time budget).",
   ])
+
+
+def report(doc: dict) -> str:
+  """The header and the table of a result document (what ``--json`` writes)."""
+  return header(accel_tflops=doc["accel_tflops"], load=doc["load_average"], cores=doc["cores"],
+                backend=doc["backend"]) + "\n\n" + format_table(doc["rows"])
+
+
+def merge_reports(docs: Sequence[dict]) -> dict:
+  """One result document from several runs' (rows in order, every load average kept).
+
+  Raises:
+    ValueError: for no documents, or documents that assume different
+      accelerator rates or ran on different machines.
+  """
+  if not docs:
+    raise ValueError("no result documents to merge")
+  for key in ("accel_tflops", "cores", "backend"):
+    if len({json.dumps(d[key]) for d in docs}) > 1:
+      raise ValueError(f"the documents differ in {key!r}: {[d[key] for d in docs]}")
+  return {**docs[0], "cpu_batch": [d["cpu_batch"] for d in docs],
+          "load_average": [x for d in docs for x in d["load_average"]], "rows": [r for d in docs for r in d["rows"]]}
 
 
 def make_row(paper: PaperConfig, n_passes: int, *, config_n_passes: int, paper_batch: int, cpu_batch: int,
@@ -359,7 +384,8 @@ def measure(path: str, overrides: Sequence[str], *, steps: int, budget_s: float,
   need, have = _step_bytes(compiled), _mem_available()
   if need is not None and have is not None and need > 0.85 * have:
     return {"error": f"does not fit: the compiled step needs {need / 2**30:.1f} GiB, "
-                     f"{have / 2**30:.1f} GiB available", "compile_s": compile_s, "step_bytes": need}
+                     f"{have / 2**30:.1f} GiB available", "compile_s": compile_s, "compile_core_s": compile_core_s,
+            "step_bytes": need}
   t0 = clock()
   state, m = compiled(state, batches[0])
   jax.block_until_ready(m)
@@ -372,7 +398,7 @@ def measure(path: str, overrides: Sequence[str], *, steps: int, budget_s: float,
     dw, dc = since(t0)
     wall, core, spent, timed = wall + dw, core + dc, spent + dw, timed + 1
   if not bool(m["loss_finite"]):
-    return {"error": "the loss was not finite", "compile_s": compile_s}
+    return {"error": "the loss was not finite", "compile_s": compile_s, "compile_core_s": compile_core_s}
   return {"step_s": wall / timed if timed else first_s, "step_core_s": core / timed if timed else first_core_s,
           "timed_steps": timed, "compile_s": compile_s, "compile_core_s": compile_core_s, "first_step_s": first_s,
           "first_step_core_s": first_core_s, "step_bytes": need}
@@ -481,10 +507,26 @@ def main(argv=None) -> int:
   p.add_argument("--accel_tflops", type=float, default=DEFAULT_ACCEL_TFLOPS,
                  help="assumed sustained accelerator TFLOP/s for the estimate")
   p.add_argument("--json", default="", help="also write the rows here")
+  p.add_argument("--from_json", default="",
+                 help="print the table of earlier --json files (comma-separated, merged in order); measures nothing")
   p.add_argument("--_measure", default="", help=argparse.SUPPRESS)
   args = p.parse_args(argv)
   if args._measure:
     return _measure_main(json.loads(args._measure))
+  if args.from_json:
+    docs = []
+    for path in (x for x in args.from_json.split(",") if x):
+      with open(path) as f:
+        docs.append(json.load(f))
+    try:
+      doc = merge_reports(docs)
+    except ValueError as e:
+      p.error(str(e))
+    print(report(doc))
+    if args.json:
+      with open(args.json, "w") as f:
+        json.dump(doc, f, indent=1)
+    return 0
   try:
     n_list = parse_n_passes(args.n_passes)
     default_batch, config_batch = parse_batches(args.batch)
@@ -526,16 +568,13 @@ def main(argv=None) -> int:
                            seq_flops=flops.train, seq_len=flops.seq_len, num_steps=exp.train.num_steps,
                            accel_tflops=args.accel_tflops, measured=measured))
   load1 = os.getloadavg()[0]
-  cores = os.cpu_count() or 1
+  doc = {"cpu_batch": args.batch, "accel_tflops": args.accel_tflops, "load_average": [load0, load1],
+         "cores": os.cpu_count() or 1, "backend": jax.default_backend(), "jax": jax.__version__, "rows": rows}
   print()
-  print(header(accel_tflops=args.accel_tflops, load=(load0, load1), cores=cores, backend=jax.default_backend()))
-  print()
-  print(format_table(rows))
+  print(report(doc))
   if args.json:
     with open(args.json, "w") as f:
-      json.dump({"cpu_batch": args.batch, "accel_tflops": args.accel_tflops, "load_average": [load0, load1],
-                 "cores": cores, "backend": jax.default_backend(), "jax": jax.__version__, "rows": rows},
-                f, indent=1)
+      json.dump(doc, f, indent=1)
   return 0
 
 

@@ -71,14 +71,14 @@ def test_table_lists_measured_and_failed_rows_with_their_commands():
   flops = sweep_flops.experiment_flops(exp)
   common = dict(config_n_passes=1, cpu_batch=2, accel_tflops=100.0)
   ok = pc.make_row(rule110, 1, paper_batch=exp.train.batch_size, seq_flops=flops.train, seq_len=flops.seq_len,
-                   num_steps=exp.train.num_steps, measured={"step_s": 0.5, "step_core_s": 0.25, "timed_steps": 3},
+                   num_steps=exp.train.num_steps, measured={"step_s": 0.5, "step_core_s": 0.25, "timed_steps": 3, "compile_core_s": 51.2},
                    **common)
   assert ok["paper_step_flops"] == exp.train.batch_size * flops.train
   assert math.isclose(ok["cpu_run_core_s_extrapolated"], 0.25 * exp.train.batch_size / 2 * exp.train.num_steps)
   first_only = pc.make_row(rule110, 4, paper_batch=512, seq_flops=1e9, seq_len=100, num_steps=10,
                            measured={"step_s": 2.0, "step_core_s": 1.0, "timed_steps": 0}, **common)
   bad = pc.make_row(depo, 4, paper_batch=128, seq_flops=7e10, seq_len=360, num_steps=200_000,
-                    measured={"error": "not compiled within 180 s"}, **common)
+                    measured={"error": "not compiled within 180 CPU s"}, **common)
   text = pc.format_table([ok, first_only, bad])
   lines = text.splitlines()
   assert lines[0].split()[:2] == ["config", "N"] and set(lines[1]) <= {"-", " "}
@@ -87,12 +87,22 @@ def test_table_lists_measured_and_failed_rows_with_their_commands():
   row = lines[2].split()
   assert row[:7] == ["rule110_paper", "1", "512", "2", "0.5", "0.25", "3"]
   assert row[9] == f"{2 * flops.train / 0.25 / 1e9:.1f}"  # GFLOP/core-s
+  assert row[12] == "51"  # compile core-s
   assert lines[3].split()[6] == "1*"
-  assert lines[4].split()[4:6] == ["n/a", "n/a"] and "depo_paper N=4: not compiled within 180 s" in text
+  assert lines[4].split()[4:6] == ["n/a", "n/a"] and "depo_paper N=4: not compiled within 180 CPU s" in text
   for r in (ok, first_only, bad):
     assert r["command"] in text
   header = pc.header(accel_tflops=100.0, load=(12.0, 13.0), cores=2, backend="cpu")
-  assert "loaded" in header and "extrapolated" in header and "100 TFLOP/s" in header
+  assert "loaded" in header and "extrapolated" in header and "100 TFLOP/s" in header and "12.0-13.0" in header
+
+  # Two runs' --json documents print as one table, in order.
+  doc = lambda rows, load: {"cpu_batch": "2", "accel_tflops": 100.0, "load_average": load, "cores": 2,
+                            "backend": "cpu", "rows": rows}
+  merged = pc.merge_reports([doc([ok], [11.0, 12.0]), doc([first_only, bad], [15.0, 14.0])])
+  assert merged["rows"] == [ok, first_only, bad] and merged["load_average"] == [11.0, 12.0, 15.0, 14.0]
+  assert pc.report(merged).endswith(text) and "11.0-15.0" in pc.report(merged)
+  with pytest.raises(ValueError, match="accel_tflops"):
+    pc.merge_reports([doc([ok], [1.0]), {**doc([ok], [1.0]), "accel_tflops": 350.0}])
 
 
 def test_n_passes_parse():
