@@ -19,6 +19,7 @@ import logging
 import os
 from typing import Any
 
+from etils import epath
 import jax
 import numpy as np
 import orbax.checkpoint as ocp
@@ -142,7 +143,19 @@ def checkpoint_dir(workdir: str) -> str:
   return os.path.join(workdir, "checkpoints")
 
 
-def load_params(source: str, abstract_params, *, step: int | None = None, return_step: bool = False):
+def _host_restore(directory: str, step: int):
+  """Restore args that read a step's train state as numpy arrays, whatever devices saved it.
+
+  ``StandardRestore()`` without a target puts each array back on the saving
+  run's sharding and fails on another topology (a 4-device run read by one
+  process, a GPU run read on a CPU host); only host values are needed here.
+  """
+  tree = ocp.StandardCheckpointHandler().metadata(epath.Path(directory) / str(step) / "state").tree
+  return ocp.args.PyTreeRestore(restore_args=jax.tree.map(lambda _: ocp.RestoreArgs(restore_type=np.ndarray), tree))
+
+
+def load_params(source: str, abstract_params, *, step: int | None = None, return_step: bool = False,
+                strict: bool = True):
   """Loads only the parameters from another run's latest good checkpoint.
 
   Used to retrofit sleep onto a model trained with ``N = 1``: same model
@@ -154,6 +167,9 @@ def load_params(source: str, abstract_params, *, step: int | None = None, return
       ``ShapeDtypeStruct``), used for structure, shapes and dtypes.
     step: load this step instead of the newest one that restores.
     return_step: also return the step loaded.
+    strict: refuse a checkpoint holding parameters the model lacks (a
+      checkpoint of another model whose first blocks happen to fit); ``False``
+      ignores them.
 
   Returns:
     The params tree with the loaded values (numpy arrays), and the step if
@@ -161,7 +177,7 @@ def load_params(source: str, abstract_params, *, step: int | None = None, return
 
   Raises:
     CheckpointError: no restorable checkpoint, or a parameter missing or of the
-      wrong shape.
+      wrong shape (or, if ``strict``, one the model lacks).
   """
   directory = source
   if os.path.isdir(checkpoint_dir(source)):
@@ -179,7 +195,7 @@ def load_params(source: str, abstract_params, *, step: int | None = None, return
   errors = []
   for step in reversed(steps):
     try:
-      raw = mngr.restore(step, args=ocp.args.Composite(state=ocp.args.StandardRestore()))["state"]
+      raw = mngr.restore(step, args=ocp.args.Composite(state=_host_restore(directory, step)))["state"]
       break
     except Exception as e:  # orbax raises many types for damaged files.
       log.warning("checkpoint step %d in %s does not restore (%s)", step, directory, type(e).__name__)
@@ -199,4 +215,9 @@ def load_params(source: str, abstract_params, *, step: int | None = None, return
     return value.astype(like.dtype)
 
   params = jax.tree_util.tree_map_with_path(pick, abstract_params)
+  if strict:
+    extra = sorted(set(saved) - {path_str(p) for p, _ in jax.tree_util.tree_flatten_with_path(abstract_params)[0]})
+    if extra:
+      raise CheckpointError(f"init_from: {len(extra)} parameter(s) in {directory} step {step} are not in the model "
+                            f"(e.g. {extra[0]!r}): a checkpoint of another model (layout or sizes)")
   return (params, step) if return_step else params
