@@ -13,9 +13,12 @@ Public API:
   * ``windowed_forward`` / ``windowed_loss``: training through eviction
     (Algorithm 1 of the paper), hard or sliding.
   * ``SleepSession``: wake-time streaming inference with constant latency.
+  * ``array_typing``: the axis legend and jaxtyping aliases the API is
+    annotated with; ``array_typing.enable_runtime_checks()`` (or
+    ``SLEEP_JAX_TYPECHECK=1``) checks the annotations at run time.
   * ``sleep_jax.train``: optimizer, trainer, checkpoints (imported on demand).
 """
-from sleep_jax import ops
+from sleep_jax import array_typing, ops
 from sleep_jax.config import ModelConfig, SleepConfig
 from sleep_jax.consolidate import sleep_consolidate
 from sleep_jax.fast_weights import FastWeights, init_fast_weights
@@ -36,6 +39,7 @@ __all__ = [
     "SleepSession",
     "WindowedLoss",
     "WindowedOutput",
+    "array_typing",
     "init_fast_weights",
     "insert_gdn_blocks",
     "ops",

@@ -37,6 +37,8 @@ from typing import Any, Callable
 import jax
 import jax.numpy as jnp
 
+from sleep_jax.array_typing import ArrayLike, PyTree, typed
+
 BlocksFn = Callable[[Any, Any], tuple[Any, Any]]
 HaltMeasure = Callable[[Any, Any], jax.Array]
 
@@ -104,15 +106,23 @@ def _run_adaptive(fn, carry, n: int, halt_tol: float, measure: HaltMeasure):
   return carry
 
 
-def sleep_consolidate(blocks_fn: BlocksFn, h, fast_weights, n_sleep_passes: int, *, remat: bool = True,
-                      grad_passes: int | None = None, return_hidden: bool = False, halt_tol: float | None = None,
-                      halt_measure: HaltMeasure | None = None, return_passes: bool = False):
+@typed
+def sleep_consolidate(blocks_fn: BlocksFn, h: PyTree[ArrayLike], fast_weights: PyTree[ArrayLike],
+                      n_sleep_passes: int, *, remat: bool = True, grad_passes: int | None = None,
+                      return_hidden: bool = False, halt_tol: float | None = None,
+                      halt_measure: HaltMeasure | None = None,
+                      return_passes: bool = False) -> PyTree[ArrayLike] | tuple[PyTree[ArrayLike], ...]:
   """Runs ``blocks_fn`` ``n_sleep_passes`` times, threading hidden states and fast weights.
+
+  Model-agnostic, so ``h`` and ``fast_weights`` are annotated as any pytrees
+  of arrays; in the model they are ``[B, T, D]`` hidden states (``b t d``,
+  with the attention keys and values of the pass) and ``FastWeights``.
 
   Args:
     blocks_fn: ``(h, fast_weights) -> (h, fast_weights)``; outputs must have the
       inputs' shapes and dtypes.
-    h: hidden states entering the first pass (any pytree, usually ``[B, T, D]``).
+    h: hidden states entering the first pass (any pytree, usually ``[B, T, D]``,
+      ``b t d``).
     fast_weights: fast-weight pytree at the start of the first pass.
     n_sleep_passes: passes to run from ``h``, ``>= 0`` (a Python int: it is
       the scan length); ``0`` returns the inputs unchanged. From embedded
@@ -134,7 +144,7 @@ def sleep_consolidate(blocks_fn: BlocksFn, h, fast_weights, n_sleep_passes: int,
       ``k`` positions), whether or not an example has halted by then.
     halt_measure: ``(fast_weights_before, fast_weights_after) -> [B]`` change
       of one pass (default :func:`relative_change` over every leaf).
-    return_passes: also return the ``[B]`` int32 passes each example ran.
+    return_passes: also return the ``[B]`` (``b``) int32 passes each example ran.
 
   Returns:
     ``fast_weights`` after the last pass, followed by ``h`` when

@@ -13,6 +13,7 @@ import dataclasses
 import jax
 import jax.numpy as jnp
 
+from sleep_jax.array_typing import GdnState
 from sleep_jax.config import ModelConfig
 
 
@@ -22,9 +23,12 @@ class FastWeights:
   """Per-GDN-layer fast-weight states (a pytree).
 
   Attributes:
-    states: one ``[B, H, Dk, Dv]`` float32 array per GDN block, in layout order.
+    states: one ``[B, H, Dk, Dv]`` (``b h k v``) float32 array per GDN block,
+      in layout order. Runtime-checked (``array_typing.typed``) wherever a
+      ``FastWeights`` enters or leaves a public function, every state against
+      the same ``b h k v``.
   """
-  states: tuple[jax.Array, ...]
+  states: tuple[GdnState, ...]
 
   def __post_init__(self):
     object.__setattr__(self, "states", tuple(self.states))

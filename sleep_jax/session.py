@@ -32,6 +32,7 @@ from __future__ import annotations
 import dataclasses
 import functools
 import os
+from collections.abc import Sequence
 
 import jax
 import jax.numpy as jnp
@@ -39,6 +40,7 @@ import numpy as np
 import orbax.checkpoint as ocp
 from flax import nnx
 
+from sleep_jax.array_typing import Array, ArrayLike, Float, Int32, NextLogits, typed
 from sleep_jax.config import SleepConfig
 from sleep_jax.cost import decode_flops, window_flops
 from sleep_jax.fast_weights import FastWeights
@@ -263,12 +265,15 @@ class SleepSession:
     return self._pos
 
   @property
+  @typed
   def fast_weights(self) -> FastWeights:
+    """The current fast weights (``b h k v`` states, ``b`` the session's rows)."""
     return self.state.fast_weights
 
   @property
-  def last_logits(self) -> jax.Array:
-    """``[B, V]`` logits after the last consumed token (predicting the next)."""
+  @typed
+  def last_logits(self) -> NextLogits:
+    """``[B, V]`` (``b vocab``) logits after the last consumed token (predicting the next)."""
     return self.state.last_logits
 
   def _as_tokens(self, tokens) -> np.ndarray:
@@ -294,19 +299,21 @@ class SleepSession:
       raise ValueError(f"tokens must lie in [0, {self.vocab_size}) (vocab_size); got min {t.min()}, max {t.max()}")
     return t.astype(np.int32)
 
-  def feed(self, tokens) -> jax.Array:
+  @typed
+  def feed(self, tokens: ArrayLike | Sequence) -> Float[Array, "b n vocab"]:
     """Consumes tokens, sleeping whenever a window fills.
 
     Args:
-      tokens: ``[B, n]`` int array, values in ``[0, vocab_size)``: row ``b``
+      tokens: ``[B, n]`` (``b n``) int array, values in ``[0, vocab_size)``: row ``b``
         continues row ``b``'s stream by ``n`` tokens. Only a session with
         ``B == 1`` also takes ``[n]`` (a prompt) or a 0-d array / Python int
         (one token); with ``B > 1`` a 1-D array is refused, never read as one
-        token per row (pass ``tokens[:, None]`` for that).
+        token per row (pass ``tokens[:, None]`` for that). Checked by the
+        session itself (``ValueError``), so the annotation is any array-like.
 
     Returns:
-      ``[B, n, V]`` float32 wake logits, one per fed token (predicting the
-      token after it).
+      ``[B, n, V]`` (``b n vocab``) float32 wake logits, one per fed token
+      (predicting the token after it).
 
     Raises:
       ValueError: for a bad shape (the message states the expected shapes),
@@ -345,7 +352,8 @@ class SleepSession:
       self._count_sleep(passes, rerun=True)
     return logits
 
-  def generate(self, n_tokens: int) -> np.ndarray:
+  @typed
+  def generate(self, n_tokens: int) -> Int32[np.ndarray, "b n"]:
     """Greedy decoding of ``n_tokens`` tokens, each fed back into the stream.
 
     Args:
@@ -353,7 +361,7 @@ class SleepSession:
         of the logits after the last consumed token, so feed a prompt first.
 
     Returns:
-      ``[B, n_tokens]`` int32 tokens.
+      ``[B, n_tokens]`` (``b n``) int32 tokens.
 
     Raises:
       ValueError: if ``n_tokens < 0`` or nothing has been fed yet.

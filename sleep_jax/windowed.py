@@ -50,6 +50,7 @@ import jax.numpy as jnp
 import numpy as np
 from flax import nnx
 
+from sleep_jax.array_typing import Array, Float, Int32, Logits, Mask, Tokens, WindowPasses, typed
 from sleep_jax.config import SleepConfig
 from sleep_jax.consolidate import sleep_consolidate
 from sleep_jax.cost import sequence_cost
@@ -62,15 +63,16 @@ class WindowedOutput:
   """Output of :func:`windowed_forward`.
 
   Attributes:
-    logits: ``[B, T, V]`` float32 wake-pass logits (None if not requested).
+    logits: ``[B, T, V]`` (``b t vocab``) float32 wake-pass logits (None if
+      not requested).
     fast_weights: fast weights after the last window.
-    passes: ``[B, n_windows]`` int32: the looped core's passes over each
-      window that slept, wake pass included (the paper's ``N``, per example
-      under adaptive sleep), 0 for windows that did not sleep.
+    passes: ``[B, n_windows]`` (``b w``) int32: the looped core's passes over
+      each window that slept, wake pass included (the paper's ``N``, per
+      example under adaptive sleep), 0 for windows that did not sleep.
   """
-  logits: jax.Array | None
+  logits: Logits | None
   fast_weights: FastWeights
-  passes: jax.Array
+  passes: WindowPasses
 
 
 @jax.tree_util.register_dataclass
@@ -79,23 +81,23 @@ class LossAux:
   """Auxiliary outputs of :func:`windowed_loss`.
 
   Attributes:
-    logits: ``[B, T, V]`` float32.
-    token_loss: ``[B, T]`` cross-entropy, 0 where the loss mask is 0.
+    logits: ``[B, T, V]`` (``b t vocab``) float32.
+    token_loss: ``[B, T]`` (``b t``) cross-entropy, 0 where the loss mask is 0.
     n_tokens: scalar, the sum of the loss mask.
-    predictions: ``[B, T]`` int32 argmax of the logits.
+    predictions: ``[B, T]`` (``b t``) int32 argmax of the logits.
     fast_weights: fast weights after the last window.
-    passes: ``[B, n_windows]`` int32 passes per window (see
+    passes: ``[B, n_windows]`` (``b w``) int32 passes per window (see
       :class:`WindowedOutput`).
     cost: per-example ``[B]`` compute of the forward
       (``cost.sequence_cost``: wake and sleep FLOPs, passes, windows slept,
       ``N``); the train step reports it as ``sleep/*`` metrics.
   """
-  logits: jax.Array
-  token_loss: jax.Array
-  n_tokens: jax.Array
-  predictions: jax.Array
+  logits: Logits
+  token_loss: Float[Array, "b t"]
+  n_tokens: Float[Array, ""]
+  predictions: Int32[Array, "b t"]
   fast_weights: FastWeights
-  passes: jax.Array
+  passes: WindowPasses
   cost: dict
 
 
@@ -290,15 +292,21 @@ def _validate(model, tokens, loss_mask, sleep, sleep_schedule, return_logits):
           "examples whose loss tokens lie in the same windows")
 
 
-def windowed_forward(model, tokens, loss_mask, sleep: SleepConfig, *, fast_weights: FastWeights | None = None,
-                     return_logits: str = "all", sleep_schedule: tuple[bool, ...] | None = None,
-                     ) -> WindowedOutput:
+@typed
+def windowed_forward(model, tokens: Tokens, loss_mask: Mask | None, sleep: SleepConfig, *,
+                     fast_weights: FastWeights | None = None, return_logits: str = "all",
+                     sleep_schedule: tuple[bool, ...] | None = None) -> WindowedOutput:
   """Runs Algorithm 1 over a batch (see the module docstring).
+
+  Shapes use the axis legend of ``sleep_jax.array_typing``; the annotations
+  (the output's too: ``logits`` ``b t vocab``, ``passes`` ``b w``, the fast
+  weights' ``b``) are checked at run time when
+  ``array_typing.enable_runtime_checks()`` is on.
 
   Args:
     model: a ``HybridLM``.
-    tokens: ``[B, T]`` int token ids in ``[0, vocab_size)``.
-    loss_mask: ``[B, T]`` float mask (1 on answer targets) or None. A window
+    tokens: ``[B, T]`` (``b t``) int token ids in ``[0, vocab_size)``.
+    loss_mask: ``[B, T]`` (``b t``) float mask (1 on answer targets) or None. A window
       whose mask is zero across the whole batch is a consolidation window.
       A concrete mask must agree between rows on which windows are all zero
       (else pass ``sleep_schedule``); a traced one is not checked.
@@ -383,14 +391,17 @@ def windowed_forward(model, tokens, loss_mask, sleep: SleepConfig, *, fast_weigh
   return WindowedOutput(logits=out, fast_weights=carry[0], passes=jnp.concatenate(passes, axis=0).T)
 
 
+@typed
 def windowed_loss(model, batch: dict, sleep: SleepConfig, *,
-                  sleep_schedule: tuple[bool, ...] | None = None) -> tuple[jax.Array, LossAux]:
+                  sleep_schedule: tuple[bool, ...] | None = None) -> tuple[Float[Array, ""], LossAux]:
   """Mean masked cross-entropy of :func:`windowed_forward`.
 
   Args:
     model: a ``HybridLM``.
-    batch: dict with ``tokens`` ``[B, T]`` int, ``targets`` ``[B, T]`` int and
-      ``loss_mask`` ``[B, T]`` float (other keys are ignored).
+    batch: dict with ``tokens`` ``[B, T]`` (``b t``) int, ``targets``
+      ``[B, T]`` int and ``loss_mask`` ``[B, T]`` float (other keys are
+      ignored). With runtime checks on, the ``LossAux`` fields must agree on
+      one ``b`` and ``t``.
     sleep: the ``SleepConfig``.
     sleep_schedule: optional static per-window schedule (see
       :func:`windowed_forward`).

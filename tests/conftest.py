@@ -3,6 +3,10 @@ import os
 
 os.environ.setdefault("XLA_FLAGS", "--xla_force_host_platform_device_count=4")
 os.environ.setdefault("JAX_PLATFORMS", "cpu")
+# The public API's jaxtyping annotations are checked at run time in the tests (sleep_jax/array_typing.py;
+# beartype is in the test extra), so an annotation that misstates a shape fails here. SLEEP_JAX_TYPECHECK=0
+# turns the checks off. Subprocesses (the launch CLIs) inherit it.
+os.environ.setdefault("SLEEP_JAX_TYPECHECK", "1")
 
 # Property tests (tests/test_fuzz.py): few examples by default, many in the
 # slow-marked duplicates. HYPOTHESIS_PROFILE=slow makes every property test use

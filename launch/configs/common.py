@@ -26,10 +26,10 @@ Launch-only spellings: ``model.layout`` is a comma-separated string such as
 ``"attn,attn,attn,attn"`` (unset: the paper's alternating attention / GDN
 layout); ``plain_transformer = True`` replaces the model by an all-attention
 stack of the same size that sees the whole sequence (``window = T``,
-``N = 1``). A placeholder cannot be set back to ``None`` on the command line
-(absl parses ``None`` as text); the older spellings of "unset", ``0`` and
-``""`` (what run ``config.json`` files written before the placeholders hold),
-are still read as ``None`` where ``None`` is what they meant, e.g.
+``N = 1``). absl cannot set a field back to ``None`` (it parses ``None`` as
+text), so the old spellings of "unset" still work where that is what they
+meant: ``0`` or ``""`` for an optional field, as in run ``config.json`` files
+written before the placeholders (``launch/experiment.py`` reads them), e.g.
 ``--config.train.eval_batches=0`` evaluates the whole split.
 
 The task's configuration: ``task_preset`` names one of the task's presets
