@@ -32,7 +32,8 @@ decision itself carries no gradient (it is a comparison).
 """
 from __future__ import annotations
 
-from typing import Any, Callable
+from collections.abc import Callable
+from typing import Any
 
 import jax
 import jax.numpy as jnp
