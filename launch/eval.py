@@ -4,6 +4,8 @@ r"""Evaluates a run's checkpoint on its task's eval split; prints and writes per
   python -m launch.eval --workdir=/tmp/sleep_rule110 --config.sleep.n_passes=4 \
       --config.task_config.t_min=8 --config.task_config.t_max=8 --output=/tmp/n4_t8.json
   python -m launch.eval --workdir=/tmp/sleep_rule110 --n_passes=1,2,4,8
+  python -m launch.eval --workdir=/tmp/sleep_rule110 --halt_tol=0.3,0.1,0.03 --n_passes=1,2,4 \
+      --config.sleep.max_passes=4
 
 The run's ``config.json`` (written by ``launch/train.py``) rebuilds the model
 and is the ``--config`` of this command: ``--config.a.b=value`` changes any
@@ -17,6 +19,15 @@ accepted). The result goes to ``--output`` (default
 as columns, beside the example count and the majority and chance baselines),
 writes ``<workdir>/eval_n_passes.json`` (or ``--output``) and draws accuracy
 against ``N`` per depth to the same path with ``.png``.
+
+``--halt_tol=0.3,0.1,0.03`` evaluates the checkpoint with adaptive sleep at
+each tolerance (cap: ``--config.sleep.max_passes``, default the run's ``N``),
+and at the fixed ``N`` of ``--n_passes`` if given, and prints accuracy beside
+the mean passes each depth's examples ran (``launch.tables.halting_table``).
+It writes ``<workdir>/eval_halting.json`` (or ``--output``) and a PNG of
+accuracy against mean passes, fixed ``N`` and adaptive side by side
+(``plotting.plot_halting``). Evaluation never draws ``N``: a run trained with
+``sleep.n_passes_train`` is evaluated at ``sleep.n_passes``.
 """
 from __future__ import annotations
 
@@ -37,6 +48,8 @@ _STEP = flags.DEFINE_integer("step", None, "Checkpoint step (default: the newest
 _BATCHES = flags.DEFINE_integer("eval_batches", 0, "Eval batches (0: the whole eval split).")
 _OVERRIDE = flags.DEFINE_multi_string("override", [], "Deprecated spelling of --config.key.path=value.")
 _N_PASSES = flags.DEFINE_list("n_passes", [], "Evaluate at each of these sleep-pass counts N (e.g. 1,2,4,8).")
+_HALT_TOL = flags.DEFINE_list("halt_tol", [], "Evaluate with adaptive sleep at each of these halting tolerances "
+                              "(e.g. 0.3,0.1,0.03); the cap is --config.sleep.max_passes (default: N).")
 _OUTPUT = flags.DEFINE_string("output", None, "JSON output path.")
 _CONFIG_HELP = "The run's config.json; --config.a.b=value changes a field for this evaluation."
 
@@ -86,7 +99,8 @@ def evaluate_passes(workdir: str, cfg, n_passes, *, step=None, eval_batches=None
   Args:
     workdir: a ``launch/train.py`` run directory.
     cfg: its config (a ConfigDict or dict), with any changes applied.
-    n_passes: the pass counts ``N`` (any ``N >= 0``, the trained one or not).
+    n_passes: the pass counts ``N`` (any ``N >= 0``, the trained one or not),
+      each evaluated with adaptive sleep off.
     step: the checkpoint step (default: the newest that restores, then pinned
       so every ``N`` sees the same parameters).
     eval_batches: eval batches (default: the whole eval split).
@@ -104,8 +118,40 @@ def evaluate_passes(workdir: str, cfg, n_passes, *, step=None, eval_batches=None
   results = {}
   for n in ns:
     c = copy.deepcopy(cfg)
-    c["sleep"]["n_passes"] = n
+    c["sleep"].update(n_passes=n, halt_tol=None, max_passes=None)  # a fixed N: adaptive sleep off
     step, results[n] = experiment.evaluate_run(workdir, cfg=c, step=step, eval_batches=eval_batches)
+  return step, results
+
+
+def evaluate_halting(workdir: str, cfg, halt_tols, *, step=None, eval_batches=None) -> tuple[int, dict]:
+  """Evaluates one checkpoint with adaptive sleep at each tolerance; returns ``(step, {tol: result})``.
+
+  Args:
+    workdir: a ``launch/train.py`` run directory.
+    cfg: its config (a ConfigDict or dict), with any changes applied; its
+      ``sleep.max_passes`` (default ``sleep.n_passes``) caps the passes.
+    halt_tols: the ``halt_tol`` values (each ``>= 0``).
+    step: the checkpoint step (default: the newest that restores, then pinned).
+    eval_batches: eval batches (default: the whole eval split).
+
+  Raises:
+    ValueError: a negative or non-numeric tolerance, a plain-transformer run,
+      or a bad config.
+  """
+  cfg = cfg.to_dict() if isinstance(cfg, ml_collections.ConfigDict) else dict(cfg)
+  try:
+    tols = [float(t) for t in halt_tols]
+  except ValueError:
+    raise ValueError(f"--halt_tol entries must be numbers, got {list(halt_tols)}") from None
+  if any(not t >= 0 for t in tols):
+    raise ValueError(f"--halt_tol entries must be >= 0, got {tols}")
+  if cfg.get("plain_transformer"):
+    raise ValueError("--halt_tol: this run is the plain transformer, which has no sleep passes")
+  results = {}
+  for tol in tols:
+    c = copy.deepcopy(cfg)
+    c["sleep"].update(halt_tol=tol, n_passes_train=None, n_passes_train_weights=None)
+    step, results[tol] = experiment.evaluate_run(workdir, cfg=c, step=step, eval_batches=eval_batches)
   return step, results
 
 
@@ -117,6 +163,27 @@ def passes_rows(results: dict) -> list[dict]:
     rows += [{"n_passes": n, "depth": d, "accuracy": v} for d, v in depth_values(result, "accuracy").items()]
     rows.append({"n_passes": n, "depth": "all", "accuracy": result.get("accuracy", float("nan"))})
   return rows
+
+
+def _report_halting(cfg, step, fixed, adaptive, overrides, depth_name) -> int:
+  out = _OUTPUT.value or os.path.join(_WORKDIR.value, "eval_halting.json")
+  cap = cfg["sleep"].get("max_passes") or cfg["sleep"]["n_passes"]
+  with open(out, "w") as f:
+    json.dump({"step": step, "max_passes": cap, "overrides": overrides,
+               "fixed": {str(n): r for n, r in fixed.items()},
+               "adaptive": {str(t): r for t, r in adaptive.items()}}, f, indent=1, sort_keys=True)
+  columns = {**{f"N={n}": r for n, r in fixed.items()}, **{f"tol={t:g}": r for t, r in adaptive.items()}}
+  print(f"checkpoint step {step}, adaptive sleep capped at N={cap}; accuracy/mean passes per {depth_name}:")
+  print(tables.halting_table(columns, depth_name))
+  print(f"wrote {out}")
+  try:
+    from sleep_jax.train import plotting
+    fig = plotting.plot_halting(fixed, adaptive, depth_name=depth_name,
+                                title=f"{cfg['task']}: fixed N vs adaptive sleep (step {step}, cap N={cap})")
+    print(f"wrote {plotting.save(fig, os.path.splitext(out)[0] + '.png')}")
+  except (ImportError, ValueError) as e:
+    logging.warning("no accuracy-vs-passes figure: %s", e)
+  return 0
 
 
 def main(argv):
@@ -137,7 +204,14 @@ def main(argv):
       experiment.load_run_config(_WORKDIR.value)
     cfg = experiment.apply_overrides(cfg.to_dict(), list(_OVERRIDE.value))
     depth_name = tasks.get_task(str(cfg["task"])).depth_name
-    if _N_PASSES.value:
+    if _HALT_TOL.value:
+      step, adaptive = evaluate_halting(_WORKDIR.value, cfg, _HALT_TOL.value, step=_STEP.value,
+                                        eval_batches=_BATCHES.value or None)
+      fixed = {}
+      if _N_PASSES.value:
+        _, fixed = evaluate_passes(_WORKDIR.value, cfg, _N_PASSES.value, step=step,
+                                   eval_batches=_BATCHES.value or None)
+    elif _N_PASSES.value:
       step, results = evaluate_passes(_WORKDIR.value, cfg, _N_PASSES.value, step=_STEP.value,
                                       eval_batches=_BATCHES.value or None)
     else:
@@ -147,6 +221,8 @@ def main(argv):
     print(f"error: {e}", file=sys.stderr)
     return 1
 
+  if _HALT_TOL.value:
+    return _report_halting(cfg, step, fixed, adaptive, overrides, depth_name)
   if not _N_PASSES.value:
     out = _OUTPUT.value or os.path.join(_WORKDIR.value, f"eval_step{step}.json")
     with open(out, "w") as f:

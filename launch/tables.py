@@ -66,18 +66,21 @@ def depth_table(result: Mapping[str, float], depth_name: str = "depth") -> str:
   Returns:
     The table, one row per depth and a final "all" row.
   """
+  with_passes = _number(result.get("sleep/passes")) is not None
   header = (f"{depth_name:>6} {'count':>7} {'accuracy':>9} {'± s.e.':>7} {'majority':>9} {'chance':>7} "
-            f"{'loss':>8}")
+            f"{'loss':>8}" + (f" {'passes':>7}" if with_passes else ""))
   rows = [header]
 
-  def row(label, count, acc, majority, chance, loss):
+  def row(label, count, acc, majority, chance, loss, passes):
     se = standard_error(acc, count)
     rows.append(f"{label:>6} {_fmt(count, '.0f'):>7} {_fmt(acc):>9} {_fmt(se):>7} {_fmt(majority):>9} "
-                f"{_fmt(chance):>7} {_fmt(loss):>8}")
+                f"{_fmt(chance):>7} {_fmt(loss):>8}" + (f" {_fmt(passes, '.2f'):>7}" if with_passes else ""))
 
   for d in depths(result):
-    row(str(d), *(result.get(f"{k}/depth={d}") for k in ("count", "accuracy", "majority", "chance", "loss")))
-  row("all", _total_count(result), *(result.get(k) for k in ("accuracy", "majority", "chance", "loss")))
+    row(str(d), *(result.get(f"{k}/depth={d}") for k in ("count", "accuracy", "majority", "chance", "loss",
+                                                         "sleep/passes")))
+  row("all", _total_count(result), *(result.get(k) for k in ("accuracy", "majority", "chance", "loss",
+                                                             "sleep/passes")))
   return "\n".join(rows)
 
 
@@ -113,4 +116,44 @@ def passes_table(results: Mapping[int, Mapping[str, float]], depth_name: str = "
     accs = " ".join(f"{_fmt(results[n].get('accuracy' + suffix)):>7}" for n in ns)
     rows.append(f"{label:>6} {_fmt(count, '.0f'):>7} {_fmt(first('majority' + suffix)):>9} "
                 f"{_fmt(first('chance' + suffix)):>7} {accs}")
+  return "\n".join(rows)
+
+
+def halting_table(results: Mapping[str, Mapping[str, float]], depth_name: str = "depth") -> str:
+  """Accuracy and mean sleep passes per depth (rows) for several sleep settings (columns).
+
+  Each column is one evaluation of the same checkpoint, labelled (e.g.
+  ``N=4`` for a fixed ``N``, ``tol=0.05`` for adaptive sleep); a cell is
+  ``accuracy/passes``, the passes being the mean per window that slept, wake
+  pass included (the paper's ``N``; the examples of one depth averaged). Count,
+  majority and chance come from the first result that has them.
+
+  Args:
+    results: ``{label: evaluation result}``.
+    depth_name: the first column's heading.
+
+  Returns:
+    The table, one row per depth and a final "all" row.
+  """
+  labels = list(results)
+  all_depths = sorted({d for r in results.values() for d in depths(r)})
+
+  def first(key):
+    for r in results.values():
+      if _number(r.get(key)) is not None:
+        return r[key]
+    return None
+
+  width = max([13] + [len(str(k)) for k in labels])
+  cols = " ".join(f"{str(k):>{width}}" for k in labels)
+  rows = [f"{depth_name:>6} {'count':>7} {'majority':>9} {cols}", f"{'':>6} {'':>7} {'':>9} " +
+          " ".join(f"{'acc/passes':>{width}}" for _ in labels)]
+  for label, suffix in [(str(d), f"/depth={d}") for d in all_depths] + [("all", "")]:
+    if suffix:
+      count = first(f"count{suffix}")
+    else:
+      count = next((c for c in map(_total_count, results.values()) if c is not None), None)
+    cells = " ".join(f"{_fmt(results[k].get('accuracy' + suffix)) + '/' + _fmt(results[k].get('sleep/passes' + suffix), '.2f'):>{width}}"
+                     for k in labels)
+    rows.append(f"{label:>6} {_fmt(count, '.0f'):>7} {_fmt(first('majority' + suffix)):>9} {cells}")
   return "\n".join(rows)

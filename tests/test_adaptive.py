@@ -1,4 +1,5 @@
 """Adaptive sleep (SleepConfig.halt_tol): against fixed N and explicit per-example loops."""
+import dataclasses
 import functools
 
 import jax
@@ -200,3 +201,36 @@ def test_session_sleeps_adaptively_like_the_windowed_forward(model):
   pieces = [session.feed(tokens[:, :4]), session.feed(tokens[:, 4:])]
   assert_close(ref.logits, jnp.concatenate(pieces, axis=1), what="streamed logits")
   assert_close(ref.fast_weights, session.fast_weights, what="fast weights")
+
+
+def test_eval_step_reports_each_examples_passes_and_evaluate_averages_them(model):
+  # The trainer's eval step (the one launch.eval and the in-training evaluation
+  # run) hands the passes each example's sleep ran to metrics.evaluate, which
+  # averages them per slept window: here the per-example counts of the
+  # windowed forward, which differ between the rows.
+  import optax
+  from sleep_jax.train import metrics as metrics_lib
+  from sleep_jax.train import state as state_lib
+  from sleep_jax.train import step as step_lib
+  from sleep_jax.windowed import WindowedLoss
+  from tasks.evaluation import Evaluator
+
+  tokens = _tokens(2, 7, 3)
+  sleep = SleepConfig(window=3, halt_tol=0.3, max_passes=5, eviction="sliding")
+  schedule = serving_schedule(7, 3)
+  ref = np.asarray(_forward(model, sleep, schedule, tokens).passes)  # [[4, 3, 0], [5, 3, 0]] (test above)
+  graphdef, state = state_lib.create_train_state(lambda rngs: HybridLM(model.config, rngs=rngs), optax.identity(), 0)
+  state = dataclasses.replace(state, params=nnx.state(model, nnx.Param))  # the fixture's weights
+  eval_step = jax.jit(step_lib.make_eval_step(WindowedLoss(sleep, schedule), graphdef))
+  mask = np.zeros((2, 7), np.float32)
+  mask[:, 6] = 1
+  depth = np.where(mask > 0, np.asarray([[2], [5]]), -1).astype(np.int32)
+  batch = {"tokens": tokens, "targets": tokens, "loss_mask": mask, "depth": depth,
+           "answer_id": np.zeros((2, 7), np.int32)}
+  out = jax.device_get(eval_step(state, batch))
+  np.testing.assert_array_equal(out["sleep_passes"], ref.sum(1))
+  np.testing.assert_array_equal(out["sleep_windows"], (ref > 0).sum(1))
+  result = metrics_lib.evaluate(lambda b: out, [batch], Evaluator("answer"))
+  assert result["sleep/passes"] == pytest.approx(ref.sum() / (ref > 0).sum())
+  assert result["sleep/passes/depth=2"] == pytest.approx(ref[0].sum() / 2)
+  assert result["sleep/passes/depth=5"] == pytest.approx(ref[1].sum() / 2)

@@ -70,6 +70,22 @@ def test_train_cli_one_step_rule110_then_eval(tmp_path):
     keys = [k for k in want if k.split("/")[0] in ("accuracy", "count", "majority", "chance")]
     assert keys and {k: got[k] for k in keys} == {k: want[k] for k in keys}
     np.testing.assert_allclose(got["loss"], want["loss"], rtol=1e-5)
+  # Adaptive sleep at two tolerances beside fixed N = 2, 3 (cap 3): halt_tol = 0 never
+  # halts (= fixed N = 3), a huge one halts after one sleep pass (= fixed N = 2).
+  p = _launch("launch.eval", f"--workdir={wd}", "--eval_batches=1", "--halt_tol=0,1e9", "--n_passes=2,3",
+              "--config.sleep.max_passes=3")
+  assert p.returncode == 0, p.stderr[-3000:]
+  assert "tol=0" in p.stdout and "tol=1e+09" in p.stdout and "acc/passes" in p.stdout
+  halting = json.load(open(os.path.join(wd, "eval_halting.json")))
+  assert halting["max_passes"] == 3 and os.path.getsize(os.path.join(wd, "eval_halting.png")) > 0
+  for tol, n in (("0.0", "3"), ("1000000000.0", "2")):
+    got, want = halting["adaptive"][tol], halting["fixed"][n]
+    assert got["sleep/passes"] == want["sleep/passes"] == float(n)
+    keys = [k for k in want if k.split("/")[0] in ("accuracy", "count")]
+    assert keys and {k: got[k] for k in keys} == {k: want[k] for k in keys}
+    np.testing.assert_allclose(got["loss"], want["loss"], rtol=1e-5)
+  p = _launch("launch.eval", f"--workdir={wd}", "--eval_batches=1", "--halt_tol=-1")
+  assert p.returncode == 1 and "--halt_tol entries must be >= 0" in p.stderr
 
 
 @pytest.mark.parametrize("name", ["depo_small", "gsm_math_small"])
@@ -464,6 +480,25 @@ def test_passes_table_one_row_per_depth_one_column_per_n():
       "     2      10    0.6000       -  0.5000  0.7500",
       "     5       -         -       -       -  0.2500",
       "   all      10    0.6000       -  0.5000  0.6250",
+  ]
+
+
+def test_depth_table_adds_mean_passes_when_the_result_has_them():
+  result = {"accuracy/depth=1": 0.9, "count/depth=1": 100, "sleep/passes/depth=1": 2.5, "accuracy": 0.9,
+            "sleep/passes": 2.5}
+  lines = tables.depth_table(result, "t").splitlines()
+  assert lines[0].split()[-1] == "passes" and lines[1].split()[-1] == "2.50" and lines[2].split()[-1] == "2.50"
+
+
+def test_halting_table_one_column_per_setting_accuracy_over_passes():
+  fixed = {"accuracy/depth=2": 0.5, "count/depth=2": 10, "majority/depth=2": 0.6, "accuracy": 0.5, "majority": 0.6,
+           "sleep/passes/depth=2": 4.0, "sleep/passes": 4.0}
+  adaptive = {"accuracy/depth=2": 0.75, "accuracy": 0.75, "sleep/passes/depth=2": 2.25, "sleep/passes": 2.25}
+  assert tables.halting_table({"N=4": fixed, "tol=0.1": adaptive}, "t").splitlines() == [
+      "     t   count  majority           N=4       tol=0.1",
+      "                            acc/passes    acc/passes",
+      "     2      10    0.6000   0.5000/4.00   0.7500/2.25",
+      "   all      10    0.6000   0.5000/4.00   0.7500/2.25",
   ]
 
 

@@ -88,3 +88,44 @@ def test_sleep_cost_counts_consolidation_windows():
   assert cost == {"sleep/windows": 3.0, "sleep/sleep_windows": 2.0, "sleep/block_passes": 7.0,
                   "sleep/relative_cost": 7.0 / 3.0}
   assert metrics_lib.sleep_cost(mask, window=4, n_passes=1)["sleep/relative_cost"] == 1.0
+
+
+def test_evaluate_reduces_per_example_sleep_to_mean_passes_per_depth_and_relative_cost(tmp_path):
+  from tasks.evaluation import Evaluator
+  # Two batches of 2 examples; each example scores one position (depth 1 or 3).
+  # Per example: passes summed over its slept windows, and those windows.
+  batches, outs = [], []
+  for depth, passes, windows in (((1, 3), (2.0, 6.0), (1.0, 2.0)), ((3, 3), (1.0, 4.0), (1.0, 1.0))):
+    t = np.zeros((2, 4), np.int32)
+    mask = np.zeros((2, 4), np.float32)
+    mask[:, 2] = 1
+    d = np.zeros((2, 4), np.int32)
+    d[:, 2] = depth
+    batches.append({"targets": t, "loss_mask": mask, "depth": d, "answer_id": np.zeros((2, 4), np.int32)})
+    outs.append({"predictions": t, "token_loss": np.zeros((2, 4), np.float32),
+                 "sleep_passes": np.asarray(passes, np.float32), "sleep_windows": np.asarray(windows, np.float32),
+                 "wake_flops": np.full((2,), 10.0, np.float32), "sleep_flops": np.asarray(passes, np.float32)})
+  it = iter(outs)
+  result = metrics_lib.evaluate(lambda b: next(it), batches, Evaluator("answer"))
+  assert result["sleep/passes"] == pytest.approx(13.0 / 5.0)        # (2 + 6 + 1 + 4) / (1 + 2 + 1 + 1)
+  assert result["sleep/passes/depth=1"] == pytest.approx(2.0)        # 2 / 1
+  assert result["sleep/passes/depth=3"] == pytest.approx(11.0 / 4.0)  # (6 + 1 + 4) / (2 + 1 + 1)
+  assert result["sleep/relative_cost"] == pytest.approx(1.0 + 13.0 / 40.0)
+  # Nothing slept (a plain transformer reports zeros): no sleep keys at all.
+  zeros = {"predictions": outs[0]["predictions"], "token_loss": outs[0]["token_loss"],
+           **{k: np.zeros((2,), np.float32) for k in ("sleep_passes", "sleep_windows", "wake_flops", "sleep_flops")}}
+  assert not any(k.startswith("sleep/") for k in metrics_lib.evaluate(lambda b: zeros, batches[:1],
+                                                                       Evaluator("answer")))
+
+
+def test_halting_figure_draws_fixed_and_adaptive(tmp_path):
+  fixed = {n: {"accuracy": 0.5 + 0.1 * n, "accuracy/depth=2": 0.6 + 0.05 * n} for n in (1, 2, 4)}
+  adaptive = {0.1: {"accuracy": 0.8, "accuracy/depth=2": 0.75, "sleep/passes": 2.5, "sleep/passes/depth=2": 2.2},
+              0.01: {"accuracy": 0.85, "accuracy/depth=2": 0.8, "sleep/passes": 3.5, "sleep/passes/depth=2": 3.1}}
+  fig = plotting.plot_halting(fixed, adaptive, depth_name="t")
+  lines = {l.get_label(): l for l in fig.axes[0].get_lines()}
+  assert list(lines["t=2, adaptive"].get_xdata()) == [2.2, 3.1]
+  assert list(lines["all, fixed N"].get_xdata()) == [1.0, 2.0, 4.0]
+  assert _is_png(plotting.save(fig, str(tmp_path / "h.png")))
+  with pytest.raises(ValueError, match="nothing|no evaluation"):
+    plotting.plot_halting({}, {0.1: {"accuracy": 0.5}})  # adaptive without passes: nothing to place

@@ -6,6 +6,7 @@ One JSON object per line in ``<workdir>/metrics.jsonl``, each with ``step``,
 """
 from __future__ import annotations
 
+import collections
 import json
 import math
 import os
@@ -135,15 +136,61 @@ def evaluate(eval_fn: Callable[[dict], dict], batches: Iterable[dict], evaluator
     max_batches: stop after this many (``None``: all).
 
   Returns:
-    ``evaluator.result()`` plus ``eval/batches``.
+    ``evaluator.result()`` plus ``eval/batches``, and when ``eval_fn`` reports
+    per-example compute (``sleep_passes``, ``sleep_windows``, ``wake_flops``,
+    ``sleep_flops``, each ``[B]``, as the trainer's eval step does) the sleep
+    actually run: ``sleep/passes`` (mean passes per window that slept, wake
+    pass included: the paper's ``N``, averaged over examples under adaptive
+    sleep), ``sleep/passes/depth=<d>`` (the same over the examples whose
+    deepest scored position has depth ``d``) and ``sleep/relative_cost``
+    (wake plus sleep FLOPs over wake FLOPs).
   """
   n = 0
+  cost = _SleepCost()
   for batch in batches:
     if max_batches is not None and n >= max_batches:
       break
     out = eval_fn(batch)
     evaluator.update(batch, np.asarray(out["predictions"]), np.asarray(out["token_loss"]))
+    cost.update(batch, out)
     n += 1
   result = {k: float(v) for k, v in evaluator.result().items()}
   result["eval/batches"] = float(n)
+  result.update(cost.result())
   return result
+
+
+class _SleepCost:
+  """Sums the eval step's per-example compute, overall and per example depth."""
+
+  def __init__(self):
+    self.passes = collections.defaultdict(float)  # depth (None: all) -> passes summed over slept windows
+    self.windows = collections.defaultdict(float)
+    self.wake = self.sleep = 0.0
+
+  def update(self, batch, out) -> None:
+    if "sleep_passes" not in out:
+      return
+    passes = np.asarray(out["sleep_passes"], np.float64).reshape(-1)
+    windows = np.asarray(out["sleep_windows"], np.float64).reshape(-1)
+    self.wake += float(np.sum(out["wake_flops"]))
+    self.sleep += float(np.sum(out["sleep_flops"]))
+    self.passes[None] += float(passes.sum())
+    self.windows[None] += float(windows.sum())
+    if "depth" in batch and "loss_mask" in batch:
+      mask = np.asarray(batch["loss_mask"]) > 0
+      depth = np.where(mask, np.asarray(batch["depth"]), -1).max(axis=1)
+      for d in np.unique(depth[depth >= 0]):
+        sel = depth == d
+        self.passes[int(d)] += float(passes[sel].sum())
+        self.windows[int(d)] += float(windows[sel].sum())
+
+  def result(self) -> dict[str, float]:
+    if not self.windows[None]:
+      return {}  # nothing slept (a plain transformer, N = 0 windows only, or no cost reported)
+    out = {"sleep/passes": self.passes[None] / self.windows[None]}
+    out.update({f"sleep/passes/depth={d}": self.passes[d] / self.windows[d]
+                for d in sorted(k for k in self.windows if k is not None) if self.windows[d]})
+    if self.wake:
+      out["sleep/relative_cost"] = 1.0 + self.sleep / self.wake
+    return out

@@ -23,7 +23,7 @@ import numpy as np
 from jax.sharding import NamedSharding
 from jax.sharding import PartitionSpec as P
 
-from sleep_jax.train.step import PER_EXAMPLE_OUTPUTS, SCALAR_METRICS, make_train_step
+from sleep_jax.train.step import EVAL_EXAMPLE_OUTPUTS, PER_EXAMPLE_OUTPUTS, SCALAR_METRICS, make_train_step
 
 DATA_AXIS = "data"
 
@@ -151,7 +151,7 @@ def data_parallel_eval_step(eval_step: Callable, mesh: jax.sharding.Mesh) -> Cal
 
   def per_shard(state, batch):
     out = eval_step(state, batch)
-    return {k: (v if k in PER_EXAMPLE_OUTPUTS else v[None]) for k, v in out.items()}
+    return {k: (v if k in EVAL_EXAMPLE_OUTPUTS else v[None]) for k, v in out.items()}
 
   return jax.jit(jax.shard_map(per_shard, mesh=mesh, in_specs=(P(), P(DATA_AXIS)), out_specs=P(DATA_AXIS),
                                check_vma=False))

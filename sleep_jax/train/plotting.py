@@ -149,6 +149,59 @@ def plot_vs_passes(rows: Iterable[Mapping], value: str = "accuracy", *, title: s
   return fig
 
 
+def plot_halting(fixed: Mapping[int, Mapping[str, float]], adaptive: Mapping[float, Mapping[str, float]], *,
+                 depth_name: str = "depth", title: str | None = None):
+  """Accuracy against the sleep actually run: fixed ``N`` beside adaptive sleep, one colour per depth.
+
+  Fixed-``N`` evaluations are solid lines through ``(N, accuracy)``; adaptive
+  ones dashed lines through ``(mean passes, accuracy)``, one point per
+  ``halt_tol``, the passes being those of that depth's examples
+  (``sleep/passes/depth=<d>``, from ``metrics.evaluate``). A point of the
+  adaptive line above the fixed line buys the same accuracy with fewer passes.
+
+  Args:
+    fixed: ``{N: evaluation result}`` (may be empty).
+    adaptive: ``{halt_tol: evaluation result}`` with ``sleep/passes`` keys.
+    depth_name: the task's depth knob, for the legend.
+    title: figure title.
+
+  Raises:
+    ValueError: nothing to draw.
+  """
+  def points(results, x_of):
+    series: dict[str, list[tuple[float, float]]] = {}
+    for key, r in results.items():
+      for label, suffix in [(str(d), f"/depth={d}") for d in depth_values(r)] + [("all", "")]:
+        x, y = x_of(key, r, suffix), r.get("accuracy" + suffix)
+        if _finite(x) and _finite(y):
+          series.setdefault(label, []).append((float(x), float(y)))
+    return {k: sorted(v) for k, v in series.items()}
+
+  solid = points(fixed, lambda n, r, suffix: float(n))
+  dashed = points(adaptive, lambda tol, r, suffix: r.get("sleep/passes" + suffix))
+  labels = sorted(set(solid) | set(dashed), key=lambda s: (s == "all", int(s) if s.lstrip("-").isdigit() else 0))
+  if not labels:
+    raise ValueError("no evaluation results with accuracy (and, for adaptive ones, sleep/passes) to draw")
+  fig, ax = plt.subplots(figsize=(6.5, 4.2), dpi=120)
+  colors = plt.rcParams["axes.prop_cycle"].by_key()["color"]
+  for i, label in enumerate(labels):
+    color = "black" if label == "all" else colors[i % len(colors)]
+    name = "all" if label == "all" else f"{depth_name}={label}"
+    if label in solid:
+      xs, ys = zip(*solid[label])
+      ax.plot(xs, ys, marker="o", color=color, label=f"{name}, fixed N")
+    if label in dashed:
+      xs, ys = zip(*dashed[label])
+      ax.plot(xs, ys, marker="x", linestyle="--", color=color, label=f"{name}, adaptive")
+  ax.set_xlabel("sleep passes run per window (mean, wake pass included)")
+  ax.set_ylabel("accuracy")
+  ax.grid(alpha=0.3)
+  ax.legend(fontsize=7, ncol=2)
+  ax.set_title(title or "accuracy vs sleep passes: fixed N and adaptive")
+  fig.tight_layout()
+  return fig
+
+
 def _finite(v) -> bool:
   return isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v)
 

@@ -33,6 +33,11 @@ LossFn = Callable[..., tuple[jax.Array, Any]]
 COST_METRICS = ("sleep/wake_flops", "sleep/sleep_flops", "sleep/passes", "sleep/sleep_windows", "sleep/n_passes")
 SCALAR_METRICS = ("loss", "grad_norm", "n_tokens", "loss_finite", "grads_finite") + COST_METRICS
 PER_EXAMPLE_OUTPUTS = ("predictions", "token_loss")
+# The eval step's per-example compute ([B] float32, zeros when the loss reports
+# none): passes summed over the windows that slept, those windows, and the
+# wake and sleep FLOPs. ``metrics.evaluate`` reduces them to ``sleep/*`` keys.
+EVAL_COST_OUTPUTS = ("sleep_passes", "sleep_windows", "wake_flops", "sleep_flops")
+EVAL_EXAMPLE_OUTPUTS = PER_EXAMPLE_OUTPUTS + EVAL_COST_OUTPUTS
 
 
 def _aux_get(aux, name):
@@ -135,14 +140,27 @@ def make_train_step(loss_fn: LossFn, tx: optax.GradientTransformation, graphdef,
   return train_step
 
 
+def _eval_cost(aux, batch) -> dict:
+  cost = _aux_get(aux, "cost") or {}
+  b = jnp.shape(batch["loss_mask"])[0]
+  return {k: jnp.asarray(cost[k], jnp.float32) if k in cost else jnp.zeros((b,), jnp.float32)
+          for k in EVAL_COST_OUTPUTS}
+
+
 def make_eval_step(loss_fn: LossFn, graphdef) -> Callable[[TrainState, dict], dict]:
-  """``eval_step(state, batch) -> {loss, n_tokens, predictions?, token_loss?}`` (no update)."""
+  """``eval_step(state, batch) -> {loss, n_tokens, predictions, token_loss, <EVAL_COST_OUTPUTS>}`` (no update).
+
+  ``predictions`` and ``token_loss`` are ``[B, T]``; the compute outputs
+  (:data:`EVAL_COST_OUTPUTS`) are per example, ``[B]``: what each example's
+  sleep ran, which under adaptive sleep differs from example to example.
+  """
 
   def eval_step(state: TrainState, batch: dict) -> dict:
     model = merge_model(graphdef, state)
     loss, aux = loss_fn(model, batch)
     out = {"loss": loss, "n_tokens": jnp.sum(batch["loss_mask"]).astype(jnp.float32)}
     out.update(_per_example(aux, batch))
+    out.update(_eval_cost(aux, batch))
     return out
 
   return eval_step
