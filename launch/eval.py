@@ -109,18 +109,12 @@ def evaluate_passes(workdir: str, cfg, n_passes, *, step=None, eval_batches=None
     ValueError: a negative ``N``, a plain-transformer run (it has no sleep
       passes), or a bad config.
   """
-  cfg = cfg.to_dict() if isinstance(cfg, ml_collections.ConfigDict) else dict(cfg)
   ns = [int(n) for n in n_passes]
   if any(n < 0 for n in ns):
     raise ValueError(f"--n_passes entries must be >= 0, got {ns}")
-  if cfg.get("plain_transformer"):
-    raise ValueError("--n_passes: this run is the plain transformer, which has no sleep passes")
-  results = {}
-  for n in ns:
-    c = copy.deepcopy(cfg)
-    c["sleep"].update(n_passes=n, halt_tol=None, max_passes=None)  # a fixed N: adaptive sleep off
-    step, results[n] = experiment.evaluate_run(workdir, cfg=c, step=step, eval_batches=eval_batches)
-  return step, results
+  # A fixed N: adaptive sleep off.
+  return _evaluate_each(workdir, cfg, "--n_passes", {n: dict(n_passes=n, halt_tol=None, max_passes=None)
+                                                     for n in ns}, step=step, eval_batches=eval_batches)
 
 
 def evaluate_halting(workdir: str, cfg, halt_tols, *, step=None, eval_batches=None) -> tuple[int, dict]:
@@ -138,20 +132,30 @@ def evaluate_halting(workdir: str, cfg, halt_tols, *, step=None, eval_batches=No
     ValueError: a negative or non-numeric tolerance, a plain-transformer run,
       or a bad config.
   """
-  cfg = cfg.to_dict() if isinstance(cfg, ml_collections.ConfigDict) else dict(cfg)
   try:
     tols = [float(t) for t in halt_tols]
   except ValueError:
     raise ValueError(f"--halt_tol entries must be numbers, got {list(halt_tols)}") from None
   if any(not t >= 0 for t in tols):
     raise ValueError(f"--halt_tol entries must be >= 0, got {tols}")
+  return _evaluate_each(workdir, cfg, "--halt_tol", {t: dict(halt_tol=t, n_passes_train=None,
+                                                             n_passes_train_weights=None) for t in tols},
+                        step=step, eval_batches=eval_batches)
+
+
+def _evaluate_each(workdir, cfg, flag: str, settings: dict, *, step, eval_batches) -> tuple[int, dict]:
+  """``(step, {key: result})``: the checkpoint evaluated once per ``settings`` entry (its ``sleep`` fields).
+
+  The step is pinned after the first evaluation, so every setting sees the same parameters.
+  """
+  cfg = cfg.to_dict() if isinstance(cfg, ml_collections.ConfigDict) else dict(cfg)
   if cfg.get("plain_transformer"):
-    raise ValueError("--halt_tol: this run is the plain transformer, which has no sleep passes")
+    raise ValueError(f"{flag}: this run is the plain transformer, which has no sleep passes")
   results = {}
-  for tol in tols:
+  for key, sleep_fields in settings.items():
     c = copy.deepcopy(cfg)
-    c["sleep"].update(halt_tol=tol, n_passes_train=None, n_passes_train_weights=None)
-    step, results[tol] = experiment.evaluate_run(workdir, cfg=c, step=step, eval_batches=eval_batches)
+    c["sleep"].update(sleep_fields)
+    step, results[key] = experiment.evaluate_run(workdir, cfg=c, step=step, eval_batches=eval_batches)
   return step, results
 
 

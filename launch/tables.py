@@ -98,25 +98,8 @@ def passes_table(results: Mapping[int, Mapping[str, float]], depth_name: str = "
     The table, one row per depth and a final "all" row.
   """
   ns = list(results)
-  all_depths = sorted({d for r in results.values() for d in depths(r)})
-
-  def first(key):
-    for r in results.values():
-      if _number(r.get(key)) is not None:
-        return r[key]
-    return None
-
-  n_cols = " ".join(f"{'N=' + str(n):>7}" for n in ns)
-  rows = [f"{depth_name:>6} {'count':>7} {'majority':>9} {'chance':>7} {n_cols}"]
-  for label, suffix in [(str(d), f"/depth={d}") for d in all_depths] + [("all", "")]:
-    if suffix:
-      count = first(f"count{suffix}")
-    else:
-      count = next((c for c in map(_total_count, results.values()) if c is not None), None)
-    accs = " ".join(f"{_fmt(results[n].get('accuracy' + suffix)):>7}" for n in ns)
-    rows.append(f"{label:>6} {_fmt(count, '.0f'):>7} {_fmt(first('majority' + suffix)):>9} "
-                f"{_fmt(first('chance' + suffix)):>7} {accs}")
-  return "\n".join(rows)
+  return _setting_rows(results, depth_name, [f"N={n}" for n in ns], ("chance",),
+                       lambda r, suffix: f"{_fmt(r.get('accuracy' + suffix)):>7}", width=7)
 
 
 def halting_table(results: Mapping[str, Mapping[str, float]], depth_name: str = "depth") -> str:
@@ -135,7 +118,20 @@ def halting_table(results: Mapping[str, Mapping[str, float]], depth_name: str = 
   Returns:
     The table, one row per depth and a final "all" row.
   """
-  labels = list(results)
+  width = max([13] + [len(str(k)) for k in results])
+  return _setting_rows(results, depth_name, [str(k) for k in results], (), lambda r, suffix: format(
+      f"{_fmt(r.get('accuracy' + suffix))}/{_fmt(r.get('sleep/passes' + suffix), '.2f')}", f">{width}"),
+                       width=width, subheading="acc/passes")
+
+
+def _setting_rows(results: Mapping, depth_name: str, headings: list[str], baselines: tuple[str, ...],
+                  cell, *, width: int, subheading: str | None = None) -> str:
+  """One row per depth (and "all"), one column per evaluation of the same checkpoint.
+
+  Count, majority and the ``baselines`` come from the first result that has
+  them (they depend on the data, not on the sleep setting); ``cell(result,
+  suffix)`` formats one evaluation's cell ("" or ``/depth=<d>`` suffix).
+  """
   all_depths = sorted({d for r in results.values() for d in depths(r)})
 
   def first(key):
@@ -144,16 +140,16 @@ def halting_table(results: Mapping[str, Mapping[str, float]], depth_name: str = 
         return r[key]
     return None
 
-  width = max([13] + [len(str(k)) for k in labels])
-  cols = " ".join(f"{str(k):>{width}}" for k in labels)
-  rows = [f"{depth_name:>6} {'count':>7} {'majority':>9} {cols}", f"{'':>6} {'':>7} {'':>9} " +
-          " ".join(f"{'acc/passes':>{width}}" for _ in labels)]
+  extra = "".join(f" {b:>7}" for b in baselines)
+  rows = [f"{depth_name:>6} {'count':>7} {'majority':>9}{extra} " + " ".join(f"{h:>{width}}" for h in headings)]
+  if subheading:
+    rows.append(f"{'':>6} {'':>7} {'':>9}{' ' * len(extra)} " + " ".join(f"{subheading:>{width}}" for _ in headings))
   for label, suffix in [(str(d), f"/depth={d}") for d in all_depths] + [("all", "")]:
     if suffix:
       count = first(f"count{suffix}")
     else:
       count = next((c for c in map(_total_count, results.values()) if c is not None), None)
-    cells = " ".join(f"{_fmt(results[k].get('accuracy' + suffix)) + '/' + _fmt(results[k].get('sleep/passes' + suffix), '.2f'):>{width}}"
-                     for k in labels)
-    rows.append(f"{label:>6} {_fmt(count, '.0f'):>7} {_fmt(first('majority' + suffix)):>9} {cells}")
+    base = "".join(f" {_fmt(first(b + suffix)):>7}" for b in baselines)
+    cells = " ".join(cell(r, suffix) for r in results.values())
+    rows.append(f"{label:>6} {_fmt(count, '.0f'):>7} {_fmt(first('majority' + suffix)):>9}{base} {cells}")
   return "\n".join(rows)
