@@ -1,7 +1,7 @@
 r"""Sweeps one config over variants (sleep passes N and controls) and seeds; one table and figures.
 
   python -m launch.sweep --config=launch/configs/rule110_small.py --workdir=workdirs/r110 \
-      --variants=n1,n2,n4,n1_compute,replay4,deep4,transformer --seeds=0,1,2 --parallel=2 \
+      --variants=n1,n2,n4,n1_compute,replay4,deep4,nrand4,transformer --seeds=0,1,2 --parallel=2 \
       [--tokens=6.5e6] [--fixed_data=20000] [--config.train.eval_every=100]
   python -m launch.sweep --workdir=workdirs/r110 --report    # tables and figures only, no training
   python -m launch.sweep ... --dry_run                       # the plan: runs, steps, tokens, FLOPs
@@ -18,6 +18,9 @@ Variants (``--variants``, comma-separated):
   re-reads the window; same FLOPs as ``n<K>``).
 * ``deep<K>``: ``N = 1`` with ``K`` times the layers (the layout repeated, the
   alternating default when the config leaves it empty).
+* ``nrand<K>``: randomised ``N``: each training step draws ``N`` uniformly
+  from ``1..K`` (``sleep.n_passes_train``, deterministic in seed and step);
+  evaluation runs ``N = K``. Its training FLOPs are the draw's expectation.
 * ``transformer``: the all-attention baseline that sees the whole sequence.
 
 The majority and chance baselines are not runs: they come from each
@@ -77,7 +80,7 @@ from launch import sweep_results as results_lib
 _CONFIG = config_flags.DEFINE_config_file("config", None, "Path to a launch/configs/*.py file.")
 _WORKDIR = flags.DEFINE_string("workdir", None, "Sweep root directory (one sub-directory per run).")
 _VARIANTS = flags.DEFINE_list("variants", ["n1", "n2", "n4"],
-                              "n<K>, n1_compute[<K>], replay<K>, deep<K>, transformer (see the module doc).")
+                              "n<K>, n1_compute[<K>], replay<K>, deep<K>, nrand<K>, transformer (see the module doc).")
 _SEEDS = flags.DEFINE_list("seeds", ["0"], "config.train.seed values (initialisation and data).")
 _PARALLEL = flags.DEFINE_integer("parallel", 1, "Runs at a time, each its own process.")
 _TOKENS = flags.DEFINE_float("tokens", None, "Training-token budget per run (sets num_steps); default: the "
@@ -119,6 +122,8 @@ class Variant:
     plain_transformer: the all-attention baseline.
     compute_match: ``K``: train for the FLOPs of the ``N = K`` run (more
       steps); ``None``: the sweep's step count.
+    n_passes_train: training draws ``N`` per step from these (``None``:
+      every step runs ``n_passes``).
   """
   name: str
   n_passes: int = 1
@@ -126,9 +131,11 @@ class Variant:
   depth_multiplier: int = 1
   plain_transformer: bool = False
   compute_match: int | None = None
+  n_passes_train: tuple[int, ...] | None = None
 
 
-_VARIANT_RE = re.compile(r"^(?:(n)(\d+)|(n1_compute)(\d*)|(replay)(\d+)|(deep)(\d+)|(transformer))$")
+_VARIANT_RE = re.compile(r"^(?:(n)(\d+)|(n1_compute)(\d*)|(replay)(\d+)|(deep)(\d+)|(transformer)|(nrand)(\d+))$")
+_KNOWN = "n<K>, n1_compute[<K>], replay<K>, deep<K>, nrand<K>, transformer"
 
 
 def parse_variants(names: Sequence[str]) -> list[Variant]:
@@ -147,7 +154,7 @@ def parse_variants(names: Sequence[str]) -> list[Variant]:
   for name in names:
     m = _VARIANT_RE.match(name)
     if not m:
-      raise ValueError(f"unknown variant {name!r}; known: n<K>, n1_compute[<K>], replay<K>, deep<K>, transformer")
+      raise ValueError(f"unknown variant {name!r}; known: {_KNOWN}")
     parsed.append((name, m))
   largest = max([int(m.group(2)) for _, m in parsed if m.group(1)] +
                 [int(m.group(6)) for _, m in parsed if m.group(5)], default=1)
@@ -170,20 +177,25 @@ def parse_variants(names: Sequence[str]) -> list[Variant]:
       if k < 1:
         raise ValueError(f"{name}: the layer multiplier must be >= 1")
       out.append(Variant(name, depth_multiplier=k))
+    elif m.group(10):
+      k = int(m.group(11))
+      if k < 2:
+        raise ValueError(f"{name}: randomised N needs K >= 2 (nrand1 is n1)")
+      out.append(Variant(name, n_passes=k, n_passes_train=tuple(range(1, k + 1))))
     else:
       out.append(Variant(name, plain_transformer=True))
   return out
 
 
 def variant_sort_key(name: str) -> tuple:
-  """Table order: n<K> by K, then n1_compute, replay, deep, transformer, anything else by name."""
+  """Table order: n<K> by K, then n1_compute, replay, deep, nrand, transformer, anything else by name."""
   m = _VARIANT_RE.match(name)
   if not m:
-    return (5, 0, name)
-  for rank, (g, k) in enumerate(((1, 2), (3, 4), (5, 6), (7, 8), (9, None))):
+    return (6, 0, name)
+  for rank, (g, k) in enumerate(((1, 2), (3, 4), (5, 6), (7, 8), (10, 11), (9, None))):
     if m.group(g):
       return (rank, int(m.group(k) or 0) if k else 0, name)
-  return (5, 0, name)  # pragma: no cover
+  return (6, 0, name)  # pragma: no cover
 
 
 def variant_overrides(variant: Variant, cfg) -> dict[str, object]:
@@ -191,6 +203,8 @@ def variant_overrides(variant: Variant, cfg) -> dict[str, object]:
   out: dict[str, object] = {"sleep.n_passes": variant.n_passes, "plain_transformer": variant.plain_transformer}
   if variant.replay or "replay" in cfg.sleep:
     out["sleep.replay"] = variant.replay
+  if variant.n_passes_train is not None:
+    out["sleep.n_passes_train"] = variant.n_passes_train
   if variant.depth_multiplier != 1:
     out["model.n_layers"] = int(cfg.model.n_layers) * variant.depth_multiplier
     layout = str(cfg.model.get("layout", "") or "")

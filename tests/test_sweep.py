@@ -47,8 +47,13 @@ def test_variants_parse_and_points_run_seed_major():
   assert sweep.expand_points(sweep.parse_variants(["n2"]), [3], [5])[0].name == "n2_d5_s3"
   with pytest.raises(ValueError, match="repeats"):
     sweep.expand_points(points[:1], [0, 0])
-  order = sorted(["transformer", "deep4", "n4", "n1_compute", "replay4", "n1", "n2"], key=sweep.variant_sort_key)
-  assert order == ["n1", "n2", "n4", "n1_compute", "replay4", "deep4", "transformer"]
+  order = sorted(["transformer", "nrand4", "deep4", "n4", "n1_compute", "replay4", "n1", "n2"],
+                 key=sweep.variant_sort_key)
+  assert order == ["n1", "n2", "n4", "n1_compute", "replay4", "deep4", "nrand4", "transformer"]
+  nrand = sweep.parse_variants(["nrand4"])[0]
+  assert (nrand.n_passes, nrand.n_passes_train) == (4, (1, 2, 3, 4))
+  with pytest.raises(ValueError, match="K >= 2"):
+    sweep.parse_variants(["nrand1"])
 
 
 def test_variant_overrides_build_the_intended_experiments():
@@ -79,6 +84,12 @@ def test_variant_overrides_build_the_intended_experiments():
       want.task_config.num_train_examples = 20000
     assert experiment.experiment_from_config(got.to_dict()) == experiment.experiment_from_config(want.to_dict())
     assert values["train.seed"] == 7 and values["task_config.num_train_examples"] == 20000
+  nrand = sweep.parse_variants(["nrand4"])[0]
+  assert sweep.variant_overrides(nrand, cfg) == {"sleep.n_passes": 4, "plain_transformer": False,
+                                                 "sleep.replay": False, "sleep.n_passes_train": (1, 2, 3, 4)}
+  exp = experiment.experiment_from_config(sweep.point_config(sweep.Point(nrand, 0), cfg)[0].to_dict())
+  assert exp.sleep.n_passes == 4 and exp.sleep.n_passes_train == (1, 2, 3, 4)
+  assert {exp.sleep.draw_n_passes(0, s) for s in range(64)} == {1, 2, 3, 4}
   exp = experiment.experiment_from_config(sweep.point_config(sweep.Point(v["deep4"], 0), cfg)[0].to_dict())
   assert exp.model.block_types == ("attn", "gdn") * 8 and exp.sleep.n_passes == 1
   assert cfg.model.n_layers == 4 and not cfg.plain_transformer  # the sweep's config is left alone
@@ -143,8 +154,6 @@ def test_sequence_flops_match_a_hand_count():
 def test_drawn_n_costs_its_expected_training_flops():
   import dataclasses
   from launch import experiment
-  if "n_passes_train" not in {f.name for f in dataclasses.fields(SleepConfig)}:
-    pytest.skip("SleepConfig has no n_passes_train")
   exp = experiment.experiment_from_config(_config().to_dict())
   at = lambda **kw: sweep_flops.experiment_flops(dataclasses.replace(exp, sleep=dataclasses.replace(exp.sleep, **kw)))
   drawn = at(n_passes_train=(1, 4), n_passes_train_weights=(3.0, 1.0))
