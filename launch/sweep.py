@@ -55,7 +55,9 @@ depth the mean over seeds ± its standard error, every seed's value, the
 baselines; one line per run), and ``accuracy_vs_depth.png``,
 ``accuracy_vs_tokens.png``, ``accuracy_vs_flops.png`` (the latter two from the
 runs' eval records: set ``--config.train.eval_every`` for curves with more
-than the final point).
+than the final point). Runs evaluated by ``launch.eval --n_passes`` /
+``--halt_tol`` add ``sleep_settings.md``: per variant, each setting's mean
+passes and accuracy, mean over seeds with every seed.
 """
 from __future__ import annotations
 
@@ -590,10 +592,18 @@ def report(root: str, *, quiet: bool = False) -> tuple[list[dict], list[str]]:
   with open(md_path, "w") as f:
     f.write(md)
   figs = results_lib.draw(root, rows, records, depth_name=depth_name) if rows else []
+  written = [csv_path, md_path]
+  settings_md = results_lib.sleep_settings_markdown(records, depth_name=depth_name)
+  if settings_md:
+    written.append(os.path.join(root, "sleep_settings.md"))
+    with open(written[-1], "w") as f:
+      f.write(settings_md)
   if not quiet:
     print(md)
-    print("wrote", csv_path, md_path, *figs, sep="\n  ")
-  return rows, [csv_path, md_path, *figs]
+    if settings_md:
+      print(settings_md)
+    print("wrote", *written, *figs, sep="\n  ")
+  return rows, [*written, *figs]
 
 
 def run_sweep(cfg, root: str, variants: Sequence[str], seeds: Sequence[int], *, parallel: int = 1, tokens=None,

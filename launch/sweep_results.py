@@ -433,6 +433,79 @@ def markdown(summary: Sequence[Mapping], records: Sequence[RunRecord], *, depth_
   return "\n".join(lines) + "\n"
 
 
+SETTINGS_FILES = ("eval_n_passes.json", "eval_halting.json")
+
+
+def sleep_settings(workdir: str) -> dict[str, dict]:
+  """``{label: evaluation result}`` of a run evaluated at other sleep settings by ``launch.eval``.
+
+  Read from ``eval_n_passes.json`` (``--n_passes``: labels ``N=<k>``) and
+  ``eval_halting.json`` (``--halt_tol``: ``N=<k>`` for its fixed ``N`` and
+  ``tol=<x>`` for adaptive sleep); the latter wins where both hold one ``N``.
+  Fixed ``N`` first (ascending), then tolerances (descending: fewest passes
+  first). Empty when the run has neither file.
+  """
+  fixed, adaptive = {}, {}
+  path = os.path.join(workdir, SETTINGS_FILES[0])
+  if os.path.exists(path):
+    fixed.update({int(n): r for n, r in _read_json(path).get("results", {}).items()})
+  path = os.path.join(workdir, SETTINGS_FILES[1])
+  if os.path.exists(path):
+    d = _read_json(path)
+    fixed.update({int(n): r for n, r in d.get("fixed", {}).items()})
+    adaptive.update({float(t): r for t, r in d.get("adaptive", {}).items()})
+  out = {f"N={n}": {"sleep/passes": float(n), **r} for n, r in sorted(fixed.items())}
+  out.update({f"tol={t:g}": r for t, r in sorted(adaptive.items(), reverse=True)})
+  return out
+
+
+def sleep_settings_markdown(records: Sequence[RunRecord], *, depth_name: str = "depth") -> str:
+  """Per variant, each checkpoint at other sleep settings: the mean over seeds [every seed].
+
+  One table per variant whose runs were evaluated by ``launch.eval
+  --n_passes`` / ``--halt_tol`` (see :func:`sleep_settings`): a row per
+  setting with the mean passes run per sleeping window (wake pass included),
+  the accuracy at the deepest depth and over all depths, and the majority
+  baseline. "" when no run has such an evaluation.
+  """
+  groups: dict[str, list[tuple[int, dict]]] = {}
+  for rec in records:
+    settings = sleep_settings(rec.workdir)
+    if settings:
+      groups.setdefault(rec.variant, []).append((rec.seed, settings))
+  if not groups:
+    return ""
+  cell = lambda vals, spec=".3f": (f"{_fmt(_mean(vals), spec)} [{' '.join(_fmt(v, spec) for v in vals)}]"
+                                   if vals else "-")
+  out = ["# Each checkpoint at other sleep settings", "",
+         "`launch.eval --n_passes=... --halt_tol=...` on the sweep's runs: `N=<k>` is a fixed N, `tol=<x>` adaptive "
+         "sleep at that tolerance. Mean over seeds [every seed, in seed order]; passes are per sleeping window, the "
+         "wake pass included.", ""]
+  for variant, runs in groups.items():
+    runs.sort(key=lambda x: x[0])
+    deepest = max((d for _, st in runs for r in st.values() for d in tables_depths(r)), default=None)
+    key = "" if deepest is None else f"/depth={deepest}"
+    labels = list(dict.fromkeys(lbl for _, st in runs for lbl in st))
+    col = f"{depth_name}={deepest}" if deepest is not None else "deepest"
+    out += [f"## {variant} (seeds {', '.join(str(s) for s, _ in runs)})", "",
+            f"| setting | mean passes | {col} | all |", "|---|---|---|---|"]
+    for lbl in labels:
+      got = [st[lbl] for _, st in runs if lbl in st]
+      vals = lambda k: [v for v in (_number(r.get(k)) for r in got) if _finite(v)]
+      out.append(f"| {lbl} | {cell(vals('sleep/passes'), '.2f')} | {cell(vals('accuracy' + key))} | "
+                 f"{cell(vals('accuracy'))} |")
+    base = [st[labels[0]] for _, st in runs if labels[0] in st]  # baselines depend on the data only
+    majority = lambda k: _mean([_number(r.get(k)) for r in base])
+    out += [f"| *majority* | | {_fmt(majority('majority' + key))} | {_fmt(majority('majority'))} |", ""]
+  return "\n".join(out)
+
+
+def tables_depths(result: Mapping) -> list[int]:
+  """The depths of ``accuracy/depth=<d>`` keys in an evaluation result."""
+  from sleep_jax.train.plotting import depth_values
+  return list(depth_values(result, "accuracy"))
+
+
 def curves(records: Sequence[RunRecord], axis: str) -> dict[str, dict[int, list[tuple[float, float]]]]:
   """``{variant: {seed: [(x, accuracy)]}}`` from the runs' eval records, ``x`` = "tokens" or "flops"."""
   if axis not in ("tokens", "flops"):

@@ -331,6 +331,31 @@ def test_report_rebuilds_tables_and_figures_from_run_dirs(tmp_path):
     sweep.report(str(tmp_path / "empty"), quiet=True)
 
 
+def test_report_summarises_runs_evaluated_at_other_sleep_settings(tmp_path):
+  root = str(tmp_path)
+  dirs = {seed: _fake_run(root, "n4", seed, [(0.5, 0.1)]) for seed in (0, 1)}
+  _fake_run(root, "n1", 0, [(0.5, 0.1)])  # not evaluated at other settings: no table of its own
+  res = lambda a6, passes=None: {"accuracy/depth=4": 1.0, "accuracy/depth=6": a6, "accuracy": 0.5 + a6 / 2,
+                                 "majority/depth=6": 0.25, "majority": 0.5,
+                                 **({} if passes is None else {"sleep/passes": passes})}
+  # Seed 0: launch.eval --n_passes=1,4 (an older file, without pass counts); seed 1: --n_passes=4 --halt_tol=0.5.
+  with open(os.path.join(dirs[0], "eval_n_passes.json"), "w") as f:
+    json.dump({"step": 2, "n_passes": [1, 4], "results": {"1": res(0.2), "4": res(0.8)}}, f)
+  with open(os.path.join(dirs[1], "eval_halting.json"), "w") as f:
+    json.dump({"step": 2, "max_passes": 8, "fixed": {"4": res(0.6, 4.0)}, "adaptive": {"0.5": res(0.7, 3.25)}}, f)
+  _, paths = sweep.report(root, quiet=True)
+  assert os.path.basename(paths[2]) == "sleep_settings.md"
+  md = open(paths[2]).read().splitlines()
+  assert "## n4 (seeds 0, 1)" in md and not any(line.startswith("## n1") for line in md)
+  assert "| setting | mean passes | t=6 | all |" in md
+  assert "| N=1 | 1.00 [1.00] | 0.200 [0.200] | 0.600 [0.600] |" in md
+  assert "| N=4 | 4.00 [4.00 4.00] | 0.700 [0.800 0.600] | 0.850 [0.900 0.800] |" in md
+  assert "| tol=0.5 | 3.25 [3.25] | 0.700 [0.700] | 0.850 [0.850] |" in md
+  assert "| *majority* | | 0.250 | 0.500 |" in md
+  assert md.index("| N=1 | 1.00 [1.00] | 0.200 [0.200] | 0.600 [0.600] |") < md.index(
+      "| tol=0.5 | 3.25 [3.25] | 0.700 [0.700] | 0.850 [0.850] |")
+
+
 # -- one tiny sweep end to end ---------------------------------------------------------------------------
 def _sweep_cli(*args, env_extra=None):
   env = dict(os.environ, JAX_PLATFORMS="cpu", **(env_extra or {}))
