@@ -51,6 +51,10 @@ class ModelConfig:
       stay float32.
     gdn_impl: implementation of the gated delta rule (see ``sleep_jax.ops``).
     gdn_chunk_size: chunk size for the chunked / Pallas implementations.
+    gdn_decay_init: ``(low, high)``: the GDN decay rates ``A`` start uniform
+      in this range (the forget gate is ``exp(-A * softplus(.))`` per token).
+      The default ``(1, 16)`` is Mamba's; a lower range remembers longer at
+      initialisation.
   """
   vocab_size: int
   d_model: int = 256
@@ -72,10 +76,16 @@ class ModelConfig:
   dtype: str = "float32"
   gdn_impl: str = "auto"
   gdn_chunk_size: int = 64
+  gdn_decay_init: tuple[float, float] = (1.0, 16.0)
 
   def __post_init__(self):
     if self.layout is not None:
       object.__setattr__(self, "layout", tuple(self.layout))
+    decay = tuple(self.gdn_decay_init)
+    _require(len(decay) == 2 and all(isinstance(x, (int, float)) and not isinstance(x, bool) for x in decay)
+             and 0 < decay[0] <= decay[1] and math.isfinite(decay[1]),
+             f"ModelConfig.gdn_decay_init must be (low, high) with 0 < low <= high, got {self.gdn_decay_init!r}")
+    object.__setattr__(self, "gdn_decay_init", tuple(float(x) for x in decay))
     _require(self.vocab_size >= 2, f"ModelConfig.vocab_size must be >= 2, got {self.vocab_size}")
     _require(self.d_model >= 1, f"ModelConfig.d_model must be >= 1, got {self.d_model}")
     _require(self.n_heads >= 1 and self.head_dim >= 1,

@@ -45,7 +45,8 @@ class Block(nnx.Module):
     else:
       self.mixer = GatedDeltaNet(config.d_model, config.num_gdn_heads, config.gdn_head_dim, config.gdn_v_dim,
                                  conv_size=config.conv_size, norm_eps=config.norm_eps, dtype=dtype,
-                                 impl=config.gdn_impl, chunk_size=config.gdn_chunk_size, rngs=rngs)
+                                 impl=config.gdn_impl, chunk_size=config.gdn_chunk_size,
+                                 decay_init=config.gdn_decay_init, rngs=rngs)
     self.mlp_norm = RMSNorm(config.d_model, eps=config.norm_eps)
     self.mlp = SwiGLU(config.d_model, config.mlp_width, dtype=dtype, rngs=rngs)
 

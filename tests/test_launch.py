@@ -260,7 +260,7 @@ FIELD_OVERRIDES = {
         "rope_theta": ("500", 500.0, ()), "norm_eps": ("1e-5", 1e-5, ()), "embed_init_std": ("0.5", 0.5, ()),
         "prelude": ("1", 1, ()), "coda": ("1", 1, ()), "tie_embeddings": ("True", True, ()),
         "dtype": ("bfloat16", "bfloat16", ()), "gdn_impl": ("reference", "reference", ()),
-        "gdn_chunk_size": ("32", 32, ()),
+        "gdn_chunk_size": ("32", 32, ()), "gdn_decay_init": ("(0.05,0.5)", (0.05, 0.5), ()),
     },
     "sleep": {
         "window": (TASK, TASK, ()), "n_passes": ("3", 3, ()), "eviction": (TASK, TASK, ()),

@@ -99,6 +99,19 @@ def test_parameters_dtypes_and_init():
   assert abs(np.asarray(small.embed.embedding[...]).std() - 0.02) < 0.005
 
 
+def test_gdn_decay_init_sets_the_range_of_the_decay_rates():
+  cfg = ModelConfig(vocab_size=7, d_model=16, layout=("gdn",) * 8, n_heads=4, head_dim=8, gdn_head_dim=8)
+  slow = dataclasses.replace(cfg, gdn_decay_init=(0.02, 0.2))
+  rates = lambda c: np.concatenate([np.exp(np.asarray(b.mixer.A_log[...]))
+                                    for b in HybridLM(c, rngs=nnx.Rngs(0)).blocks])
+  default, low = rates(cfg), rates(slow)
+  assert cfg.gdn_decay_init == (1.0, 16.0) and default.min() >= 1.0 and default.max() <= 16.0
+  assert low.min() >= 0.02 and low.max() <= 0.2 and default.max() - default.min() > 5  # spread, not a constant
+  for bad in ((0.0, 1.0), (2.0, 1.0), (1.0,), (1.0, float("inf"))):
+    with pytest.raises(ValueError, match="gdn_decay_init"):
+      dataclasses.replace(cfg, gdn_decay_init=bad)
+
+
 def test_fast_weights_pytree_and_init():
   cfg = _config(layout=("attn", "gdn", "gdn", "attn"))
   fw = init_fast_weights(cfg, 3)

@@ -64,7 +64,7 @@ class GatedDeltaNet(nnx.Module):
 
   def __init__(self, d_model: int, n_heads: int, head_dim: int, value_dim: int, *, conv_size: int = 4,
                norm_eps: float = 1e-6, dtype=jnp.float32, impl: str = "auto", chunk_size: int = 64,
-               rngs: nnx.Rngs):
+               decay_init: tuple[float, float] = (1.0, 16.0), rngs: nnx.Rngs):
     kw = dict(use_bias=False, dtype=dtype, param_dtype=jnp.float32, rngs=rngs)
     self.q_proj = nnx.Linear(d_model, n_heads * head_dim, **kw)
     self.k_proj = nnx.Linear(d_model, n_heads * head_dim, **kw)
@@ -77,8 +77,9 @@ class GatedDeltaNet(nnx.Module):
     bound = 1.0 / math.sqrt(conv_size)
     self.conv_weight = nnx.Param(
         jax.random.uniform(rngs.params(), (conv_size, channels), jnp.float32, -bound, bound))
-    # Mamba-style inits: decay rates A in [1, 16], time steps dt in [1e-3, 1e-1].
-    self.A_log = nnx.Param(jnp.log(jax.random.uniform(rngs.params(), (n_heads,), jnp.float32, 1.0, 16.0)))
+    # Mamba-style inits: decay rates A in decay_init (default [1, 16]), time steps dt in [1e-3, 1e-1].
+    low, high = decay_init
+    self.A_log = nnx.Param(jnp.log(jax.random.uniform(rngs.params(), (n_heads,), jnp.float32, low, high)))
     dt = jnp.exp(jax.random.uniform(rngs.params(), (n_heads,), jnp.float32, np.log(1e-3), np.log(1e-1)))
     self.dt_bias = nnx.Param(dt + jnp.log(-jnp.expm1(-dt)))  # inverse softplus
     self.o_norm = GatedRMSNorm(value_dim, eps=norm_eps)
