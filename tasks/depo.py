@@ -39,6 +39,7 @@ from __future__ import annotations
 
 import dataclasses
 import functools
+import math
 
 import numpy as np
 
@@ -68,6 +69,10 @@ class DepoConfig:
     n_queries: queries per example.
     window: the consolidation window ``L``.
     k_max: largest hop count in training (``k ~ U[1, k_max]``).
+    k_weights: optional relative probabilities of ``k = 1 .. k_max`` in the
+      train split (``None``: uniform), e.g. weighted toward small ``k`` so the
+      one-hop recall gets learned first. The vocabulary depends on ``k_max``
+      only, so runs with different weights share one model shape.
     eval_ks: hop counts of the eval split.
     n_sampling: "biased" (PhysicsLM4) or "uniform".
     num_train_examples: epoch size of the train split.
@@ -80,6 +85,7 @@ class DepoConfig:
   n_queries: int = 10
   window: int = 75
   k_max: int = 16
+  k_weights: tuple[float, ...] | None = None
   eval_ks: tuple[int, ...] = (1, 2, 4, 8, 16)
   n_sampling: str = "biased"
   num_train_examples: int = 1 << 30
@@ -108,6 +114,13 @@ class DepoConfig:
         f"DepoConfig: n_queries = {self.n_queries} queries take {QUERY_TOKENS * self.n_queries} tokens, more "
         f"than one prediction window of window = {self.window}")
     req(is_int(self.k_max) and self.k_max >= 1, f"DepoConfig.k_max must be an integer >= 1, got {self.k_max!r}")
+    if self.k_weights is not None:
+      req(isinstance(self.k_weights, (list, tuple)) and len(self.k_weights) == self.k_max
+          and all(isinstance(w, (int, float)) and not isinstance(w, bool) and math.isfinite(w) and w >= 0
+                  for w in self.k_weights) and sum(self.k_weights) > 0,
+          f"DepoConfig.k_weights must be None or k_max = {self.k_max} finite weights >= 0, not all zero, "
+          f"got {self.k_weights!r}")
+      object.__setattr__(self, "k_weights", tuple(float(w) for w in self.k_weights))
     req(isinstance(self.eval_ks, tuple) and len(self.eval_ks) >= 1
         and all(is_int(k) and k >= 1 for k in self.eval_ks),
         f"DepoConfig.eval_ks must be a non-empty tuple of integers >= 1, got {self.eval_ks!r}")
@@ -169,7 +182,10 @@ def _build(config: DepoConfig, split: str, rng: np.random.Generator) -> dict:
 
   q = config.n_queries
   src_pos = rng.choice(n, size=q, replace=False)  # n >= n_min >= q (checked by the config)
-  if split == "train":
+  if split == "train" and config.k_weights is not None:
+    w = np.asarray(config.k_weights, np.float64)
+    ks = rng.choice(np.arange(1, config.k_max + 1), size=q, p=w / w.sum())
+  elif split == "train":
     ks = rng.integers(1, config.k_max + 1, size=q)
   else:
     ks = rng.choice(np.asarray(config.eval_ks), size=q)

@@ -55,6 +55,9 @@ def field_values(name: str, base):
     return st.one_of(st.floats(-0.5, 1.5), st.sampled_from([math.nan, math.inf]), WRONG_TYPES)
   if name == "eval_ks":
     return st.one_of(st.lists(st.integers(-1, 12), max_size=5).map(tuple), st.just("1,2"), WRONG_TYPES)
+  if name == "k_weights":
+    weight = st.one_of(st.floats(-1.0, 3.0), st.sampled_from([math.nan, math.inf, 0.0]))
+    return st.one_of(st.none(), st.lists(weight, max_size=10).map(tuple), st.just("1,2"), WRONG_TYPES)
   if name == "operators":
     return st.one_of(st.lists(st.sampled_from(["+", "-", "*", "/"]), max_size=4).map(tuple), st.just("+"),
                      WRONG_TYPES)

@@ -1,5 +1,6 @@
 """Depo task: ground truth by walking the decoded cycle, k < n and distinct sources, layout, n sampling,
 splits, bad configs."""
+import dataclasses
 import functools
 
 import numpy as np
@@ -176,6 +177,9 @@ def test_deterministic_and_index_sensitive():
     (dict(eval_ks=()), "eval_ks"),
     (dict(eval_ks=(0, 1)), "eval_ks"),
     (dict(n_sampling="zipf"), "n_sampling"),
+    (dict(k_weights=(1.0,) * 15), "k_weights"),         # one weight per k = 1 .. k_max (16)
+    (dict(k_weights=(0.0,) * 16), "k_weights"),
+    (dict(k_weights=(-1.0,) + (1.0,) * 15), "k_weights"),
     (dict(n_min=16), "n_min .*k < n"),                   # k = 16 would wrap around a 16-cycle
     (dict(k_max=20), "n_min .*k_max = 20"),
     (dict(eval_ks=(1, 32)), "n_min .*max\\(eval_ks\\) = 32"),
@@ -185,6 +189,22 @@ def test_deterministic_and_index_sensitive():
 def test_bad_config(kwargs, match):
   with pytest.raises(ValueError, match=match):
     depo.DepoConfig(**kwargs)
+
+
+def test_k_weights_set_the_train_hop_distribution_and_keep_the_vocabulary():
+  base = TASK.preset("small")  # k_max = 8
+  weighted = dataclasses.replace(base, k_weights=(8, 4, 2, 1, 0, 0, 0, 1))
+  assert TASK.vocab_size(weighted) == TASK.vocab_size(base)
+  ks = np.concatenate([parse_queries(weighted, TASK.make_example(weighted, 0, i)["tokens"])[2] for i in range(1500)])
+  counts = np.bincount(ks, minlength=9)[1:]
+  assert counts[4:7].sum() == 0 and counts[7] > 0  # weight 0 never drawn
+  want = np.array([8, 4, 2, 1, 0, 0, 0, 1]) / 16
+  np.testing.assert_allclose(counts / counts.sum(), want, atol=0.02)  # 6,000 draws: s.e. <= 0.007
+  # The eval split ignores the weights; unweighted training draws are unchanged (same stream as before).
+  for i in range(3):
+    np.testing.assert_array_equal(TASK.make_example(weighted, 0, i, "eval")["tokens"],
+                                  TASK.make_example(base, 0, i, "eval")["tokens"])
+  assert dataclasses.replace(base, k_weights=None) == base
 
 
 def test_tokenizer_roundtrip():
