@@ -129,7 +129,8 @@ def library_sections() -> dict[str, ml_collections.ConfigDict]:
 def task_config_fields(task: str) -> ml_collections.ConfigDict:
   """Every field of ``task``'s config class as an unset, typed placeholder.
 
-  The type of each field is that of its value in the task's "paper" preset, so
+  The type of each field is that of its value in the task's "paper" preset
+  (its annotation's where that value is ``None``), so
   command-line values are parsed and checked (``--config.task_config.eval_ks=(1,2)``
   gives a tuple).
 
@@ -140,10 +141,12 @@ def task_config_fields(task: str) -> ml_collections.ConfigDict:
     A ConfigDict whose fields are all ``None`` ("take it from the preset").
   """
   paper = tasks.get_task(task).preset("paper")
+  hints = typing.get_type_hints(type(paper))
   fields = {}
   for f in dataclasses.fields(paper):
     value = getattr(paper, f.name)
-    fields[f.name] = config_dict.placeholder(type(value)) if value is not None else None
+    # An optional field the paper leaves None takes its type from the annotation.
+    fields[f.name] = config_dict.placeholder(type(value) if value is not None else _value_type(hints[f.name]))
   return ml_collections.ConfigDict(fields)
 
 
