@@ -25,6 +25,8 @@ import os
 import re
 from typing import Iterable, Mapping, Sequence
 
+from launch import tables
+
 COLUMNS = ("task", "variant", "n_passes", "seed", "depth", "accuracy", "majority", "chance", "count", "stderr",
            "loss", "tokens", "steps", "train_flops", "wall_s", "train_depth", "status", "run", "startup_s")
 # The files a sweep keeps in each run directory, beside the trainer's own.
@@ -483,7 +485,7 @@ def sleep_settings_markdown(records: Sequence[RunRecord], *, depth_name: str = "
          "wake pass included.", ""]
   for variant, runs in groups.items():
     runs.sort(key=lambda x: x[0])
-    deepest = max((d for _, st in runs for r in st.values() for d in tables_depths(r)), default=None)
+    deepest = max((d for _, st in runs for r in st.values() for d in tables.depths(r)), default=None)
     key = "" if deepest is None else f"/depth={deepest}"
     labels = list(dict.fromkeys(lbl for _, st in runs for lbl in st))
     col = f"{depth_name}={deepest}" if deepest is not None else "deepest"
@@ -498,12 +500,6 @@ def sleep_settings_markdown(records: Sequence[RunRecord], *, depth_name: str = "
     majority = lambda k: _mean([_number(r.get(k)) for r in base])
     out += [f"| *majority* | | {_fmt(majority('majority' + key))} | {_fmt(majority('majority'))} |", ""]
   return "\n".join(out)
-
-
-def tables_depths(result: Mapping) -> list[int]:
-  """The depths of ``accuracy/depth=<d>`` keys in an evaluation result."""
-  from sleep_jax.train.plotting import depth_values
-  return list(depth_values(result, "accuracy"))
 
 
 def curves(records: Sequence[RunRecord], axis: str) -> dict[str, dict[int, list[tuple[float, float]]]]:

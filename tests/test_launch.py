@@ -15,6 +15,7 @@ from ml_collections import config_flags
 
 import tasks
 from launch import experiment, tables
+from launch_helpers import parse_config_file
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 TINY = ["--config.model.d_model=16", "--config.model.n_layers=2", "--config.model.n_heads=1",
@@ -131,12 +132,8 @@ PRESET_CASES = [(f"{task}_{scale}", preset) for task in tasks.list_tasks() for s
 
 
 def _parse_config(name, *args):
-  """The config ``launch.train`` gets from ``--config=<file> <args>`` (absl + ml_collections, in process)."""
-  argv = ["prog", f"--config=launch/configs/{name}.py", *args]
-  fv = flags.FlagValues()
-  holder = config_flags.DEFINE_config_file("config", None, "", flag_values=fv, lock_config=True, sys_argv=argv)
-  fv(argv)
-  return holder.value
+  """The config ``launch.train`` gets from ``--config=launch/configs/<name>.py <args>``."""
+  return parse_config_file(f"launch/configs/{name}.py", *args)
 
 
 @pytest.mark.parametrize("name,preset", PRESET_CASES)

@@ -10,13 +10,12 @@ import jax
 import numpy as np
 import orbax.checkpoint as ocp
 import pytest
-from absl import flags
 from etils import epath
 from flax import nnx
-from ml_collections import config_flags
 
 from launch import experiment
 from launch import retrofit
+from launch_helpers import parse_config_file
 from sleep_jax import testing
 from sleep_jax.model import HybridLM
 from sleep_jax.train import checkpoint as ckpt_lib
@@ -32,15 +31,6 @@ TRAIN_FLAGS = ["--config.train.num_steps=2", "--config.train.batch_size=2", "--c
                "--config.train.eval_batches=1", "--config.train.progress=False", "--config.train.log_every=1"]
 
 
-def _parse(config_file, *args):
-  """The config ``launch.train`` builds from ``--config=<file> <args>`` (absl + ml_collections, in process)."""
-  argv = ["prog", f"--config={config_file}", *args]
-  fv = flags.FlagValues()
-  holder = config_flags.DEFINE_config_file("config", None, "", flag_values=fv, lock_config=True, sys_argv=argv)
-  fv(argv)
-  return holder.value
-
-
 def _flat(params):
   return {path_str(p): np.asarray(v) for p, v in jax.tree_util.tree_flatten_with_path(params)[0]}
 
@@ -49,7 +39,8 @@ def _flat(params):
 def source(tmp_path_factory):
   """A plain-transformer (all-attention, whole-sequence) Rule 110 run of 2 steps, trained through the launch path."""
   wd = str(tmp_path_factory.mktemp("retrofit") / "attn")
-  cfg = _parse("launch/configs/rule110_small.py", *MODEL_FLAGS, *TRAIN_FLAGS, "--config.plain_transformer=True")
+  cfg = parse_config_file("launch/configs/rule110_small.py", *MODEL_FLAGS, *TRAIN_FLAGS,
+                          "--config.plain_transformer=True")
   result = experiment.run(cfg, wd)
   assert result.step == 2 and set(experiment.experiment_from_config(cfg).model.block_types) == {"attn"}
   return wd
@@ -87,8 +78,8 @@ def test_retrofit_writes_the_new_layout_and_prints_the_flags(source, retrofitted
   assert f"python -m launch.train --config={out}/config.py" in stdout
   # The printed flags over the source's own command and the generated config file build one experiment.
   by_flags = experiment.experiment_from_config(
-      _parse("launch/configs/rule110_small.py", *MODEL_FLAGS, *TRAIN_FLAGS, *flag_line.split()))
-  by_file = experiment.experiment_from_config(_parse(f"{out}/config.py"))
+      parse_config_file("launch/configs/rule110_small.py", *MODEL_FLAGS, *TRAIN_FLAGS, *flag_line.split()))
+  by_file = experiment.experiment_from_config(parse_config_file(f"{out}/config.py"))
   for exp in (by_flags, by_file):
     assert exp.model.block_types == tuple(layout.split(",")) and not exp.plain_transformer
     assert exp.train.init_from == out
@@ -130,7 +121,7 @@ def test_launch_train_starts_from_the_written_params(retrofitted, tmp_path):
   # steps: the run's state is exactly the written parameters. (Two training steps from here are in
   # the slow test below: compiling the hybrid's sleep train step costs about a minute of CPU.)
   out, _ = retrofitted
-  cfg = _parse(f"{out}/config.py", "--config.sleep.n_passes=4", "--config.train.num_steps=0")
+  cfg = parse_config_file(f"{out}/config.py", "--config.sleep.n_passes=4", "--config.train.num_steps=0")
   result = experiment.run(cfg, str(tmp_path / "sleep"))
   assert result.step == 0 and result.resumed_from is None
   started, written = _flat(result.state.params), ocp_params(out)
@@ -214,7 +205,7 @@ def test_printed_commands_train_n1_then_n4(source, retrofitted, tmp_path):
   p = _launch("launch.train", "--config=launch/configs/rule110_small.py", f"--workdir={h1}", *overrides)
   assert p.returncode == 0, p.stderr[-3000:]
   first = [json.loads(l) for l in open(os.path.join(h1, "metrics.jsonl"))][0]
-  exp = experiment.experiment_from_config(_parse("launch/configs/rule110_small.py", *overrides))
+  exp = experiment.experiment_from_config(parse_config_file("launch/configs/rule110_small.py", *overrides))
   batch = next(experiment.build_run_spec(exp).train_data())
   loss, _ = WindowedLoss(exp.sleep, sleep_schedule=experiment.task_schedule(exp))(_source_model(source), batch)
   assert first["step"] == 1 and first["sleep/n_passes"] == 1.0
