@@ -15,7 +15,11 @@ start with :func:`run` (``if __name__ == "__main__": cli.run(main)``) and call
   launch of the same model loads its executables from the cache instead of
   compiling them again (resumes, evaluations, sweeps, repeated tests);
 * a quiet console (progress and results; absl, jax and tensorboardX log
-  warnings and errors only).
+  warnings and errors only);
+* paths resolved once, where they enter (:func:`user_path`,
+  :func:`define_path`, :func:`define_path_list`): a relative path is taken
+  from the current directory and ``~`` is expanded, so everything below
+  (orbax demands absolute paths) sees the same absolute path.
 """
 from __future__ import annotations
 
@@ -35,6 +39,46 @@ COMPILATION_CACHE_DIR = flags.DEFINE_string(
     "compilation_cache_dir", None,
     f"JAX persistent compilation cache directory (default: ${ENV_VAR}, else {DEFAULT_DIR}); '' turns it off.")
 CPU_DEVICES = flags.DEFINE_integer("cpu_devices", None, "Deprecated: use --jax_num_cpu_devices.")
+
+
+def user_path(path: str | None) -> str | None:
+  """A path as the user meant it: ``~`` expanded, relative to the current directory, absolute.
+
+  ``None`` and ``""`` (unset) come back as ``None``.
+  """
+  if path is None or not str(path).strip():
+    return None
+  return os.path.abspath(os.path.expanduser(str(path).strip()))
+
+
+class _PathParser(flags.ArgumentParser):
+  """absl parser of a path flag: the value is absolute from the moment it is parsed."""
+
+  syntactic_help = "a path (relative paths are taken from the current directory)"
+
+  def parse(self, argument):
+    return user_path(argument)
+
+  def flag_type(self):
+    return "path"
+
+
+class _PathListParser(flags.ListParser):
+  """absl parser of a comma-separated list of paths, each made absolute."""
+
+  def parse(self, argument):
+    return [user_path(p) for p in super().parse(argument) if user_path(p)]
+
+
+def define_path(name: str, default: str | None, help_text: str, **kwargs) -> flags.FlagHolder:
+  """``flags.DEFINE_string`` for a path: its value is absolute (``~`` expanded) once parsed."""
+  return flags.DEFINE(_PathParser(), name, default, help_text, serializer=flags.ArgumentSerializer(), **kwargs)
+
+
+def define_path_list(name: str, default: list[str], help_text: str, **kwargs) -> flags.FlagHolder:
+  """``flags.DEFINE_list`` for paths: each entry absolute (``~`` expanded) once parsed."""
+  return flags.DEFINE(_PathListParser(), name, default, help_text, serializer=flags.CsvListSerializer(","),
+                      **kwargs)
 
 
 def run(main: Callable[[list[str]], int], *, flags_parser: Callable[[list[str]], list[str]] | None = None) -> None:

@@ -43,14 +43,14 @@ from ml_collections import config_flags
 
 from launch import cli, experiment, tables
 
-_WORKDIR = flags.DEFINE_string("workdir", None, "The run directory (with config.json and checkpoints/).")
+_WORKDIR = cli.define_path("workdir", None, "The run directory (with config.json and checkpoints/).")
 _STEP = flags.DEFINE_integer("step", None, "Checkpoint step (default: the newest that restores).")
 _BATCHES = flags.DEFINE_integer("eval_batches", 0, "Eval batches (0: the whole eval split).")
 _OVERRIDE = flags.DEFINE_multi_string("override", [], "Deprecated spelling of --config.key.path=value.")
 _N_PASSES = flags.DEFINE_list("n_passes", [], "Evaluate at each of these sleep-pass counts N (e.g. 1,2,4,8).")
 _HALT_TOL = flags.DEFINE_list("halt_tol", [], "Evaluate with adaptive sleep at each of these halting tolerances "
                               "(e.g. 0.3,0.1,0.03); the cap is --config.sleep.max_passes (default: N).")
-_OUTPUT = flags.DEFINE_string("output", None, "JSON output path.")
+_OUTPUT = cli.define_path("output", None, "JSON output path.")
 _CONFIG_HELP = "The run's config.json; --config.a.b=value changes a field for this evaluation."
 
 

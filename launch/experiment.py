@@ -13,7 +13,7 @@ from typing import Any
 
 from ml_collections import config_dict
 
-from launch import run_config
+from launch import cli, run_config
 from launch.run_config import as_tuples as _tuples
 # Their old home: the names below are re-exported from where they live now.
 from launch.run_config import apply_overrides, load_run_config  # noqa: F401
@@ -188,8 +188,8 @@ def experiment_from_config(cfg) -> Experiment:
   for key in ("num_devices", "eval_batches"):  # 0 (older config.json, or the command line): unset
     if t.get(key) == 0:
       t[key] = None
-  if t.get("init_from") == "":
-    t["init_from"] = None
+  # Resolved where it enters: relative to the current directory, absolute below (orbax refuses relative paths).
+  t["init_from"] = cli.user_path(t.get("init_from"))
   if isinstance(t.get("profile_steps"), str):  # older config.json: "start,stop" steps to trace; "" traces none
     t["profile_steps"] = tuple(int(x) for x in t["profile_steps"].split(",")) if t["profile_steps"] else None
   train = _build(TrainConfig, "train", {**t, "optimizer": optimizer})
@@ -206,8 +206,45 @@ def task_schedule(exp: Experiment, n_examples: int = 16) -> tuple[bool, ...]:
   return schedule_from_mask(masks, exp.sleep.window)
 
 
+def check_sleep_happens(exp: Experiment, schedule: tuple[bool, ...]) -> None:
+  """Refuses a config that asks for sleep (some ``N != 1``) when no window of the task ever sleeps.
+
+  A window sleeps when its loss mask is all zero, so a task whose sequences
+  are no longer than the window (``T <= L``), or whose every window holds loss
+  tokens, runs any ``N`` exactly as ``N = 1``: a run or evaluation at
+  ``N = 4`` would silently be the plain model's.
+
+  Raises:
+    ValueError: one line naming the sleep field, the task, ``T`` and ``L``.
+  """
+  sleep = exp.sleep
+  ns = {sleep.max_n_passes} | set(sleep.n_passes_train or ())
+  if any(schedule) or ns == {1}:
+    return
+  if sleep.n_passes_train is not None:
+    field = f"config.sleep.n_passes_train={sleep.n_passes_train}"
+  elif sleep.adaptive and sleep.max_passes is not None:
+    field = f"config.sleep.max_passes={sleep.max_passes}"
+  else:
+    field = f"config.sleep.n_passes={sleep.n_passes}"
+  t, L = exp.task.seq_len(exp.task_config), sleep.window
+  why = (f"its sequences (T = {t}) are shorter than the window (L = {L}), so no window fills" if t < L else
+         f"every window of its sequences (T = {t}, L = {L}) holds loss tokens")
+  raise ValueError(f"{field} asks for sleep, but no window of task {exp.task_name} ever sleeps: {why}; "
+                   "set config.sleep.n_passes=1 or change the task config")
+
+
 def build_run_spec(exp: Experiment, *, meta: dict | None = None):
-  """The model factory, loss, data and evaluator of an experiment (a ``RunSpec``)."""
+  """The model factory, loss, data and evaluator of an experiment (a ``RunSpec``).
+
+  Every train and eval batch is checked on the host before it reaches the
+  jitted step: its consolidation windows against the compiled schedule and
+  its token ids against the model's vocabulary (``CheckedSchedule``).
+
+  Raises:
+    ValueError: the config asks for sleep on a task none of whose windows
+      sleeps (:func:`check_sleep_happens`).
+  """
   import jax
   import tasks
   from sleep_jax.model import HybridLM
@@ -220,16 +257,18 @@ def build_run_spec(exp: Experiment, *, meta: dict | None = None):
   local_batch = exp.train.batch_size // n_proc
   data_seed = exp.train.seed
   schedule = task_schedule(exp)
+  check_sleep_happens(exp, schedule)
+  vocab = exp.model.vocab_size
 
   def train_data():
     ds = tasks.make_dataset(task, exp.task_config, "train", seed=data_seed, batch_size=local_batch,
                             worker_count=exp.train.data_workers, shard_index=pid, shard_count=n_proc)
-    return CheckedSchedule(iter(ds), schedule, exp.sleep.window)
+    return CheckedSchedule(iter(ds), schedule, exp.sleep.window, vocab)
 
   def eval_data():
     ds = tasks.make_dataset(task, exp.task_config, "eval", seed=data_seed, batch_size=local_batch, num_epochs=1,
                             shuffle=False, shard_index=pid, shard_count=n_proc)
-    return CheckedSchedule(iter(ds), schedule, exp.sleep.window)
+    return CheckedSchedule(iter(ds), schedule, exp.sleep.window, vocab)
 
   return loop.RunSpec(
       model_factory=lambda rngs: HybridLM(exp.model, rngs=rngs),
@@ -285,6 +324,9 @@ def run(cfg, workdir: str, *, on_first_step=None):
   from sleep_jax.train import loop
 
   exp = experiment_from_config(cfg)
+  workdir = cli.user_path(workdir)
+  if workdir is None:
+    raise ValueError("workdir must be a non-empty path")
   os.makedirs(workdir, exist_ok=True)
   if jax.process_index() == 0:
     run_config.write_run_config(workdir, cfg)
@@ -312,6 +354,9 @@ def evaluate_run(workdir: str, *, cfg=None, overrides=(), step=None, eval_batche
   """
   from sleep_jax.train import loop
 
+  workdir = cli.user_path(workdir)
+  if workdir is None:
+    raise ValueError("workdir must be a non-empty path")
   if cfg is None:
     cfg = load_run_config(workdir)
   cfg = apply_overrides(cfg.to_dict() if isinstance(cfg, config_dict.ConfigDict) else dict(cfg), list(overrides))

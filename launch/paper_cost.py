@@ -44,6 +44,8 @@ import threading
 import time
 from typing import Callable, ContextManager, Sequence
 
+from launch import cli
+
 CONFIG_DIR = "launch/configs"
 # The accelerator the estimate assumes. The models are small (d <= 768), run
 # sequential scans (windows, sleep passes, the delta rule) and ship in float32,
@@ -53,6 +55,11 @@ DEFAULT_ACCEL_TFLOPS = 100.0
 ACCEL_NOTE = ("H100-class GPU, sustained {tflops:g} TFLOP/s (~{mfu:.0%} MFU of ~990 TFLOP/s dense bf16 peak; "
               "at 35% MFU (~350 TFLOP/s) divide by {ratio:.1f})")
 _RESULT_TAG = "PAPER_COST_RESULT "
+
+
+def _path_or_empty(value: str) -> str:
+  """argparse type of an optional output path: absolute, or '' when unset."""
+  return cli.user_path(value) or ""
 
 
 @dataclasses.dataclass(frozen=True)
@@ -506,7 +513,7 @@ def main(argv=None) -> int:
                  help="wall seconds one row (its process: setup, compile, steps) may take")
   p.add_argument("--accel_tflops", type=float, default=DEFAULT_ACCEL_TFLOPS,
                  help="assumed sustained accelerator TFLOP/s for the estimate")
-  p.add_argument("--json", default="", help="also write the rows here")
+  p.add_argument("--json", default="", type=_path_or_empty, help="also write the rows here")
   p.add_argument("--from_json", default="",
                  help="print the table of earlier --json files (comma-separated, merged in order); measures nothing")
   p.add_argument("--_measure", default="", help=argparse.SUPPRESS)
@@ -515,7 +522,7 @@ def main(argv=None) -> int:
     return _measure_main(json.loads(args._measure))
   if args.from_json:
     docs = []
-    for path in (x for x in args.from_json.split(",") if x):
+    for path in (cli.user_path(x) for x in args.from_json.split(",") if x.strip()):
       with open(path) as f:
         docs.append(json.load(f))
     try:

@@ -14,12 +14,14 @@ import sys
 
 from absl import app, flags
 
-_RUNS = flags.DEFINE_list("runs", [], "Run workdirs (each with metrics.jsonl).")
+from launch import cli
+
+_RUNS = cli.define_path_list("runs", [], "Run workdirs (each with metrics.jsonl).")
 _LABELS = flags.DEFINE_list("labels", [], "Legend labels (default: from each run's config, else its name).")
 _METRIC = flags.DEFINE_string("metric", "accuracy", "Metric vs training tokens: accuracy, loss, ...")
-_TABLE = flags.DEFINE_string("table", None, "A sweep.csv from launch/sweep.py.")
+_TABLE = cli.define_path("table", None, "A sweep.csv from launch/sweep.py.")
 _KIND = flags.DEFINE_enum("kind", "accuracy", ["accuracy", "loss"], "Per-depth value for --table.")
-_OUTPUT = flags.DEFINE_string("output", None, "PNG path.")
+_OUTPUT = cli.define_path("output", None, "PNG path.")
 _LOG_X = flags.DEFINE_bool("log_x", False, "Logarithmic token axis.")
 
 

@@ -275,9 +275,9 @@ def describe(r: Retrofitted) -> str:
 
 def define_flags() -> None:
   """The command-line flags (defined by the entry point only, so importing this module defines none)."""
-  flags.DEFINE_string("from_workdir", None, "The trained run's directory (config.json and checkpoints/).")
+  cli.define_path("from_workdir", None, "The trained run's directory (config.json and checkpoints/).")
   flags.DEFINE_string("insert", None, "GDN block positions in the NEW layout, e.g. 1,3.")
-  flags.DEFINE_string("out", None, "Directory to write the retrofitted checkpoint and config to.")
+  cli.define_path("out", None, "Directory to write the retrofitted checkpoint and config to.")
   flags.DEFINE_integer("step", None, "Source checkpoint step (default: the newest that restores).")
   flags.DEFINE_integer("seed", 0, "Initialises the new blocks' parameters (their output projections are zero).")
 

@@ -80,7 +80,7 @@ from launch import cli
 from launch import sweep_results as results_lib
 
 _CONFIG = config_flags.DEFINE_config_file("config", None, "Path to a launch/configs/*.py file.")
-_WORKDIR = flags.DEFINE_string("workdir", None, "Sweep root directory (one sub-directory per run).")
+_WORKDIR = cli.define_path("workdir", None, "Sweep root directory (one sub-directory per run).")
 _VARIANTS = flags.DEFINE_list("variants", ["n1", "n2", "n4"],
                               "n<K>, n1_compute[<K>], replay<K>, deep<K>, nrand<K>, transformer (see the module doc).")
 _SEEDS = flags.DEFINE_list("seeds", ["0"], "config.train.seed values (initialisation and data).")

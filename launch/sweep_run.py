@@ -28,7 +28,7 @@ from absl import app, flags  # noqa: E402
 from launch import cli  # noqa: E402  (defines --compilation_cache_dir)
 from launch.sweep_results import CONFIG_FILE, add_wall_time  # noqa: E402
 
-_WORKDIR = flags.DEFINE_string("workdir", None, "The run directory holding sweep_config.json.")
+_WORKDIR = cli.define_path("workdir", None, "The run directory holding sweep_config.json.")
 
 
 def _stop(signum, frame):

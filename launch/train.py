@@ -33,7 +33,7 @@ from launch import cli, experiment, tables  # noqa: E402
 
 _CONFIG = config_flags.DEFINE_config_file("config", None, "Path to a launch/configs/*.py file.",
                                           lock_config=True)
-_WORKDIR = flags.DEFINE_string("workdir", None, "Run directory: checkpoints, metrics.jsonl, eval.json.")
+_WORKDIR = cli.define_path("workdir", None, "Run directory: checkpoints, metrics.jsonl, eval.json.")
 _COORD = flags.DEFINE_string("coordinator_address", None, "Multi-host: host:port of process 0.")
 _NPROC = flags.DEFINE_integer("num_processes", None, "Multi-host: total processes.")
 _PID = flags.DEFINE_integer("process_id", None, "Multi-host: this process's id.")

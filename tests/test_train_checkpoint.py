@@ -97,3 +97,60 @@ def test_empty_directory_restores_nothing(tmp_path):
   assert ckpt_lib.Checkpointer(str(tmp_path / "none")).restore_latest(_abstract(4)) is None
   with pytest.raises(ValueError, match="directory"):
     ckpt_lib.Checkpointer("")
+
+
+def _save_params(directory, steps=(1, 2), n=16):
+  ck = ckpt_lib.Checkpointer(directory)
+  for step in steps:
+    ck.save(step, {"params": {"w": np.full((n,), step, np.float32)}}, data_state={"pos": step})
+  ck.close()
+
+
+def _params_like(n=16):
+  return {"w": jax.ShapeDtypeStruct((n,), np.float32)}
+
+
+def test_relative_paths_restore_like_absolute(tmp_path, monkeypatch):
+  # orbax refuses relative paths ("Checkpoint path should be absolute"); every entry resolves them first.
+  monkeypatch.chdir(tmp_path)
+  _save_params(os.path.join("runs", "a", "checkpoints"))
+  params, step = ckpt_lib.load_params(os.path.join("runs", "a"), _params_like(), return_step=True)
+  assert step == 2 and float(params["w"][0]) == 2.0
+  restored = ckpt_lib.Checkpointer(os.path.join("runs", "a", "checkpoints")).restore_latest(
+      {"params": _params_like()})
+  assert restored.step == 2 and restored.data_state == {"pos": 2}
+  monkeypatch.setenv("HOME", str(tmp_path))
+  params = ckpt_lib.load_params(os.path.join("~", "runs", "a"), _params_like())
+  assert float(params["w"][-1]) == 2.0
+
+
+def test_restore_failures_say_why(tmp_path, caplog):
+  """Missing directory, shape mismatch and corrupt files each read differently, in the exception's words."""
+  with pytest.raises(ckpt_lib.CheckpointError, match="does not exist"):
+    ckpt_lib.load_params(str(tmp_path / "missing"), _params_like())
+  (tmp_path / "file").write_text("x")
+  with pytest.raises(ckpt_lib.CheckpointError, match="is not a directory"):
+    ckpt_lib.load_params(str(tmp_path / "file"), _params_like())
+  run = str(tmp_path / "run")
+  _save_params(os.path.join(run, "checkpoints"))
+  with pytest.raises(ckpt_lib.CheckpointError, match=r"'w' has shape \(16,\) in the checkpoint, \(8,\) in the model"):
+    ckpt_lib.load_params(run, _params_like(8))
+  _corrupt(os.path.join(run, "checkpoints", "2"))
+  params, step = ckpt_lib.load_params(run, _params_like(), return_step=True)
+  assert step == 1 and float(params["w"][0]) == 1.0  # the corrupt newest step is skipped for the good one
+  assert "step 2" in caplog.text and "does not restore" in caplog.text
+  _corrupt(os.path.join(run, "checkpoints", "1"))
+  with pytest.raises(ckpt_lib.CheckpointError) as err:
+    ckpt_lib.load_params(run, _params_like())
+  msg = str(err.value)
+  # Each step's reason carries the exception's message, not only its type name.
+  for step in (1, 2):
+    reason = msg.split(f"step {step}: ", 1)[1].split(";")[0]
+    assert ":" in reason and len(reason.split(":", 1)[1].strip()) > 10, msg
+
+
+def test_failure_reason_keeps_the_message():
+  e = ValueError("Checkpoint path should be absolute.\n  Got: workdirs/x")
+  assert ckpt_lib.failure_reason(e) == "ValueError: Checkpoint path should be absolute. Got: workdirs/x"
+  assert ckpt_lib.failure_reason(KeyError()) == "KeyError"
+  assert len(ckpt_lib.failure_reason(RuntimeError("x" * 1000), limit=50)) == 50

@@ -81,7 +81,7 @@ def test_init_from_copies_params_only(tmp_path):
   for a, b in zip(_leaves(base.state.params), _leaves(child.state.params)):
     np.testing.assert_array_equal(a, b)
   assert int(child.state.step) == 0
-  with pytest.raises(ckpt_lib.CheckpointError, match="not a directory"):
+  with pytest.raises(ckpt_lib.CheckpointError, match="does not exist"):
     ckpt_lib.load_params(str(tmp_path / "nope"), base.state.params)
   # A corrupt checkpoint directory is reported by name, not crashed on.
   for root, _, files in os.walk(os.path.join(tmp_path, "base", "checkpoints", "3", "state")):

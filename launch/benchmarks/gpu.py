@@ -31,6 +31,8 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from launch import cli
+
 # The exactness grid: the shapes of tests/test_gated_delta.py's GRID and of
 # tests/test_gated_delta_pallas.py (B, T, H, Dk, Dv, gates, chunk).
 GRID = (
@@ -227,7 +229,7 @@ def run(deadline, repeats, skip_speed=False):
 
 def main(argv):
   parser = argparse.ArgumentParser(prog="python -m launch.bench gpu", description=__doc__.splitlines()[0])
-  parser.add_argument("--out", default=None, help="write the results as JSON here")
+  parser.add_argument("--out", default=None, type=cli.user_path, help="write the results as JSON here")
   parser.add_argument("--repeats", type=int, default=10)
   parser.add_argument("--skip-speed", action="store_true")
   args = parser.parse_args(argv)

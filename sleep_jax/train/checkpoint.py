@@ -51,6 +51,17 @@ class Restored:
   skipped: tuple[tuple[int, str], ...] = ()
 
 
+def failure_reason(e: BaseException, limit: int = 400) -> str:
+  """Why a restore failed, in the exception's own words: ``Type: message``.
+
+  The message is what tells a missing file from a truncated one or a shape
+  mismatch; its lines are joined and cut at ``limit`` characters.
+  """
+  message = " ".join(line.strip() for line in str(e).splitlines() if line.strip())
+  text = f"{type(e).__name__}: {message}" if message else type(e).__name__
+  return text if len(text) <= limit else text[:limit - 3] + "..."
+
+
 def _manager(directory: str, max_to_keep: int | None = None, create: bool = True) -> ocp.CheckpointManager:
   options = ocp.CheckpointManagerOptions(max_to_keep=max_to_keep, create=create,
                                          enable_async_checkpointing=False)
@@ -115,7 +126,7 @@ class Checkpointer:
       try:
         restored = self._restore_step(step, abstract_state)
       except Exception as e:  # orbax raises many types for damaged files.
-        reason = f"{type(e).__name__}: {str(e).splitlines()[0] if str(e) else ''}"[:300]
+        reason = failure_reason(e)
         log.warning("checkpoint step %d in %s does not restore (%s); trying an older one", step,
                     self.directory, reason)
         skipped.append((step, reason))
@@ -179,11 +190,14 @@ def load_params(source: str, abstract_params, *, step: int | None = None, return
     CheckpointError: no restorable checkpoint, or a parameter missing or of the
       wrong shape (or, if ``strict``, one the model lacks).
   """
+  source = os.path.abspath(os.path.expanduser(source))  # orbax refuses relative paths
   directory = source
   if os.path.isdir(checkpoint_dir(source)):
     directory = checkpoint_dir(source)
+  if not os.path.exists(directory):
+    raise CheckpointError(f"init_from: {source} does not exist")
   if not os.path.isdir(directory):
-    raise CheckpointError(f"init_from: {source!r} is not a directory")
+    raise CheckpointError(f"init_from: {source} is not a directory")
   mngr = _manager(directory, create=False)
   steps = sorted(mngr.all_steps())
   if not steps:
@@ -193,14 +207,19 @@ def load_params(source: str, abstract_params, *, step: int | None = None, return
       raise CheckpointError(f"no checkpoint step {step} in {directory}; steps: {steps}")
     steps = [step]
   errors = []
-  for step in reversed(steps):
-    try:
-      raw = mngr.restore(step, args=ocp.args.Composite(state=_host_restore(directory, step)))["state"]
-      break
-    except Exception as e:  # orbax raises many types for damaged files.
-      log.warning("checkpoint step %d in %s does not restore (%s)", step, directory, type(e).__name__)
-      errors.append(f"step {step}: {type(e).__name__}")
-  else:
+  raw = None
+  try:
+    for step in reversed(steps):
+      try:
+        raw = mngr.restore(step, args=ocp.args.Composite(state=_host_restore(directory, step)))["state"]
+        break
+      except Exception as e:  # orbax raises many types for damaged files.
+        reason = failure_reason(e)
+        log.warning("checkpoint step %d in %s does not restore (%s); trying an older one", step, directory, reason)
+        errors.append(f"step {step}: {reason}")
+  finally:
+    mngr.close()
+  if raw is None:
     raise CheckpointError(f"init_from: no checkpoint in {directory} restores ({'; '.join(errors)})")
   saved = {path_str(p): np.asarray(v) for p, v in jax.tree_util.tree_flatten_with_path(raw["params"])[0]}
 
