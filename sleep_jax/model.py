@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import jax
 import jax.numpy as jnp
+import numpy as np
 from flax import nnx
 
 from sleep_jax.config import BLOCK_TYPES, ModelConfig
@@ -28,6 +29,33 @@ from sleep_jax.nn.norms import RMSNorm
 
 def compute_dtype(config: ModelConfig):
   return jnp.dtype(config.dtype)
+
+
+def check_token_ids(tokens, vocab_size: int, name: str = "tokens") -> None:
+  """Raises if concrete ``tokens`` hold an id outside ``[0, vocab_size)``.
+
+  Traced tokens (under ``jit``, ``vmap``, ``grad``, ``lax.scan``) cannot be
+  checked and pass unchecked; there an id ``>= vocab_size`` gives NaN logits
+  (the embedding gather fills out-of-range rows with NaN) and a negative id
+  silently reads the embedding counted from the end (``-1`` is id
+  ``vocab_size - 1``). Check data on the host before jitted steps, as the
+  launch paths do (``sleep_jax.windowed.CheckedSchedule``).
+
+  Args:
+    tokens: an integer array (numpy or concrete jax), or a tracer.
+    vocab_size: the model's ``ModelConfig.vocab_size``.
+    name: the argument's name, for the message.
+
+  Raises:
+    ValueError: one line naming ``name``, the valid range and the offending
+      minimum / maximum.
+  """
+  if isinstance(tokens, jax.core.Tracer) or not jnp.size(tokens):
+    return
+  t = np.asarray(tokens)
+  lo, hi = int(t.min()), int(t.max())
+  if lo < 0 or hi >= vocab_size:
+    raise ValueError(f"{name} must lie in [0, {vocab_size}) (vocab_size); got min {lo}, max {hi}")
 
 
 class Block(nnx.Module):
@@ -196,13 +224,18 @@ class HybridLM(nnx.Module):
     """One ordinary pass over ``tokens`` with full causal attention (no eviction).
 
     Args:
-      tokens: ``[B, T]`` int32.
+      tokens: ``[B, T]`` int32 ids in ``[0, vocab_size)``; checked when
+        concrete, not under tracing (see :func:`check_token_ids`).
       fast_weights: initial states (None: zeros).
       positions: ``[T]`` positions (None: ``0..T-1``).
 
     Returns:
       ``(logits [B, T, V] float32, fast_weights)``.
+
+    Raises:
+      ValueError: concrete ``tokens`` outside ``[0, vocab_size)``.
     """
+    check_token_ids(tokens, self.config.vocab_size)
     if fast_weights is None:
       fast_weights = self.init_fast_weights(tokens.shape[0])
     if positions is None:
@@ -227,7 +260,8 @@ class HybridLM(nnx.Module):
     """One ordinary forward for one token per batch row.
 
     Args:
-      tokens: ``[B]`` int32.
+      tokens: ``[B]`` int32 ids in ``[0, vocab_size)``; checked when
+        concrete, not under tracing (see :func:`check_token_ids`).
       position: scalar int32 absolute position.
       fast_weights: GDN states.
       kv_caches: ring caches per attention block.
@@ -237,7 +271,11 @@ class HybridLM(nnx.Module):
 
     Returns:
       ``(logits [B, V] float32, fast_weights, kv_caches, conv_histories)``.
+
+    Raises:
+      ValueError: concrete ``tokens`` outside ``[0, vocab_size)``.
     """
+    check_token_ids(tokens, self.config.vocab_size)
     h = self.embed_tokens(tokens[:, None])
     states, kvs, convs = list(fast_weights.states), list(kv_caches), list(conv_histories)
     gslots, aslots = self.gdn_slots, self.attn_slots

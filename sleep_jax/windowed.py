@@ -55,6 +55,7 @@ from sleep_jax.config import SleepConfig
 from sleep_jax.consolidate import sleep_consolidate
 from sleep_jax.cost import sequence_cost
 from sleep_jax.fast_weights import FastWeights, init_fast_weights
+from sleep_jax.model import check_token_ids
 
 
 @jax.tree_util.register_dataclass
@@ -126,25 +127,32 @@ class CheckedSchedule:
   A loss compiled with a static ``sleep_schedule`` (cheaper than deciding per
   window inside the step) would silently give a batch whose all-zero-mask
   windows differ the wrong passes, so such a batch is rejected here instead.
+  With ``vocab_size`` it also checks each batch's token ids on the host (a
+  numpy min / max): inside the jitted step they cannot be checked, and an
+  out-of-range id gives NaN logits or reads another token's embedding.
   Checkpointable like the iterator it wraps (``get_state`` / ``set_state``).
 
   Args:
     it: an iterator of numpy batches with ``"loss_mask"`` ``[B, T]``.
     schedule: the static schedule (see :func:`schedule_from_mask`).
     window: ``L``.
+    vocab_size: the model's vocabulary, or ``None`` not to check the tokens.
 
   Raises:
-    ValueError: (from ``next``) a batch whose schedule differs.
+    ValueError: (from ``next``) a batch whose schedule differs, or whose
+      ``tokens`` lie outside ``[0, vocab_size)``.
   """
 
-  def __init__(self, it, schedule: tuple[bool, ...], window: int):
-    self.it, self.schedule, self.window = it, schedule, window
+  def __init__(self, it, schedule: tuple[bool, ...], window: int, vocab_size: int | None = None):
+    self.it, self.schedule, self.window, self.vocab_size = it, schedule, window, vocab_size
 
   def __iter__(self):
     return self
 
   def __next__(self):
     batch = next(self.it)
+    if self.vocab_size is not None:
+      check_token_ids(np.asarray(batch["tokens"]), self.vocab_size, name="a batch's tokens")
     got = schedule_from_mask(batch["loss_mask"], self.window)
     if got != self.schedule:
       raise ValueError(f"a batch's consolidation windows {got} differ from the task's {self.schedule}; "
@@ -263,11 +271,7 @@ def _validate(model, tokens, loss_mask, sleep, sleep_schedule, return_logits):
     raise ValueError("tokens must hold at least one position (T >= 1)")
   if loss_mask is not None and tuple(loss_mask.shape) != tuple(tokens.shape):
     raise ValueError(f"loss_mask must have the tokens' shape {tuple(tokens.shape)}, got {tuple(loss_mask.shape)}")
-  if _is_concrete(tokens):
-    t = np.asarray(tokens)
-    lo, hi = int(t.min()), int(t.max())
-    if lo < 0 or hi >= model.config.vocab_size:
-      raise ValueError(f"tokens must lie in [0, {model.config.vocab_size}) (vocab_size); got min {lo}, max {hi}")
+  check_token_ids(tokens, model.config.vocab_size)
   spans = window_spans(tokens.shape[1], sleep.window)
   n_windows = len(spans)
   if sleep_schedule is not None:
@@ -305,7 +309,10 @@ def windowed_forward(model, tokens: Tokens, loss_mask: Mask | None, sleep: Sleep
 
   Args:
     model: a ``HybridLM``.
-    tokens: ``[B, T]`` (``b t``) int token ids in ``[0, vocab_size)``.
+    tokens: ``[B, T]`` (``b t``) int token ids in ``[0, vocab_size)``,
+      checked when concrete. Under ``jit`` (traced tokens) they cannot be
+      checked: an id ``>= vocab_size`` gives NaN logits and a negative one
+      silently reads another token's embedding (``model.check_token_ids``).
     loss_mask: ``[B, T]`` (``b t``) float mask (1 on answer targets) or None. A window
       whose mask is zero across the whole batch is a consolidation window.
       A concrete mask must agree between rows on which windows are all zero
