@@ -29,6 +29,10 @@ Design decisions (ours):
   time (:func:`serving_schedule`).
 * ``N = 0`` means a consolidation window is not slept on at all: the fast
   weights revert to their window-start value (the window is forgotten).
+* A sequence shorter than ``L`` has one partial window, which holds the loss
+  tokens (training) or never fills (serving), so nothing sleeps: with
+  ``N != 1`` and no ``sleep_schedule`` this is logged once per ``(L, T)`` as
+  a warning (the launch paths refuse such a run outright).
 * Adaptive sleep (``SleepConfig.halt_tol``): each example stops sleeping once
   a pass barely changes its core's fast weights, after at least one and at
   most ``max_n_passes - 1`` sleep passes (``sleep_consolidate``'s masked
@@ -44,6 +48,7 @@ from __future__ import annotations
 
 import dataclasses
 import functools
+import logging
 
 import jax
 import jax.numpy as jnp
@@ -168,6 +173,26 @@ class CheckedSchedule:
 
 def _is_concrete(x) -> bool:
   return not isinstance(x, jax.core.Tracer)
+
+
+_LOG = logging.getLogger(__name__)
+_WARNED_SHORT: set[tuple[int, int]] = set()
+
+
+def _warn_window_never_fills(window: int, length: int, n_passes: int, *, traced_mask: bool) -> None:
+  """Logs once per ``(L, T)`` that no window of a sequence shorter than ``L`` sleeps.
+
+  A warning, not an error: a short sequence is legitimate (a prompt, a
+  stream's first tokens, an evaluation of a prefix) and runs as ``N = 1``.
+  The launch paths, which know the task, refuse a run whose windows never
+  sleep (``launch.experiment.build_run_spec``).
+  """
+  if (window, length) in _WARNED_SHORT:
+    return
+  _WARNED_SHORT.add((window, length))
+  unless = " unless its loss mask is all zero" if traced_mask else ""
+  _LOG.warning("windowed_forward: sleep.window L = %d is longer than the sequence (T = %d tokens), so no window "
+               "fills and none sleeps%s: N = %d runs as N = 1", window, length, unless, n_passes)
 
 
 # -- one window ---------------------------------------------------------------------------------------
@@ -318,6 +343,8 @@ def windowed_forward(model, tokens: Tokens, loss_mask: Mask | None, sleep: Sleep
       A concrete mask must agree between rows on which windows are all zero
       (else pass ``sleep_schedule``); a traced one is not checked.
     sleep: the ``SleepConfig`` (window ``L``, passes ``N``, eviction mode).
+      With ``T < L`` no window fills and nothing sleeps; unless
+      ``sleep_schedule`` says otherwise, that is logged once as a warning.
     fast_weights: states at the sequence start (None: zeros).
     return_logits: "all" (``[B, T, V]`` float32) or "none".
     sleep_schedule: optional static tuple, one bool per window (True: sleep);
@@ -344,6 +371,8 @@ def windowed_forward(model, tokens: Tokens, loss_mask: Mask | None, sleep: Sleep
     schedule = schedule_from_mask(loss_mask, L)
   else:
     schedule = None
+  if t < L and sleep.max_n_passes != 1 and sleep_schedule is None and not any(schedule or ()):
+    _warn_window_never_fills(L, t, sleep.max_n_passes, traced_mask=schedule is None)
   if schedule is None:
     preds = [jnp.all(loss_mask[:, a:z] == 0) for a, z in spans]
   else:

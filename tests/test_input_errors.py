@@ -76,3 +76,41 @@ def test_the_launch_data_path_checks_token_ids():
   for make in (spec.train_data, spec.eval_data):
     it = make()
     assert isinstance(it, CheckedSchedule) and it.vocab_size == exp.model.vocab_size
+
+
+# -- a window longer than the sequence ---------------------------------------------------------------
+def test_a_window_longer_than_the_sequence_warns_once_that_nothing_sleeps(caplog):
+  model = session_model()
+  short = lambda t, n, **kw: windowed_forward(model, np.ones((1, t), np.int32), None,
+                                              SleepConfig(window=9, n_passes=n), **kw)
+  with caplog.at_level("WARNING", logger="sleep_jax.windowed"):
+    out = short(5, 3)
+    short(5, 3)  # once per (L, T)
+  warned = [r.getMessage() for r in caplog.records if "longer than the sequence" in r.getMessage()]
+  assert warned == ["windowed_forward: sleep.window L = 9 is longer than the sequence (T = 5 tokens), so no window "
+                    "fills and none sleeps: N = 3 runs as N = 1"]
+  assert np.asarray(out.passes).tolist() == [[0]]
+  caplog.clear()
+  with caplog.at_level("WARNING", logger="sleep_jax.windowed"):
+    short(6, 1)  # N = 1 asks for no sleep
+    asked = short(6, 3, sleep_schedule=(True,))  # an explicit schedule sleeps on the partial window
+  assert not caplog.records and np.asarray(asked.passes).tolist() == [[3]]
+
+
+def test_the_launch_path_refuses_sleep_when_no_window_of_the_task_sleeps():
+  import dataclasses
+
+  from launch import experiment
+  from launch.configs import rule110_small
+  exp = experiment.experiment_from_config(rule110_small.get_config())  # T = 17, L = 16
+  with_sleep = lambda **kw: dataclasses.replace(exp, sleep=SleepConfig(**kw))
+  experiment.build_run_spec(with_sleep(window=64, n_passes=1))  # N = 1 asks for no sleep
+  for sleep, field, why in [
+      (dict(window=64, n_passes=4), "n_passes=4", r"its sequences \(T = 17\) are shorter than the window \(L = 64\)"),
+      (dict(window=17, n_passes_train=(1, 2)), r"n_passes_train=\(1, 2\)",
+       r"every window of its sequences \(T = 17, L = 17\) holds loss tokens"),
+      (dict(window=17, halt_tol=0.1, max_passes=3), "max_passes=3", r"every window .* holds loss tokens")]:
+    with pytest.raises(ValueError, match=rf"^config\.sleep\.{field} asks for sleep, but no window of task rule110 "
+                                         rf"ever sleeps: {why}") as err:
+      experiment.build_run_spec(with_sleep(**sleep))
+    assert one_line(err).endswith("set config.sleep.n_passes=1 or change the task config")
