@@ -16,6 +16,7 @@ import numpy as np
 BLOCK_TYPES = ("attn", "gdn")
 EVICTION_MODES = ("hard", "sliding")
 GDN_IMPLS = ("auto", "reference", "chunked", "pallas")
+COMPUTE_DTYPES = ("float32", "bfloat16")
 
 
 def _require(cond: bool, msg: str) -> None:
@@ -23,9 +24,67 @@ def _require(cond: bool, msg: str) -> None:
     raise ValueError(msg)
 
 
+def _is_integer(value) -> bool:
+  """A Python or numpy integer; not a bool (``True`` is an ``int`` to Python) and not a float."""
+  return isinstance(value, (int, np.integer)) and not isinstance(value, (bool, np.bool_))
+
+
+def _integer(owner: str, name: str, value, minimum: int, *, optional: bool = False, alias: str = ""):
+  """``value`` as a Python ``int`` (numpy integers too, so the config stays hashable and equal to the
+  same config spelled with ints), or ``None`` when ``optional``.
+
+  Raises:
+    ValueError: one line naming ``owner.name``, for a bool, a float (even an
+      integral one), any other type, or a value below ``minimum``.
+  """
+  if optional and value is None:
+    return None
+  _require(_is_integer(value) and value >= minimum,
+           f"{owner}.{name}{alias} must be {'None or ' if optional else ''}an integer >= {minimum}, got {value!r}")
+  return int(value)
+
+
+def _real(owner: str, name: str, value, *, positive: bool):
+  """A finite real number (``> 0`` when ``positive``, else ``>= 0``): Python numbers are kept as
+  given, numpy scalars become Python floats.
+
+  Raises:
+    ValueError: one line naming ``owner.name``.
+  """
+  ok = isinstance(value, (int, float, np.integer, np.floating)) and not isinstance(value, (bool, np.bool_))
+  ok = ok and math.isfinite(value) and (value > 0 if positive else value >= 0)
+  _require(ok, f"{owner}.{name} must be a finite number {'> 0' if positive else '>= 0'}, got {value!r}")
+  return value if isinstance(value, (int, float)) else float(value)
+
+
+def _boolean(owner: str, name: str, value) -> bool:
+  _require(isinstance(value, (bool, np.bool_)), f"{owner}.{name} must be a bool, got {value!r}")
+  return bool(value)
+
+
+def _dtype_name(value) -> str:
+  """``"float32"`` or ``"bfloat16"`` from its name or any dtype spelling numpy understands
+  (``jnp.bfloat16``, ``np.float32``, ``np.dtype("float32")``).
+
+  Raises:
+    ValueError: one line naming ``ModelConfig.dtype``.
+  """
+  if isinstance(value, str) and value in COMPUTE_DTYPES:
+    return value
+  try:
+    name = np.dtype(value).name
+  except (TypeError, ValueError):
+    name = None
+  _require(name in COMPUTE_DTYPES, f"ModelConfig.dtype must be 'float32' or 'bfloat16' (or that dtype), got {value!r}")
+  return name
+
+
 @dataclasses.dataclass(frozen=True)
 class ModelConfig:
   """Hybrid attention / Gated DeltaNet language model.
+
+  Integer fields take Python or numpy integers (stored as ``int``) and refuse
+  bools and floats; each field is checked on construction.
 
   Attributes:
     vocab_size: number of token ids; inputs must lie in ``[0, vocab_size)``.
@@ -47,10 +106,15 @@ class ModelConfig:
     prelude: blocks that run once before the looped core during sleep.
     coda: blocks that run once after the looped core during sleep.
     tie_embeddings: share the embedding and output projection.
-    dtype: compute dtype ("float32" or "bfloat16"); params and fast weights
-      stay float32.
+    dtype: compute dtype ("float32" or "bfloat16"; a dtype such as
+      ``jnp.bfloat16`` is stored as its name); params and fast weights stay
+      float32.
     gdn_impl: implementation of the gated delta rule (see ``sleep_jax.ops``).
-    gdn_chunk_size: chunk size for the chunked / Pallas implementations.
+    gdn_chunk_size: chunk size for the chunked / Pallas implementations. Not
+      read on CPU under ``gdn_impl="auto"``, which takes the measured chunk
+      size for the sequence length (``sleep_jax.ops.gated_delta.api.AUTO_TABLE_CPU``);
+      set ``gdn_impl="chunked"`` to use it there. On GPU / TPU ``"auto"`` is
+      Pallas with this chunk size.
     gdn_decay_init: ``(low, high)``: the GDN decay rates ``A`` start uniform
       in this range (the forget gate is ``exp(-A * softplus(.))`` per token).
       The default ``(1, 16)`` is Mamba's; a lower range remembers longer at
@@ -79,33 +143,35 @@ class ModelConfig:
   gdn_decay_init: tuple[float, float] = (1.0, 16.0)
 
   def __post_init__(self):
+    M = "ModelConfig"
+    ints = dict(vocab_size=2, d_model=1, n_heads=1, head_dim=1, gdn_head_dim=1, conv_size=1, prelude=0, coda=0,
+                gdn_chunk_size=1)
+    for name, minimum in ints.items():
+      object.__setattr__(self, name, _integer(M, name, getattr(self, name), minimum))
+    for name in ("gdn_n_heads", "gdn_value_dim", "mlp_hidden"):
+      object.__setattr__(self, name, _integer(M, name, getattr(self, name), 1, optional=True))
+    # n_layers is ignored when layout is given, but is still an integer.
+    object.__setattr__(self, "n_layers", _integer(M, "n_layers", self.n_layers, 1 if self.layout is None else 0))
+    for name, positive in (("rope_theta", True), ("norm_eps", False), ("embed_init_std", True)):
+      object.__setattr__(self, name, _real(M, name, getattr(self, name), positive=positive))
+    object.__setattr__(self, "tie_embeddings", _boolean(M, "tie_embeddings", self.tie_embeddings))
+    object.__setattr__(self, "dtype", _dtype_name(self.dtype))
     if self.layout is not None:
+      _require(not isinstance(self.layout, str), f"ModelConfig.layout must be a sequence of block types, got "
+               f"the string {self.layout!r}")
       object.__setattr__(self, "layout", tuple(self.layout))
     decay = tuple(self.gdn_decay_init)
     _require(len(decay) == 2 and all(isinstance(x, (int, float)) and not isinstance(x, bool) for x in decay)
              and 0 < decay[0] <= decay[1] and math.isfinite(decay[1]),
              f"ModelConfig.gdn_decay_init must be (low, high) with 0 < low <= high, got {self.gdn_decay_init!r}")
     object.__setattr__(self, "gdn_decay_init", tuple(float(x) for x in decay))
-    _require(self.vocab_size >= 2, f"ModelConfig.vocab_size must be >= 2, got {self.vocab_size}")
-    _require(self.d_model >= 1, f"ModelConfig.d_model must be >= 1, got {self.d_model}")
-    _require(self.n_heads >= 1 and self.head_dim >= 1,
-             f"ModelConfig.n_heads/head_dim must be >= 1, got {self.n_heads}/{self.head_dim}")
     _require(self.head_dim % 2 == 0, f"ModelConfig.head_dim must be even for RoPE, got {self.head_dim}")
-    _require(self.conv_size >= 1, f"ModelConfig.conv_size must be >= 1, got {self.conv_size}")
-    _require(self.embed_init_std > 0, f"ModelConfig.embed_init_std must be > 0, got {self.embed_init_std}")
-    _require(self.dtype in ("float32", "bfloat16"),
-             f"ModelConfig.dtype must be 'float32' or 'bfloat16', got {self.dtype!r}")
     _require(self.gdn_impl in GDN_IMPLS, f"ModelConfig.gdn_impl must be one of {GDN_IMPLS}, got {self.gdn_impl!r}")
-    _require(self.gdn_chunk_size >= 1, f"ModelConfig.gdn_chunk_size must be >= 1, got {self.gdn_chunk_size}")
-    if self.layout is None:
-      _require(self.n_layers >= 1, f"ModelConfig.n_layers must be >= 1, got {self.n_layers}")
-    else:
+    if self.layout is not None:
       _require(len(self.layout) >= 1, "ModelConfig.layout must name at least one block")
       for i, b in enumerate(self.layout):
         _require(b in BLOCK_TYPES, f"ModelConfig.layout[{i}] = {b!r} is not a known block type {BLOCK_TYPES}")
     n = len(self.block_types)
-    _require(self.prelude >= 0 and self.coda >= 0,
-             f"ModelConfig.prelude/coda must be >= 0, got {self.prelude}/{self.coda}")
     _require(self.prelude + self.coda < n,
              f"ModelConfig.prelude + coda ({self.prelude} + {self.coda}) must leave at least one looped block of {n}")
 
@@ -139,6 +205,9 @@ class ModelConfig:
 @dataclasses.dataclass(frozen=True)
 class SleepConfig:
   """How the model sleeps.
+
+  Integer fields take Python or numpy integers (stored as ``int``) and refuse
+  bools and floats; each field is checked on construction.
 
   Attributes:
     window: consolidation window ``L`` in tokens; the attention cache holds at
@@ -175,16 +244,20 @@ class SleepConfig:
     halt_tol: adaptive sleep (``None``: off). Each example stops sleeping on a
       window once one sleep pass changes its looped core's fast weights by
       less than this, relatively: ``||S_n - S_{n-1}|| / ||S_{n-1}||`` over all
-      the core's GDN states of that example. At least one sleep pass runs
-      (``N >= 2``), at most :attr:`max_n_passes`; examples halt independently.
+      the core's GDN states of that example. At least one sleep pass runs,
+      at most ``max_n_passes - 1``; examples halt independently. So the cap
+      must allow a sleep pass: ``max_passes >= 2``, or with ``max_passes``
+      unset ``n_passes >= 2`` (or some ``n_passes_train`` value ``>= 2``);
+      a cap below 2 is refused (a training step that draws ``N < 2`` runs
+      fixed ``N``, see :meth:`with_n_passes`).
       ``0`` never halts (the same numbers as fixed ``N = max_n_passes``).
       Works in training (differentiable), evaluation and serving alike; the
       passes each example ran are reported (``WindowedOutput.passes``, the
       ``sleep/passes`` training metric, ``SleepSession.stats``). Batched, it
       saves compute only once every example of the batch has halted.
     max_passes: with ``halt_tol``, the most passes a sleeping window runs,
-      paper's count (``None``: ``n_passes``, which adaptive sleep otherwise
-      ignores).
+      paper's count, ``>= 2`` (``None``: ``n_passes``, which adaptive sleep
+      otherwise ignores).
   """
   window: int
   n_passes: int = 1
@@ -199,22 +272,21 @@ class SleepConfig:
   max_passes: int | None = None
 
   def __post_init__(self):
-    _require(isinstance(self.replay, bool), f"SleepConfig.replay must be a bool, got {self.replay!r}")
-    _require(isinstance(self.window, int) and self.window >= 1,
-             f"SleepConfig.window (L) must be an integer >= 1, got {self.window!r}")
-    _require(isinstance(self.n_passes, int) and self.n_passes >= 0,
-             f"SleepConfig.n_passes (N) must be an integer >= 0, got {self.n_passes!r}")
+    S = "SleepConfig"
+    object.__setattr__(self, "window", _integer(S, "window", self.window, 1, alias=" (L)"))
+    object.__setattr__(self, "n_passes", _integer(S, "n_passes", self.n_passes, 0, alias=" (N)"))
+    object.__setattr__(self, "grad_passes", _integer(S, "grad_passes", self.grad_passes, 1, optional=True))
+    object.__setattr__(self, "max_passes", _integer(S, "max_passes", self.max_passes, 1, optional=True))
+    for name in ("remat_passes", "remat_windows", "replay"):
+      object.__setattr__(self, name, _boolean(S, name, getattr(self, name)))
     _require(self.eviction in EVICTION_MODES,
              f"SleepConfig.eviction must be one of {EVICTION_MODES}, got {self.eviction!r}")
-    if self.grad_passes is not None:
-      _require(isinstance(self.grad_passes, int) and self.grad_passes >= 1,
-               f"SleepConfig.grad_passes must be None or an integer >= 1, got {self.grad_passes!r}")
     if self.n_passes_train is not None:
-      object.__setattr__(self, "n_passes_train", tuple(self.n_passes_train))
-      _require(len(self.n_passes_train) >= 1 and all(
-          isinstance(n, int) and not isinstance(n, bool) and n >= 0 for n in self.n_passes_train),
+      train = tuple(self.n_passes_train)
+      _require(len(train) >= 1 and all(_is_integer(n) and n >= 0 for n in train),
                f"SleepConfig.n_passes_train must be None or a non-empty tuple of integers >= 0, "
                f"got {self.n_passes_train!r}")
+      object.__setattr__(self, "n_passes_train", tuple(int(n) for n in train))
     if self.n_passes_train_weights is not None:
       _require(self.n_passes_train is not None, "SleepConfig.n_passes_train_weights needs n_passes_train")
       w = tuple(float(x) for x in self.n_passes_train_weights)
@@ -225,16 +297,22 @@ class SleepConfig:
       _require(all(math.isfinite(x) and x >= 0 for x in w) and sum(w) > 0,
                f"SleepConfig.n_passes_train_weights must be finite, >= 0 and not all zero, got {w!r}")
     if self.halt_tol is not None:
-      _require(isinstance(self.halt_tol, (int, float)) and not isinstance(self.halt_tol, bool)
-               and self.halt_tol >= 0, f"SleepConfig.halt_tol must be None or a number >= 0, got {self.halt_tol!r}")
+      _require(isinstance(self.halt_tol, (int, float, np.integer, np.floating))
+               and not isinstance(self.halt_tol, (bool, np.bool_)) and self.halt_tol >= 0,
+               f"SleepConfig.halt_tol must be None or a number >= 0, got {self.halt_tol!r}")
       object.__setattr__(self, "halt_tol", float(self.halt_tol))
     if self.max_passes is not None:
-      _require(isinstance(self.max_passes, int) and not isinstance(self.max_passes, bool) and self.max_passes >= 1,
-               f"SleepConfig.max_passes must be None or an integer >= 1, got {self.max_passes!r}")
       _require(self.halt_tol is not None, "SleepConfig.max_passes needs halt_tol (adaptive sleep); for a fixed N "
                "set n_passes")
       _require(self.n_passes_train is None, "SleepConfig.max_passes fixes the adaptive cap, so n_passes_train "
                "(a per-step n_passes) would be ignored; leave max_passes None to draw the cap")
+      _require(self.max_passes >= 2, f"SleepConfig.max_passes={self.max_passes} leaves adaptive sleep "
+               f"(halt_tol={self.halt_tol:g}) no sleep pass to run (the wake pass is pass 1): set max_passes >= 2")
+    elif self.halt_tol is not None:
+      caps = (self.n_passes,) + (self.n_passes_train or ())
+      _require(max(caps) >= 2, f"SleepConfig.halt_tol={self.halt_tol:g} (adaptive sleep) is capped at n_passes="
+               f"{self.n_passes}{'' if self.n_passes_train is None else f' / n_passes_train={self.n_passes_train}'}"
+               ", which leaves no sleep pass to run (the wake pass is pass 1): set max_passes >= 2")
 
   @property
   def adaptive(self) -> bool:
@@ -283,5 +361,12 @@ class SleepConfig:
     return self.n_passes_train[i]
 
   def with_n_passes(self, n_passes: int) -> "SleepConfig":
-    """This config at a fixed ``N`` (no training distribution): one step's config."""
-    return dataclasses.replace(self, n_passes=n_passes, n_passes_train=None, n_passes_train_weights=None)
+    """This config at a fixed ``N`` (no training distribution): one step's config.
+
+    Under adaptive sleep with the cap drawn (``max_passes`` unset), a drawn
+    ``N < 2`` leaves no sleep pass to halt, so that step's config is fixed
+    ``N`` (``halt_tol`` off; the same numbers).
+    """
+    halt_tol = self.halt_tol if self.max_passes is not None or n_passes >= 2 else None
+    return dataclasses.replace(self, n_passes=n_passes, n_passes_train=None, n_passes_train_weights=None,
+                               halt_tol=halt_tol)

@@ -1,19 +1,26 @@
 """Inputs that used to be accepted or misread: each is refused in one line naming the field, or accepted as meant.
 
-Token ids outside the vocabulary at every entry point that can check them
-(and what happens where none can), the launch data check. Valid inputs keep
-their numbers: the regression tests (``test_model.py``, ``test_windowed.py``,
-``test_consolidate.py``) pin them.
+The config dataclasses' integer, real, bool and dtype fields (a property
+test in the style of ``test_fuzz.py``, reusing its value strategies), the
+adaptive-sleep cap, token ids outside the vocabulary at every entry point
+that can check them (and what happens where none can), the launch data
+check, a window longer than the sequence, and a ``blocks_fn`` that changes a
+shape. Valid inputs keep their numbers: the regression tests
+(``test_model.py``, ``test_windowed.py``, ``test_consolidate.py``) pin them.
 """
+import dataclasses
+
 import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
 from flax import nnx
+from hypothesis import event, given, settings
+from hypothesis import strategies as st
 
-from sleep_jax.config import SleepConfig
+from sleep_jax.config import ModelConfig, SleepConfig
 from sleep_jax.windowed import CheckedSchedule, windowed_forward, windowed_loss
-from test_fuzz import VOCAB, names, session_model
+from test_fuzz import SLOW, VOCAB, field_values, names, session_model
 
 OUT_OF_RANGE = rf"tokens must lie in \[0, {VOCAB}\) \(vocab_size\)"
 
@@ -23,6 +30,101 @@ def one_line(err) -> str:
   msg = str(err.value)
   assert "\n" not in msg and "c[0]" not in msg, msg
   return msg
+
+
+# -- config fields -----------------------------------------------------------------------------------
+MODEL = dict(vocab_size=VOCAB, d_model=16, n_layers=2, n_heads=2, head_dim=8, gdn_head_dim=8)
+SLEEP = dict(window=4, n_passes=2)
+
+
+@pytest.mark.parametrize("cls, base, field, value", [
+    (SleepConfig, SLEEP, "window", True), (SleepConfig, SLEEP, "n_passes", True),
+    (SleepConfig, SLEEP, "window", 24.0), (SleepConfig, SLEEP, "grad_passes", 1.5),
+    (SleepConfig, SLEEP, "n_passes_train", (1, True)), (SleepConfig, SLEEP, "remat_passes", 1),
+    (ModelConfig, MODEL, "vocab_size", 64.5), (ModelConfig, MODEL, "vocab_size", True),
+    (ModelConfig, MODEL, "n_layers", 2.5), (ModelConfig, MODEL, "d_model", np.float32(16)),
+    (ModelConfig, MODEL, "gdn_n_heads", 1.5), (ModelConfig, MODEL, "mlp_hidden", False),
+    (ModelConfig, MODEL, "gdn_chunk_size", 64.0), (ModelConfig, MODEL, "prelude", True),
+    (ModelConfig, MODEL, "norm_eps", float("nan")), (ModelConfig, MODEL, "tie_embeddings", "yes"),
+    (ModelConfig, MODEL, "dtype", np.float16), (ModelConfig, MODEL, "dtype", "float64"),
+])
+def test_bad_field_values_are_refused_in_one_line_naming_the_field(cls, base, field, value):
+  with pytest.raises(ValueError) as err:
+    cls(**{**base, field: value})
+  assert one_line(err).startswith(f"{cls.__name__}.{field}"), str(err.value)
+
+
+def test_numpy_integers_and_dtypes_are_accepted_as_meant():
+  window = SleepConfig(window=np.int64(24), n_passes=np.int32(4), n_passes_train=(np.int64(1), 2))
+  assert window == SleepConfig(window=24, n_passes=4, n_passes_train=(1, 2))
+  assert hash(window) == hash(SleepConfig(window=24, n_passes=4, n_passes_train=(1, 2)))
+  assert type(window.window) is int and type(window.n_passes) is int and type(window.n_passes_train[0]) is int
+  model = ModelConfig(**{**MODEL, "vocab_size": np.int64(VOCAB), "d_model": np.uint8(16)})
+  assert model == ModelConfig(**MODEL) and type(model.vocab_size) is int and hash(model) == hash(ModelConfig(**MODEL))
+  for dtype, name in [(jnp.bfloat16, "bfloat16"), (jnp.float32, "float32"), (np.float32, "float32"),
+                      (np.dtype("float32"), "float32"), (jnp.dtype("bfloat16"), "bfloat16"), ("bfloat16", "bfloat16")]:
+    cfg = ModelConfig(**MODEL, dtype=dtype)
+    assert cfg.dtype == name and cfg == ModelConfig(**MODEL, dtype=name), dtype
+
+
+def config_fields_property(cls, base, overrides):
+  """``cls(**base, **overrides)`` constructs with every integer field a Python int, or refuses naming a field."""
+  try:
+    cfg = cls(**{**base, **overrides})
+  except ValueError as err:
+    assert "\n" not in str(err) and names(str(err), *overrides), (overrides, str(err))
+    event("refused")
+    return
+  event("constructed")
+  hash(cfg)
+  for f in dataclasses.fields(cfg):
+    value, default = getattr(cfg, f.name), getattr(cls(**base), f.name)
+    if isinstance(default, bool):
+      assert type(value) is bool, (f.name, value)
+    elif isinstance(default, int):
+      assert type(value) is int, (f.name, value)
+  # The same config spelled with Python scalars is equal.
+  plain = {k: (v.item() if isinstance(v, np.generic) else v) for k, v in overrides.items()}
+  assert cfg == cls(**{**base, **plain})
+
+
+def scalar_overrides(cls, base):
+  """Draws values for up to three of ``cls``'s int / float / bool fields (``test_fuzz.field_values``)."""
+  defaults = {f.name: getattr(cls(**base), f.name) for f in dataclasses.fields(cls)}
+  fields = sorted(k for k, v in defaults.items() if isinstance(v, (int, float)))
+  return st.lists(st.sampled_from(fields), min_size=1, max_size=3, unique=True).flatmap(
+      lambda chosen: st.fixed_dictionaries({k: field_values(k, defaults[k]) for k in chosen}))
+
+
+@given(data=st.data())
+def test_config_scalar_fields_construct_as_meant_or_name_the_field(data):
+  for cls, base in ((ModelConfig, MODEL), (SleepConfig, SLEEP)):
+    config_fields_property(cls, base, data.draw(scalar_overrides(cls, base), label=cls.__name__))
+
+
+@pytest.mark.slow
+@settings(SLOW)
+@given(data=st.data())
+def test_config_scalar_fields_construct_as_meant_or_name_the_field_slow(data):
+  for cls, base in ((ModelConfig, MODEL), (SleepConfig, SLEEP)):
+    config_fields_property(cls, base, data.draw(scalar_overrides(cls, base), label=cls.__name__))
+
+
+def test_adaptive_sleep_needs_a_cap_that_leaves_a_sleep_pass():
+  # Before: accepted with max_n_passes == 1, so nothing ever slept (the docstring promised one sleep pass).
+  for kwargs, msg in [(dict(halt_tol=0.1), r"halt_tol=0\.1 \(adaptive sleep\) is capped at n_passes=1"),
+                      (dict(halt_tol=0.1, n_passes=0), "capped at n_passes=0"),
+                      (dict(halt_tol=0.1, n_passes_train=(0, 1)), r"n_passes_train=\(0, 1\)"),
+                      (dict(halt_tol=0.1, max_passes=1), r"max_passes=1 leaves adaptive sleep")]:
+    with pytest.raises(ValueError, match=msg) as err:
+      SleepConfig(window=24, **kwargs)
+    assert one_line(err).endswith("set max_passes >= 2")
+  assert SleepConfig(window=24, halt_tol=0.1, max_passes=2).n_sleep_passes == 1
+  assert SleepConfig(window=24, halt_tol=0.1, n_passes=2).n_sleep_passes == 1
+  # A drawn cap may be 1: that step runs fixed N (adaptive sleep has no pass to halt).
+  drawn = SleepConfig(window=24, halt_tol=0.1, n_passes_train=(1, 3))
+  assert drawn.with_n_passes(1) == SleepConfig(window=24, n_passes=1)
+  assert drawn.with_n_passes(3) == SleepConfig(window=24, n_passes=3, halt_tol=0.1)
 
 
 # -- token ids ----------------------------------------------------------------------------------------
