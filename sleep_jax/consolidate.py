@@ -44,6 +44,37 @@ BlocksFn = Callable[[Any, Any], tuple[Any, Any]]
 HaltMeasure = Callable[[Any, Any], jax.Array]
 
 
+def _abstract(tree):
+  return jax.tree.map(lambda x: jax.ShapeDtypeStruct(jnp.shape(x), jnp.result_type(x)), tree)
+
+
+def _describe(tree) -> str:
+  parts = [f"{jax.tree_util.keystr(path) or '(root)'}: {tuple(x.shape)} {x.dtype}"
+           for path, x in jax.tree_util.tree_flatten_with_path(tree)[0]]
+  shown = ", ".join(parts[:4]) + (f", ... ({len(parts)} leaves)" if len(parts) > 4 else "")
+  return shown or "no leaves"
+
+
+def _check_blocks_fn(blocks_fn, h, fast_weights) -> None:
+  """Traces ``blocks_fn`` abstractly once and checks it returns ``(h, fast_weights)`` as it was given them.
+
+  ``lax.scan`` would refuse a changed carry too, but in terms of its own
+  carry ("carry component c[0]"), not the caller's ``h`` / ``fast_weights``.
+  """
+  ins = (_abstract(h), _abstract(fast_weights))
+  out = jax.eval_shape(blocks_fn, *ins)
+  if not isinstance(out, (tuple, list)) or len(out) != 2:
+    raise ValueError(f"blocks_fn must return a pair (h, fast_weights), got {type(out).__name__}"
+                     f"{f' of length {len(out)}' if isinstance(out, (tuple, list)) else ''}")
+  for name, a, b in (("h", ins[0], out[0]), ("fast_weights", ins[1], out[1])):
+    same_tree = jax.tree.structure(a) == jax.tree.structure(b)
+    if not same_tree or any(x.shape != y.shape or x.dtype != y.dtype
+                            for x, y in zip(jax.tree.leaves(a), jax.tree.leaves(b))):
+      what = "structure" if not same_tree else "shapes/dtypes"
+      raise ValueError(f"blocks_fn changed the {what} of {name}: it got {_describe(a)} and returned "
+                       f"{_describe(b)}; each pass must return {name} as it was given it")
+
+
 def _run_passes(fn, carry, n: int):
   if n == 0:
     return carry
@@ -155,7 +186,10 @@ def sleep_consolidate(blocks_fn: BlocksFn, h: PyTree[ArrayLike], fast_weights: P
   Raises:
     ValueError: if ``n_sleep_passes`` is not an integer >= 0, ``grad_passes``
       is not None or an integer >= 1, ``halt_tol`` is negative, ``blocks_fn``
-      is not callable, or (adaptive) a leaf lacks the leading batch axis.
+      is not callable, ``blocks_fn`` returns ``h`` or ``fast_weights`` of
+      another structure, shape or dtype than it was given (checked with
+      ``jax.eval_shape`` before the scan, naming the argument and shapes),
+      or (adaptive) a leaf lacks the leading batch axis.
   """
   if not callable(blocks_fn):
     raise ValueError(f"blocks_fn must be callable, got {type(blocks_fn).__name__}")
@@ -182,6 +216,8 @@ def sleep_consolidate(blocks_fn: BlocksFn, h: PyTree[ArrayLike], fast_weights: P
     measure = relative_change if halt_measure is None else halt_measure
     run = lambda c, n: _run_adaptive(fn, c, n, float(halt_tol), measure)
     carry = (h, fast_weights, jnp.ones((b,), bool), jnp.zeros((b,), jnp.int32))
+  if n_sleep_passes > 0:
+    _check_blocks_fn(blocks_fn, h, fast_weights)
   if grad_passes is None or grad_passes >= n_sleep_passes:
     carry = run(carry, n_sleep_passes)
   else:

@@ -216,3 +216,35 @@ def test_the_launch_path_refuses_sleep_when_no_window_of_the_task_sleeps():
                                          rf"ever sleeps: {why}") as err:
       experiment.build_run_spec(with_sleep(**sleep))
     assert one_line(err).endswith("set config.sleep.n_passes=1 or change the task config")
+
+
+# -- sleep_consolidate's blocks_fn --------------------------------------------------------------------
+def _sleep(blocks_fn, **kw):
+  import sleep_jax
+  return sleep_jax.sleep_consolidate(blocks_fn, jnp.ones((2, 3, 4)), {"S": jnp.zeros((2, 4, 4))}, 2, **kw)
+
+
+@pytest.mark.parametrize("blocks_fn, match", [
+    (lambda h, fw: (jnp.concatenate([h, h], -1), fw),
+     r"changed the shapes/dtypes of h: it got \(root\): \(2, 3, 4\) float32 and returned \(root\): \(2, 3, 8\)"),
+    (lambda h, fw: (h, {"S": fw["S"][:, :2]}),
+     r"of fast_weights: it got \['S'\]: \(2, 4, 4\) float32 and returned \['S'\]: \(2, 2, 4\) float32"),
+    (lambda h, fw: (h, {"S": fw["S"].astype(jnp.bfloat16)}), r"of fast_weights: .* returned \['S'\]: \(2, 4, 4\) bfloat16"),
+    (lambda h, fw: (h, {"S": fw["S"], "extra": fw["S"]}), "changed the structure of fast_weights"),
+    (lambda h, fw: h, r"must return a pair \(h, fast_weights\)"),
+])
+@pytest.mark.parametrize("halt_tol", [None, 0.1])
+def test_a_blocks_fn_that_changes_a_shape_is_named_before_the_scan(blocks_fn, match, halt_tol):
+  # Before: JAX's scan error about "carry component c[0]" (or c[1]['S']), a TypeError over several lines.
+  with pytest.raises(ValueError, match=match) as err:
+    _sleep(blocks_fn, halt_tol=halt_tol)
+  one_line(err)
+
+
+def test_a_blocks_fn_is_checked_under_jit_and_only_when_a_pass_runs():
+  grow = lambda h, fw: (jnp.concatenate([h, h], -1), fw)
+  with pytest.raises(ValueError, match="changed the shapes/dtypes of h"):
+    jax.jit(lambda h: _sleep(lambda hh, fw: grow(hh + h.sum(), fw)))(jnp.float32(1))
+  import sleep_jax
+  fw = {"S": jnp.zeros((2, 4, 4))}
+  assert sleep_jax.sleep_consolidate(grow, jnp.ones((2, 3, 4)), fw, 0) is fw  # no pass: nothing traced
