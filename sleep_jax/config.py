@@ -258,6 +258,11 @@ class SleepConfig:
     max_passes: with ``halt_tol``, the most passes a sleeping window runs,
       paper's count, ``>= 2`` (``None``: ``n_passes``, which adaptive sleep
       otherwise ignores).
+    unroll: unroll the scans over sleep passes and over same-shaped windows
+      (the same numbers). The program holds one copy of the blocks per pass
+      and window, so compilation takes longer; the step no longer pays a
+      loop's per-iteration carry copies and fusion barriers, which dominate
+      small windows on CPU (``python -m launch.bench train``).
   """
   window: int
   n_passes: int = 1
@@ -270,6 +275,7 @@ class SleepConfig:
   n_passes_train_weights: tuple[float, ...] | None = None
   halt_tol: float | None = None
   max_passes: int | None = None
+  unroll: bool = False
 
   def __post_init__(self):
     S = "SleepConfig"
@@ -277,7 +283,7 @@ class SleepConfig:
     object.__setattr__(self, "n_passes", _integer(S, "n_passes", self.n_passes, 0, alias=" (N)"))
     object.__setattr__(self, "grad_passes", _integer(S, "grad_passes", self.grad_passes, 1, optional=True))
     object.__setattr__(self, "max_passes", _integer(S, "max_passes", self.max_passes, 1, optional=True))
-    for name in ("remat_passes", "remat_windows", "replay"):
+    for name in ("remat_passes", "remat_windows", "replay", "unroll"):
       object.__setattr__(self, name, _boolean(S, name, getattr(self, name)))
     _require(self.eviction in EVICTION_MODES,
              f"SleepConfig.eviction must be one of {EVICTION_MODES}, got {self.eviction!r}")

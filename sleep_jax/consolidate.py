@@ -75,14 +75,14 @@ def _check_blocks_fn(blocks_fn, h, fast_weights) -> None:
                        f"{_describe(b)}; each pass must return {name} as it was given it")
 
 
-def _run_passes(fn, carry, n: int):
+def _run_passes(fn, carry, n: int, unroll: bool = False):
   if n == 0:
     return carry
 
   def body(c, _):
     return fn(*c), None
 
-  carry, _ = jax.lax.scan(body, carry, None, length=n)
+  carry, _ = jax.lax.scan(body, carry, None, length=n, unroll=n if unroll else 1)
   return carry
 
 
@@ -143,7 +143,7 @@ def sleep_consolidate(blocks_fn: BlocksFn, h: PyTree[ArrayLike], fast_weights: P
                       n_sleep_passes: int, *, remat: bool = True, grad_passes: int | None = None,
                       return_hidden: bool = False, halt_tol: float | None = None,
                       halt_measure: HaltMeasure | None = None,
-                      return_passes: bool = False) -> PyTree[ArrayLike] | tuple[PyTree[ArrayLike], ...]:
+                      return_passes: bool = False, unroll: bool = False) -> PyTree[ArrayLike] | tuple[PyTree[ArrayLike], ...]:
   """Runs ``blocks_fn`` ``n_sleep_passes`` times, threading hidden states and fast weights.
 
   Model-agnostic, so ``h`` and ``fast_weights`` are annotated as any pytrees
@@ -177,6 +177,10 @@ def sleep_consolidate(blocks_fn: BlocksFn, h: PyTree[ArrayLike], fast_weights: P
     halt_measure: ``(fast_weights_before, fast_weights_after) -> [B]`` change
       of one pass (default :func:`relative_change` over every leaf).
     return_passes: also return the ``[B]`` (``b``) int32 passes each example ran.
+    unroll: unroll the fixed-length scan over passes (one copy of
+      ``blocks_fn`` per pass in the program: compile time grows with ``N``;
+      the loop's per-iteration carry copies and fusion barriers go away).
+      Adaptive sleep's masked scan is not unrolled.
 
   Returns:
     ``fast_weights`` after the last pass, followed by ``h`` when
@@ -208,7 +212,7 @@ def sleep_consolidate(blocks_fn: BlocksFn, h: PyTree[ArrayLike], fast_weights: P
       raise ValueError("halt_tol / return_passes need a leading batch axis on h (or fast_weights)")
     b = jnp.shape(leaves[0])[0]
   if halt_tol is None:
-    run = lambda c, n: _run_passes(fn, c, n)
+    run = lambda c, n: _run_passes(fn, c, n, unroll)
     carry = (h, fast_weights)
   else:
     _leading_axis(h, b, "h")

@@ -78,7 +78,7 @@ class Block(nnx.Module):
     self.mlp_norm = RMSNorm(config.d_model, eps=config.norm_eps)
     self.mlp = SwiGLU(config.d_model, config.mlp_width, dtype=dtype, rngs=rngs)
 
-  def __call__(self, x, positions, *, state=None, prefix=None, window=None):
+  def __call__(self, x, positions, *, state=None, prefix=None, window=None, segment=None, attn_segment=None):
     """Runs the block over a window.
 
     Args:
@@ -87,6 +87,10 @@ class Block(nnx.Module):
       state: GDN fast-weight state ``[B, H, Dk, Dv]`` (GDN blocks only).
       prefix: kept ``KVCache`` (attention blocks only; sliding eviction).
       window: attention span ``L`` (None: unlimited).
+      segment: the GDN conv restarts every ``segment`` tokens, as in one
+        call per window of that many tokens (None: one window).
+      attn_segment: attention sees only keys of the query's own segment of
+        this many tokens (hard eviction's windows; None: no such limit).
 
     Returns:
       ``(x, state, kv)``: ``state`` is None for attention, ``kv`` None for GDN.
@@ -94,9 +98,9 @@ class Block(nnx.Module):
     y = self.mixer_norm(x)
     kv = None
     if self.kind == "attn":
-      y, kv = self.mixer(y, positions, prefix=prefix, window=window)
+      y, kv = self.mixer(y, positions, prefix=prefix, window=window, segment=attn_segment)
     else:
-      y, state = self.mixer(y, state)
+      y, state = self.mixer(y, state, segment=segment)
     x = x + y.astype(x.dtype)
     x = x + self.mlp(self.mlp_norm(x)).astype(x.dtype)
     return x, state, kv
@@ -187,7 +191,8 @@ class HybridLM(nnx.Module):
     return logits.astype(jnp.float32)
 
   def run_blocks(self, h: jax.Array, fast_weights: FastWeights, positions: jax.Array, *, start: int = 0,
-                 stop: int | None = None, prefixes=None, window: int | None = None):
+                 stop: int | None = None, prefixes=None, window: int | None = None,
+                 segments: str | None = None):
     """Runs blocks ``[start, stop)`` over one window.
 
     Args:
@@ -200,22 +205,32 @@ class HybridLM(nnx.Module):
       prefixes: None, or a tuple with one ``KVCache`` (or None) per attention
         block in layout order: the kept keys/values of sliding eviction.
       window: attention span ``L`` (None: unlimited).
+      segments: ``"hard"`` or ``"sliding"``: ``h`` spans several windows of
+        ``window`` tokens (positions from 0), run at once with the numbers of
+        one call per window without sleep (the ``N = 1`` forward of
+        ``windowed_forward``): each window's GDN conv restarts from zeros, and
+        under ``"hard"`` attention sees only its own window. None: ``h`` is
+        one window.
 
     Returns:
       ``(h, fast_weights, kvs)`` with ``kvs`` a dict from attention slot to the
       ``KVCache`` of this window's own keys/values, for the blocks in range.
     """
     stop = self.n_blocks if stop is None else stop
+    if segments not in (None, "hard", "sliding") or (segments is not None and window is None):
+      raise ValueError(f"segments must be None, 'hard' or 'sliding' (with a window), got {segments!r}")
+    segment = window if segments else None
+    attn_segment = window if segments == "hard" else None
     gslots, aslots = self.gdn_slots, self.attn_slots
     updates, kvs = {}, {}
     for i in range(start, stop):
       block = self.blocks[i]
       if block.kind == "attn":
         prefix = None if prefixes is None else prefixes[aslots[i]]
-        h, _, kv = block(h, positions, prefix=prefix, window=window)
+        h, _, kv = block(h, positions, prefix=prefix, window=window, attn_segment=attn_segment)
         kvs[aslots[i]] = kv
       else:
-        h, s, _ = block(h, positions, state=fast_weights.states[gslots[i]])
+        h, s, _ = block(h, positions, state=fast_weights.states[gslots[i]], segment=segment)
         updates[gslots[i]] = s
     return h, fast_weights.replace(updates), kvs
 

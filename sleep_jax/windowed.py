@@ -265,7 +265,7 @@ def run_window(model, tokens, positions, fast_weights: FastWeights, prefixes, sl
     measure = None if core_slots else (lambda old, new: jnp.zeros((b,), jnp.float32))
     states, (h_last, kv_last), n_run = sleep_consolidate(
         core_pass, carry, states, n_sleep, remat=sleep.remat_passes, grad_passes=grad_passes, return_hidden=True,
-        halt_tol=sleep.halt_tol, halt_measure=measure, return_passes=True)
+        halt_tol=sleep.halt_tol, halt_measure=measure, return_passes=True, unroll=sleep.unroll)
     kv_last = {i: dataclasses.replace(kv_core[i], k=k, v=v) for i, (k, v) in kv_last.items()}
     # The coda restarts from its window-start states (fw_core's coda slots).
     _, fw_out, kv_coda_n = run(h_last, fw_core.replace(states), start=c1, stop=n_blocks)
@@ -283,6 +283,33 @@ def run_window(model, tokens, positions, fast_weights: FastWeights, prefixes, sl
 
 
 # -- the whole sequence -------------------------------------------------------------------------------
+def forward_unslept(model, tokens, fast_weights: FastWeights, sleep: SleepConfig, *, want_logits: bool = True):
+  """Algorithm 1 with no sleep pass, as one pass over the whole sequence.
+
+  Without sleep a window's only pass is its wake pass, so the window loop is
+  one ordinary forward in which eviction is a mask: under hard eviction
+  attention sees only the query's own window, under sliding eviction the
+  ``L - 1`` keys before it (the kept prefix), the GDN blocks' short
+  convolutions restart at every window start, and the fast weights simply run
+  on through the sequence. One pass over ``T`` tokens instead of ``T / L``
+  sequential window calls: the same FLOPs, far fewer (and larger) kernels.
+
+  Args:
+    model: a ``HybridLM``.
+    tokens: ``[B, T]`` int32.
+    fast_weights: states at the sequence start.
+    sleep: the ``SleepConfig`` (its window and eviction).
+    want_logits: compute the logits.
+
+  Returns:
+    ``(logits [B, T, V] or None, fast_weights after the last token)``.
+  """
+  positions = jnp.arange(tokens.shape[1], dtype=jnp.int32)
+  h, fast_weights, _ = model.run_blocks(model.embed_tokens(tokens.astype(jnp.int32)), fast_weights, positions,
+                                        window=sleep.window, segments=sleep.eviction)
+  return (model.unembed(h) if want_logits else None), fast_weights
+
+
 def _validate(model, tokens, loss_mask, sleep, sleep_schedule, return_logits):
   if not isinstance(sleep, SleepConfig):
     raise ValueError(f"sleep must be a SleepConfig, got {type(sleep).__name__}")
@@ -324,7 +351,7 @@ def _validate(model, tokens, loss_mask, sleep, sleep_schedule, return_logits):
 @typed
 def windowed_forward(model, tokens: Tokens, loss_mask: Mask | None, sleep: SleepConfig, *,
                      fast_weights: FastWeights | None = None, return_logits: str = "all",
-                     sleep_schedule: tuple[bool, ...] | None = None) -> WindowedOutput:
+                     sleep_schedule: tuple[bool, ...] | None = None, fuse_unslept: bool = True) -> WindowedOutput:
   """Runs Algorithm 1 over a batch (see the module docstring).
 
   Shapes use the axis legend of ``sleep_jax.array_typing``; the annotations
@@ -349,6 +376,11 @@ def windowed_forward(model, tokens: Tokens, loss_mask: Mask | None, sleep: Sleep
     return_logits: "all" (``[B, T, V]`` float32) or "none".
     sleep_schedule: optional static tuple, one bool per window (True: sleep);
       overrides the mask.
+    fuse_unslept: when no window runs a sleep pass (``N = 1``, or no window
+      consolidates), run the whole sequence as one pass with the windows'
+      eviction expressed as masks (:func:`forward_unslept`): the window
+      loop's numbers up to float rounding, at a plain forward's cost.
+      ``False`` always runs the window loop (the reference).
 
   Returns:
     ``WindowedOutput(logits, fast_weights)``.
@@ -380,6 +412,15 @@ def windowed_forward(model, tokens: Tokens, loss_mask: Mask | None, sleep: Sleep
   if fast_weights is None:
     fast_weights = init_fast_weights(model.config, b)
   want_logits = return_logits == "all"
+  n_max = sleep.max_n_passes
+  if fuse_unslept and (n_max == 1 or (schedule is not None and not any(schedule))):
+    # A window that "sleeps" at N = 1 keeps its wake pass's fast weights: reported as 1 pass.
+    if schedule is not None:
+      slept = jnp.asarray([[n_max == 1 and s for s in schedule]], jnp.int32)
+    else:
+      slept = jnp.stack(preds).astype(jnp.int32)[None]
+    logits, fast_weights = forward_unslept(model, tokens, fast_weights, sleep, want_logits=want_logits)
+    return WindowedOutput(logits=logits, fast_weights=fast_weights, passes=jnp.broadcast_to(slept, (b, len(spans))))
   graphdef, state = nnx.split(model)
   prefixes = None
   if sleep.eviction == "sliding":
@@ -419,7 +460,7 @@ def windowed_forward(model, tokens: Tokens, loss_mask: Mask | None, sleep: Sleep
       carry, (lg, n_run) = fn(carry, (starts[0], toks[0], None if pred is None else pred[0]))
       lg, n_run = None if lg is None else lg[None], n_run[None]
     else:
-      carry, (lg, n_run) = jax.lax.scan(fn, carry, (starts, toks, pred))
+      carry, (lg, n_run) = jax.lax.scan(fn, carry, (starts, toks, pred), unroll=len(ws) if sleep.unroll else 1)
     passes.append(n_run)
     if want_logits:
       logits.append(jnp.moveaxis(lg, 0, 1).reshape(b, len(ws) * width, -1))

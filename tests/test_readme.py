@@ -87,6 +87,9 @@ RULES = (
     Rule(r"launch\.sweep .*--variants=nrand4 ", ("--seeds=0", "--tokens=3e3", "--parallel=1",
                                                   "--config.train.eval_batches=1"),
          (("workdir", ("results.csv", "results.md", "nrand4_s0/config.json", "nrand4_s0/checkpoints")),)),
+    # The --report after it needs a finished run: one variant, one seed, a tiny budget.
+    Rule(r"launch\.sweep .*--workdir=workdirs/sweep ", ("--variants=n1", "--seeds=0", "--tokens=3e3", "--parallel=1",
+                                                       "--config.train.eval_batches=1")),
     Rule(r"launch\.sweep ", ("--dry_run",)),
     Rule(r"launch\.bench ", ("--quick",),
          skip="timing runs of several minutes each; tests/test_bench_train.py runs the train bench end to end"),

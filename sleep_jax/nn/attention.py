@@ -51,13 +51,18 @@ class KVCache:
     return KVCache(k=self.k, v=self.v, pos=jnp.full_like(self.pos, -1))
 
 
-def attention_mask(q_pos: jax.Array, k_pos: jax.Array, window: int | None) -> jax.Array:
-  """``[T, S]`` boolean mask: filled, causal and (if ``window``) within ``L``."""
+def attention_mask(q_pos: jax.Array, k_pos: jax.Array, window: int | None, *,
+                   segment: int | None = None) -> jax.Array:
+  """``[T, S]`` boolean mask: filled, causal, (if ``window``) within ``L`` and
+  (if ``segment``) within the query's own segment of positions
+  ``[s * segment, (s + 1) * segment)``: hard eviction's windows, all at once."""
   q = q_pos[:, None]
   k = k_pos[None, :]
   ok = (k >= 0) & (k <= q)
   if window is not None:
     ok = ok & (k > q - window)
+  if segment is not None:
+    ok = ok & (k // segment == q // segment)
   return ok
 
 
@@ -107,7 +112,7 @@ class Attention(nnx.Module):
     return q, k, v
 
   def __call__(self, x: jax.Array, positions: jax.Array, *, prefix: KVCache | None = None,
-               window: int | None = None) -> tuple[jax.Array, KVCache]:
+               window: int | None = None, segment: int | None = None) -> tuple[jax.Array, KVCache]:
     """Attends over ``prefix`` (if any) and the tokens of ``x`` causally.
 
     Args:
@@ -116,6 +121,9 @@ class Attention(nnx.Module):
       prefix: kept keys/values from earlier tokens (sliding eviction), or None.
       window: ``L``; keys more than ``L - 1`` positions back are masked. None
         means unlimited (full causal attention).
+      segment: keys only from the query's own segment of ``segment``
+        positions (hard eviction's windows of a whole sequence; see
+        :func:`attention_mask`).
 
     Returns:
       ``(out [B, T, D], kv)`` where ``kv`` holds this call's own keys/values
@@ -130,7 +138,7 @@ class Attention(nnx.Module):
       pos_all = jnp.concatenate([prefix.pos, positions])
     else:
       k_all, v_all, pos_all = k, v, positions
-    o = dot_product_attention(q, k_all, v_all, attention_mask(positions, pos_all, window))
+    o = dot_product_attention(q, k_all, v_all, attention_mask(positions, pos_all, window, segment=segment))
     b, t = x.shape[:2]
     return self.o_proj(o.reshape(b, t, self.n_heads * self.head_dim)), own
 

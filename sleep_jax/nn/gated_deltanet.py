@@ -33,13 +33,17 @@ from sleep_jax import ops
 from sleep_jax.nn.norms import GatedRMSNorm
 
 
-def causal_conv(x: jax.Array, weight: jax.Array, history: jax.Array | None = None) -> jax.Array:
+def causal_conv(x: jax.Array, weight: jax.Array, history: jax.Array | None = None, *,
+                segment: int | None = None) -> jax.Array:
   """Depthwise causal convolution.
 
   Args:
     x: ``[B, T, C]``.
     weight: ``[K, C]``; ``out[t] = sum_j weight[j] * x[t - K + 1 + j]``.
     history: ``[B, K - 1, C]`` inputs preceding ``x`` (None: zeros).
+    segment: restart from zeros every ``segment`` positions (at ``t = 0,
+      segment, 2 segment, ...``): the same numbers as one call per segment.
+      None: one segment.
 
   Returns:
     ``[B, T, C]`` in ``x``'s dtype.
@@ -50,8 +54,12 @@ def causal_conv(x: jax.Array, weight: jax.Array, history: jax.Array | None = Non
     history = jnp.zeros((b, ksize - 1, c), x.dtype)
   xp = jnp.concatenate([history.astype(x.dtype), x], axis=1)
   w = weight.astype(x.dtype)
-  out = sum(xp[:, j:j + t] * w[j] for j in range(ksize))
-  return out
+  if segment is None or segment >= t:
+    return sum(xp[:, j:j + t] * w[j] for j in range(ksize))
+  # Tap j reads lag K - 1 - j; it reaches into the previous segment when lag > t mod segment.
+  offset = np.arange(t) % segment
+  return sum(xp[:, j:j + t] * jnp.asarray((ksize - 1 - j <= offset)[None, :, None], x.dtype) * w[j]
+             for j in range(ksize))
 
 
 def _l2_normalize(x: jax.Array, eps: float = 1e-6) -> jax.Array:
@@ -95,7 +103,7 @@ class GatedDeltaNet(nnx.Module):
   def conv_channels(self) -> int:
     return self.n_heads * (2 * self.head_dim + self.value_dim)
 
-  def _features(self, x, history):
+  def _features(self, x, history, segment=None):
     """Projections, conv and gates for a ``[B, T, D]`` input."""
     b, t, _ = x.shape
     h, dk, dv = self.n_heads, self.head_dim, self.value_dim
@@ -103,7 +111,7 @@ class GatedDeltaNet(nnx.Module):
     full = jnp.concatenate([jnp.zeros((b, self.conv_size - 1, raw.shape[-1]), raw.dtype)
                             if history is None else history.astype(raw.dtype), raw], axis=1)
     new_history = full[:, full.shape[1] - (self.conv_size - 1):]
-    mixed = jax.nn.silu(causal_conv(raw, self.conv_weight[...], history))
+    mixed = jax.nn.silu(causal_conv(raw, self.conv_weight[...], history, segment=segment))
     q, k, v = jnp.split(mixed, [h * dk, 2 * h * dk], axis=-1)
     q = _l2_normalize(q.reshape(b, t, h, dk))
     k = _l2_normalize(k.reshape(b, t, h, dk))
@@ -119,17 +127,20 @@ class GatedDeltaNet(nnx.Module):
     y = self.o_norm(o.astype(self.dtype), g)
     return self.o_proj(y.reshape(b, t, self.n_heads * self.value_dim))
 
-  def __call__(self, x: jax.Array, state: jax.Array) -> tuple[jax.Array, jax.Array]:
+  def __call__(self, x: jax.Array, state: jax.Array, *, segment: int | None = None) -> tuple[jax.Array, jax.Array]:
     """Runs over a window, conv state starting from zeros.
 
     Args:
       x: ``[B, T, D]``.
       state: ``[B, H, Dk, Dv]`` float32 fast weights at the window start.
+      segment: the conv restarts from zeros every ``segment`` positions while
+        the fast weights run on: the numbers of one call per window of
+        ``segment`` tokens, chained through ``state`` (None: one window).
 
     Returns:
       ``(out [B, T, D], state after the last token)``.
     """
-    q, k, v, log_alpha, beta, _ = self._features(x, None)
+    q, k, v, log_alpha, beta, _ = self._features(x, None, segment)
     o, state = ops.gated_delta_rule(q, k, v, log_alpha, beta, initial_state=state, impl=self.impl,
                                     chunk_size=self.chunk_size)
     return self._output(x, o), state
