@@ -376,6 +376,12 @@ BAD_SEQUENCE = [
     ("beta_shape", dict(beta=jnp.zeros((_B, _T))), "beta"),
     ("log_alpha_positive", dict(log_alpha=jnp.full((_B, _T, _H), 0.1)), "log_alpha"),
     ("log_alpha_nan", dict(log_alpha=jnp.full((_B, _T, _H), jnp.nan)), "log_alpha"),
+    # -inf (a gate of exactly 0) is NaN in the chunked forms' masked sums of log-gates.
+    ("log_alpha_neg_inf", dict(log_alpha=jnp.zeros((_B, _T, _H)).at[1, 2, 0].set(-jnp.inf)), "log_alpha"),
+    ("beta_nan", dict(beta=jnp.zeros((_B, _T, _H)).at[0, 0, 0].set(jnp.nan)), "beta"),
+    ("beta_inf", dict(beta=jnp.zeros((_B, _T, _H)).at[0, 4, 2].set(jnp.inf)), "beta"),
+    ("beta_negative", dict(beta=jnp.full((_B, _T, _H), -1e-3)), "beta"),
+    ("beta_above_two", dict(beta=jnp.full((_B, _T, _H), 2.5)), "beta"),
     ("state_shape", dict(initial_state=jnp.zeros((_B, _H, _DV, _DK))), "initial_state"),
     ("state_rank", dict(initial_state=jnp.zeros((_H, _DK, _DV))), "initial_state"),
     ("q_int", dict(q=jnp.zeros((_B, _T, _H, _DK), jnp.int32)), "q"),
@@ -412,6 +418,8 @@ def test_bad_options(kwargs, needle):
 @pytest.mark.parametrize("name,bad", [
     ("q", jnp.zeros((_B, _H))), ("k", jnp.zeros((_B, _H, _DK + 1))), ("v", jnp.zeros((_B, _H + 1, _DV))),
     ("log_alpha", jnp.zeros((_B, _H, 1))), ("log_alpha", jnp.ones((_B, _H))), ("beta", jnp.zeros((_B,))),
+    ("log_alpha", jnp.full((_B, _H), -jnp.inf)), ("beta", jnp.full((_B, _H), jnp.nan)),
+    ("beta", jnp.full((_B, _H), 3.0)),
     ("state", jnp.zeros((_B, _H, _DK, _DV + 1))), ("state", jnp.zeros((_B, _H, _DK))),
 ])
 def test_bad_step_inputs(name, bad):
@@ -420,6 +428,30 @@ def test_bad_step_inputs(name, bad):
   kw[name] = bad
   with pytest.raises(ValueError, match=name):
     gated_delta_step(kw["q"], kw["k"], kw["v"], kw["log_alpha"], kw["beta"], kw["state"])
+
+
+@pytest.mark.parametrize("impl", ["reference", "chunked"])
+def test_value_checks_accept_the_range_ends(impl):
+  # beta in [0, 2] and log_alpha <= 0 are closed ranges: 0, 2, a huge finite decay pass.
+  kw = _good()
+  kw["beta"] = jnp.zeros((_B, _T, _H)).at[:, ::2].set(2.0)
+  kw["log_alpha"] = jnp.zeros((_B, _T, _H)).at[:, 1].set(-1e30)
+  pos = [kw.pop(n) for n in ("q", "k", "v", "log_alpha", "beta")]
+  o, s = gated_delta_rule(*pos, **kw, impl=impl)
+  assert np.all(np.isfinite(np.asarray(o))) and np.all(np.isfinite(np.asarray(s)))
+
+
+def test_traced_beta_is_not_value_checked():
+  # Documented: under jit the beta check cannot run; values pass unchanged
+  # (not clipped). beta = 3 on a repeated unit key overshoots: writing v = 1
+  # twice from S = 0 gives S = 3, then 3 + 3 (1 - 3) = -3.
+  k = jnp.zeros((1, 2, 1, 2)).at[..., 0].set(1.0)
+  v = jnp.ones((1, 2, 1, 1))
+  la = jnp.zeros((1, 2, 1))
+  with pytest.raises(ValueError, match="beta"):
+    gated_delta_rule(k, k, v, la, jnp.full((1, 2, 1), 3.0), impl="chunked")
+  _, s = jax.jit(lambda be: gated_delta_rule(k, k, v, la, be, impl="chunked"))(jnp.full((1, 2, 1), 3.0))
+  np.testing.assert_allclose(np.asarray(s)[0, 0, 0, 0], -3.0, rtol=1e-6)
 
 
 def test_traced_log_alpha_is_not_value_checked():

@@ -155,10 +155,11 @@ def gated_delta_rule(q: HeadsK, k: HeadsK, v: HeadsV, log_alpha: Gate, beta: Gat
     q: ``[B, T, H, Dk]`` (``b t h k``) queries (already normalised by the caller).
     k: ``[B, T, H, Dk]`` (``b t h k``) keys (already L2-normalised by the caller).
     v: ``[B, T, H, Dv]`` (``b t h v``) values.
-    log_alpha: ``[B, T, H]`` (``b t h``) log forget gate, ``<= 0``. Checked when concrete;
-      under ``jit``/``vmap``/``grad`` the value check cannot run and is
-      skipped (see ``checks.py``); values are never clipped.
-    beta: ``[B, T, H]`` (``b t h``) write strength, usually in ``(0, 1)``.
+    log_alpha: ``[B, T, H]`` (``b t h``) log forget gate, finite and ``<= 0``.
+      Checked when concrete; under ``jit``/``vmap``/``grad`` the value check
+      cannot run and is skipped (see ``checks.py``); values are never clipped.
+    beta: ``[B, T, H]`` (``b t h``) write strength, finite and in ``[0, 2]``
+      (usually ``(0, 1)``). Checked when concrete, like ``log_alpha``.
     initial_state: ``[B, H, Dk, Dv]`` (``b h k v``, held in float32), or ``None`` for zeros.
     scale: query scale, a static real number; ``None`` means ``Dk ** -0.5``.
     impl: an ``Impl`` or its string value (see the module docstring).
@@ -177,8 +178,10 @@ def gated_delta_rule(q: HeadsK, k: HeadsK, v: HeadsV, log_alpha: Gate, beta: Gat
 
   Raises:
     ValueError: naming the argument for a wrong rank or shape, a non-floating
-      dtype, ``T == 0``, a concrete positive ``log_alpha``, a bad ``scale``,
-      ``chunk_size < 1`` or an unknown ``impl``.
+      dtype, ``T == 0``, a concrete ``log_alpha`` that is positive or not
+      finite, a concrete ``beta`` outside ``[0, 2]`` or not finite, a bad
+      ``scale``, ``chunk_size < 1`` or an unknown ``impl``. Under ``jit``,
+      ``vmap`` or ``grad`` the two value checks cannot run (no values yet).
     ImportError: if ``impl`` resolves to ``"pallas"`` and the kernels are not
       available (no silent fallback).
   """
@@ -188,6 +191,7 @@ def gated_delta_rule(q: HeadsK, k: HeadsK, v: HeadsV, log_alpha: Gate, beta: Gat
   checks.check_scale(scale)
   checks.check_sequence_inputs(q, k, v, log_alpha, beta, initial_state)
   checks.check_log_alpha_values(log_alpha)
+  checks.check_beta_values(beta)
   scale = None if scale is None else float(scale)
   t = q.shape[1]
   if impl in (Impl.AUTO, Impl.AUTO.value):
@@ -221,8 +225,8 @@ def gated_delta_step(q: StepK, k: StepK, v: StepV, log_alpha: StepGate, beta: St
     q: ``[B, H, Dk]`` (``b h k``).
     k: ``[B, H, Dk]`` (``b h k``).
     v: ``[B, H, Dv]`` (``b h v``).
-    log_alpha: ``[B, H]`` (``b h``), ``<= 0`` (checked when concrete).
-    beta: ``[B, H]`` (``b h``).
+    log_alpha: ``[B, H]`` (``b h``), finite and ``<= 0`` (checked when concrete).
+    beta: ``[B, H]`` (``b h``), finite and in ``[0, 2]`` (checked when concrete).
     state: ``[B, H, Dk, Dv]`` (``b h k v``, held in float32).
     scale: query scale, default ``Dk ** -0.5``.
 
@@ -232,10 +236,12 @@ def gated_delta_step(q: StepK, k: StepK, v: StepV, log_alpha: StepGate, beta: St
 
   Raises:
     ValueError: naming the argument for a wrong rank, shape or dtype, a
-      concrete positive ``log_alpha`` or a bad ``scale``.
+      concrete ``log_alpha`` or ``beta`` out of range (see
+      ``gated_delta_rule``) or a bad ``scale``.
   """
   checks.check_scale(scale)
   checks.check_step_inputs(q, k, v, log_alpha, beta, state)
   checks.check_log_alpha_values(log_alpha)
+  checks.check_beta_values(beta)
   scale = None if scale is None else float(scale)
   return _reference_step(q, k, v, log_alpha, beta, state, scale=scale)

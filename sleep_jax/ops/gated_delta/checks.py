@@ -4,12 +4,16 @@ Every check raises a ``ValueError`` that names the offending argument and
 shows the shapes involved; nothing is broadcast, clipped or cast silently.
 
 Shape checks are static and run under ``jit``/``vmap`` as well. The value
-check ``log_alpha <= 0`` runs only when ``log_alpha`` is concrete (an eager
-call on a ``jax.Array`` or numpy array); on a tracer (inside ``jit``,
-``vmap``, ``grad``) it cannot run and is skipped, and positive values then
-flow into the computation unchanged (the chunked form would see decays
-``> 1`` and may overflow). Callers that build ``log_alpha`` as
-``-exp(A_log) * softplus(...)`` satisfy it by construction.
+checks (``log_alpha`` finite and ``<= 0``, ``beta`` finite and in ``[0, 2]``)
+run only when the array is concrete (an eager call on a ``jax.Array`` or
+numpy array); on a tracer (inside ``jit``, ``vmap``, ``grad``) they cannot
+run and are skipped, and out-of-range or non-finite values then flow into the
+computation unchanged: a positive ``log_alpha`` is a decay ``> 1`` that the
+chunked and Pallas forms may overflow on, ``-inf`` or NaN gates become NaN
+in their masked sums, and ``beta`` outside ``[0, 2]`` grows the state
+geometrically along a repeated key. Callers that build ``log_alpha`` as
+``-exp(A_log) * softplus(...)`` and ``beta`` as a sigmoid (or twice one)
+satisfy both by construction.
 """
 from __future__ import annotations
 
@@ -50,18 +54,52 @@ def is_concrete(x) -> bool:
   return not isinstance(x, _TRACER)
 
 
-def check_log_alpha_values(log_alpha, name: str = "log_alpha") -> None:
-  """Raises if a concrete ``log_alpha`` has a positive entry (a gate above 1).
+def _concrete_values(x):
+  """``x`` as a float32 numpy array, or ``None`` for a tracer (no values yet)."""
+  if not is_concrete(x):
+    return None
+  return np.asarray(jax.device_get(x), dtype=np.float32)
 
-  Skipped for tracers (see the module docstring).
+
+def check_log_alpha_values(log_alpha, name: str = "log_alpha") -> None:
+  """Raises if a concrete ``log_alpha`` has an entry that is not finite and ``<= 0``.
+
+  ``log_alpha`` is the log of a forget gate in ``(0, 1]``: a positive entry is
+  a gate above 1, and ``-inf`` (a gate of exactly 0) turns the chunked forms'
+  masked sums of log-gates into NaN. Skipped for tracers (see the module
+  docstring).
   """
-  if not is_concrete(log_alpha):
+  values = _concrete_values(log_alpha)
+  if values is None:
     return
-  values = np.asarray(jax.device_get(log_alpha), dtype=np.float32)
-  if values.size and not np.all(values <= 0):  # Also catches NaN.
-    bad = values[~(values <= 0)]
-    raise ValueError(f"{name} must be <= 0 everywhere (it is the log of a forget gate in (0, 1]); "
-                     f"found {bad.size} entries violating it, e.g. {float(bad.flat[0])}")
+  bad = values[~(np.isfinite(values) & (values <= 0))]  # ~(...) also catches NaN.
+  if bad.size:
+    raise ValueError(f"{name} must be finite and <= 0 everywhere (it is the log of a forget gate in "
+                     f"(0, 1]); found {bad.size} entries violating it, e.g. {float(bad.flat[0])}")
+
+
+# I - beta k k^T (unit k) has eigenvalues 1 and 1 - beta: no growth exactly for beta in [0, 2].
+BETA_RANGE = (0.0, 2.0)
+
+
+def check_beta_values(beta, name: str = "beta") -> None:
+  """Raises if a concrete ``beta`` has an entry that is not finite and in ``[0, 2]``.
+
+  For a unit key the token's state transition ``I - beta k k^T`` has
+  eigenvalues 1 and ``1 - beta``; outside ``[0, 2]`` it grows the state
+  along that key, geometrically when the key repeats. ``(0, 1)`` (a sigmoid)
+  is the usual range and ``(0, 2)`` the negative-eigenvalue variant. Skipped
+  for tracers (see the module docstring).
+  """
+  values = _concrete_values(beta)
+  if values is None:
+    return
+  lo, hi = BETA_RANGE
+  bad = values[~((values >= lo) & (values <= hi))]  # ~(...) also catches NaN; inf is out of range.
+  if bad.size:
+    raise ValueError(f"{name} must be finite and in [{lo:g}, {hi:g}] everywhere (a write strength; "
+                     f"outside it the state grows along a repeated key); found {bad.size} entries "
+                     f"violating it, e.g. {float(bad.flat[0])}")
 
 
 def check_scale(scale) -> None:

@@ -14,6 +14,15 @@ Block shapes obey Mosaic's rule that the last two dims are multiples of
 ``[C, 1]`` blocks of ``[n, T, 1]`` and log_alpha rows ``[1, C]`` blocks of
 ``[n, T/C, 1, C]`` (full last two dims).
 
+The last chunk is recognised by the static ``n_chunks`` bound into each call's
+kernel, not by ``pl.num_programs``: jax 0.11.2 caches a kernel's traced jaxpr
+by the function and its block shapes, not the grid, and ``num_programs`` is a
+constant of that trace, so a module-level kernel reused with another number of
+chunks kept the count of its first trace. The final state and ``ds0`` were
+then written at the wrong step (stale values, or the NaN that interpret mode
+fills unwritten outputs with). A fresh ``functools.partial`` per call is also
+never served from that cache.
+
 Interpret mode uses ``interpret=True`` (the generic Pallas interpreter) rather
 than ``pltpu.InterpretParams()``: both run these kernels, but the TPU-semantics
 interpreter took 1.4x the CPU time on the same fwd+bwd check (the kernels use no DMA,
@@ -59,7 +68,7 @@ def _states_spec(dk, dv, reverse, n_chunks):
 
 
 def _forward_kernel(q_ref, k_ref, v_ref, g_ref, b_ref, s0_ref,
-                    o_ref, s_final_ref, states_ref, s_scratch):
+                    o_ref, s_final_ref, states_ref, s_scratch, *, n_chunks):
   j = pl.program_id(1)
 
   @pl.when(j == 0)
@@ -72,13 +81,13 @@ def _forward_kernel(q_ref, k_ref, v_ref, g_ref, b_ref, s0_ref,
   o_ref[...] = o
   s_scratch[...] = s
 
-  @pl.when(j == pl.num_programs(1) - 1)
+  @pl.when(j == n_chunks - 1)
   def _():
     s_final_ref[...] = s
 
 
 def _backward_kernel(q_ref, k_ref, v_ref, g_ref, b_ref, states_ref, do_ref, ds_final_ref,
-                     dq_ref, dk_ref, dv_ref, dg_ref, db_ref, ds0_ref, ds_scratch):
+                     dq_ref, dk_ref, dv_ref, dg_ref, db_ref, ds0_ref, ds_scratch, *, n_chunks):
   j = pl.program_id(1)
 
   @pl.when(j == 0)
@@ -94,7 +103,7 @@ def _backward_kernel(q_ref, k_ref, v_ref, g_ref, b_ref, states_ref, do_ref, ds_f
   db_ref[...] = db
   ds_scratch[...] = ds
 
-  @pl.when(j == pl.num_programs(1) - 1)
+  @pl.when(j == n_chunks - 1)
   def _():
     ds0_ref[...] = ds
 
@@ -122,7 +131,7 @@ def forward(q, k, v, g, b, s0, *, chunk_size, interpret):
   n_chunks = t // chunk_size
   gr, bc = _gate_layouts(g, b, chunk_size)
   return pl.pallas_call(
-      _forward_kernel,
+      functools.partial(_forward_kernel, n_chunks=n_chunks),
       out_shape=(out_struct((n, t, dv), q),
                  out_struct((n, dk, dv), q),
                  out_struct((n, n_chunks, dk, dv), q)),
@@ -149,7 +158,7 @@ def backward(q, k, v, g, b, states, do, ds_final, *, chunk_size, interpret):
   gr, bc = _gate_layouts(g, b, chunk_size)
   rev = functools.partial(_chunk_spec, chunk_size, reverse=True, n_chunks=n_chunks)
   dq, dk_, dv_, dg, db, ds0 = pl.pallas_call(
-      _backward_kernel,
+      functools.partial(_backward_kernel, n_chunks=n_chunks),
       out_shape=(out_struct((n, t, dk), q),
                  out_struct((n, t, dk), q),
                  out_struct((n, t, dv), q),
