@@ -263,6 +263,11 @@ class SleepConfig:
       and window, so compilation takes longer; the step no longer pays a
       loop's per-iteration carry copies and fusion barriers, which dominate
       small windows on CPU (``python -m launch.bench train``).
+    fuse_unslept: when no window of a forward runs a sleep pass (``N = 1``,
+      or no window consolidates), run the whole sequence as one pass with
+      the windows' eviction as masks (``windowed.forward_unslept``): the
+      window loop's numbers up to float rounding, at a plain forward's cost.
+      ``False`` always runs the window loop (the reference).
   """
   window: int
   n_passes: int = 1
@@ -276,6 +281,7 @@ class SleepConfig:
   halt_tol: float | None = None
   max_passes: int | None = None
   unroll: bool = False
+  fuse_unslept: bool = True
 
   def __post_init__(self):
     S = "SleepConfig"
@@ -283,7 +289,7 @@ class SleepConfig:
     object.__setattr__(self, "n_passes", _integer(S, "n_passes", self.n_passes, 0, alias=" (N)"))
     object.__setattr__(self, "grad_passes", _integer(S, "grad_passes", self.grad_passes, 1, optional=True))
     object.__setattr__(self, "max_passes", _integer(S, "max_passes", self.max_passes, 1, optional=True))
-    for name in ("remat_passes", "remat_windows", "replay", "unroll"):
+    for name in ("remat_passes", "remat_windows", "replay", "unroll", "fuse_unslept"):
       object.__setattr__(self, name, _boolean(S, name, getattr(self, name)))
     _require(self.eviction in EVICTION_MODES,
              f"SleepConfig.eviction must be one of {EVICTION_MODES}, got {self.eviction!r}")

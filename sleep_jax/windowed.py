@@ -351,7 +351,7 @@ def _validate(model, tokens, loss_mask, sleep, sleep_schedule, return_logits):
 @typed
 def windowed_forward(model, tokens: Tokens, loss_mask: Mask | None, sleep: SleepConfig, *,
                      fast_weights: FastWeights | None = None, return_logits: str = "all",
-                     sleep_schedule: tuple[bool, ...] | None = None, fuse_unslept: bool = True) -> WindowedOutput:
+                     sleep_schedule: tuple[bool, ...] | None = None) -> WindowedOutput:
   """Runs Algorithm 1 over a batch (see the module docstring).
 
   Shapes use the axis legend of ``sleep_jax.array_typing``; the annotations
@@ -376,11 +376,6 @@ def windowed_forward(model, tokens: Tokens, loss_mask: Mask | None, sleep: Sleep
     return_logits: "all" (``[B, T, V]`` float32) or "none".
     sleep_schedule: optional static tuple, one bool per window (True: sleep);
       overrides the mask.
-    fuse_unslept: when no window runs a sleep pass (``N = 1``, or no window
-      consolidates), run the whole sequence as one pass with the windows'
-      eviction expressed as masks (:func:`forward_unslept`): the window
-      loop's numbers up to float rounding, at a plain forward's cost.
-      ``False`` always runs the window loop (the reference).
 
   Returns:
     ``WindowedOutput(logits, fast_weights)``.
@@ -413,7 +408,7 @@ def windowed_forward(model, tokens: Tokens, loss_mask: Mask | None, sleep: Sleep
     fast_weights = init_fast_weights(model.config, b)
   want_logits = return_logits == "all"
   n_max = sleep.max_n_passes
-  if fuse_unslept and (n_max == 1 or (schedule is not None and not any(schedule))):
+  if sleep.fuse_unslept and (n_max == 1 or (schedule is not None and not any(schedule))):
     # A window that "sleeps" at N = 1 keeps its wake pass's fast weights: reported as 1 pass.
     if schedule is not None:
       slept = jnp.asarray([[n_max == 1 and s for s in schedule]], jnp.int32)

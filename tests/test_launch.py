@@ -264,7 +264,8 @@ FIELD_OVERRIDES = {
         "remat_passes": ("True", True, ()), "remat_windows": ("True", True, ()), "grad_passes": ("2", 2, ()),
         "replay": ("True", True, ()), "n_passes_train": ("(1,2)", (1, 2), ()),
         "n_passes_train_weights": ("(1.0,3.0)", (1.0, 3.0), ("--config.sleep.n_passes_train=(1,2)",)),
-        "halt_tol": ("0.01", 0.01, ()), "max_passes": ("4", 4, ("--config.sleep.halt_tol=0.01",)),
+        "halt_tol": ("0.01", 0.01, ("--config.sleep.max_passes=4",)), "max_passes": ("4", 4, ("--config.sleep.halt_tol=0.01",)),
+        "unroll": ("False", False, ()), "fuse_unslept": ("False", False, ()),
     },
     "train": {
         "num_steps": ("7", 7, ()), "batch_size": ("6", 6, ()), "seed": ("3", 3, ()), "log_every": ("5", 5, ()),

@@ -1,6 +1,6 @@
 """The lean paths of the windowed forward against the window loop (the reference).
 
-* ``fuse_unslept``: with no sleep pass (N = 1, or no consolidating window) the
+* ``SleepConfig.fuse_unslept``: with no sleep pass (N = 1, or no consolidating window) the
   window loop is one forward with eviction as masks; values, fast weights,
   passes and gradients must equal the loop's, hard and sliding, with a prelude
   and coda, a short last window, and a traced mask under ``jit``.
@@ -64,8 +64,8 @@ def test_fused_n1_equals_window_loop(eviction, layout, prelude, coda):
   graphdef, state = nnx.split(model)
 
   def run(st, fuse):
-    return windowed_forward(nnx.merge(graphdef, st), batch["tokens"], batch["loss_mask"], sleep,
-                            fuse_unslept=fuse)
+    return windowed_forward(nnx.merge(graphdef, st), batch["tokens"], batch["loss_mask"],
+                            dataclasses.replace(sleep, fuse_unslept=fuse))
 
   a = jax.jit(lambda st: run(st, True))(state)
   b = jax.jit(lambda st: run(st, False))(state)
@@ -92,7 +92,7 @@ def test_fused_with_a_traced_mask_reports_the_windows_that_sleep():
   graphdef, state = nnx.split(model)
   out = jax.jit(lambda st, m: windowed_forward(nnx.merge(graphdef, st), batch["tokens"], m, sleep))(
       state, batch["loss_mask"])
-  ref = windowed_forward(model, batch["tokens"], batch["loss_mask"], sleep, fuse_unslept=False)
+  ref = windowed_forward(model, batch["tokens"], batch["loss_mask"], dataclasses.replace(sleep, fuse_unslept=False))
   np.testing.assert_array_equal(np.asarray(out.passes), [[1, 1, 0]] * 2)
   np.testing.assert_array_equal(np.asarray(out.passes), np.asarray(ref.passes))
   assert_close(ref.logits, out.logits, what="logits")
@@ -104,8 +104,8 @@ def test_fused_when_no_window_sleeps_at_n4():
   sleep = SleepConfig(window=5, n_passes=4)
   schedule = (False,) * 3
   a = windowed_forward(model, batch["tokens"], batch["loss_mask"], sleep, sleep_schedule=schedule)
-  b = windowed_forward(model, batch["tokens"], batch["loss_mask"], sleep, sleep_schedule=schedule,
-                       fuse_unslept=False)
+  b = windowed_forward(model, batch["tokens"], batch["loss_mask"], dataclasses.replace(sleep, fuse_unslept=False),
+                       sleep_schedule=schedule)
   assert_close(b.logits, a.logits, what="logits")
   np.testing.assert_array_equal(np.asarray(a.passes), np.zeros((2, 3), np.int32))
 

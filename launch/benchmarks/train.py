@@ -77,14 +77,15 @@ def _load_config(path: str):
   return module.get_config()
 
 
-def variant_config(path: str, preset: str, n_passes: int, plain: bool, batch_size: int):
-  """The config file's ConfigDict with the task preset, N, model kind and batch size of one variant."""
+def variant_config(path: str, preset: str, n_passes: int, plain: bool, batch_size: int, sleep: dict | None = None):
+  """The config file's ConfigDict with the task preset, N, model kind, batch size and sleep fields of one variant."""
   cfg = _load_config(path)
   if preset:
     cfg.task_preset = preset
     for key in cfg.task_config:  # the preset whole: drop the fields the config file set over its own
       cfg.task_config[key] = None
   cfg.sleep.n_passes = n_passes
+  cfg.sleep.update(sleep or {})
   cfg.plain_transformer = plain
   if batch_size:
     cfg.train.batch_size = batch_size
@@ -306,6 +307,8 @@ def main(argv) -> int:
   p.add_argument("--trace_steps", type=int, default=5, help="steps in the profiler trace")
   p.add_argument("--no-profile", dest="profile", action="store_false", help="throughput only")
   p.add_argument("--quick", action="store_true", help="2 rounds of 2 steps, 3 traced steps")
+  p.add_argument("--before", action="store_true",
+                 help="also time the step without the lean paths (fuse_unslept=False, unroll=False) in the same run")
   args = p.parse_args(argv)
   if args.quick:
     args.rounds, args.steps, args.trace_steps = 2, 2, 3
@@ -314,10 +317,15 @@ def main(argv) -> int:
       p.error(f"--{flag} must be >= 1, got {getattr(args, flag)}")
   import jax
 
-  specs = [("hybrid N=1", 1, False), ("hybrid N=4", 4, False), ("transformer", 1, True)]
+  specs = [("hybrid N=1", 1, False, {}), ("hybrid N=4", 4, False, {}), ("transformer", 1, True, {})]
+  if args.before:
+    # The step as it was before the lean path, measured in the same run: the window loop at N = 1 and
+    # rolled pass / window scans at N = 4.
+    specs += [("N=1 loop", 1, False, dict(fuse_unslept=False, unroll=False)),
+              ("N=4 rolled", 4, False, dict(fuse_unslept=False, unroll=False))]
   variants = []
-  for name, n, plain in specs:
-    variants.append(Variant(name, variant_config(args.config, args.preset, n, plain, args.batch_size)))
+  for name, n, plain, sleep in specs:
+    variants.append(Variant(name, variant_config(args.config, args.preset, n, plain, args.batch_size, sleep)))
     print(f"compiled {name} in {variants[-1].compile_s:.1f} s", flush=True)
   for v in variants:
     v.run(2)
@@ -326,13 +334,13 @@ def main(argv) -> int:
       w, c = v.timed(args.steps)
       v.wall.append(w)
       v.cpu.append(c)
-  base, n4, tf = variants
+  base, n4, tf = variants[:3]
   exp = base.exp
   load = os.getloadavg()[0] if hasattr(os, "getloadavg") else float("nan")
   print(f"\n(1) train step, {args.config} preset {args.preset or exp.task_config.__class__.__name__}: "
         f"T={base.seq_len} L={exp.sleep.window} batch {exp.train.batch_size}, d={exp.model.d_model} "
         f"x{len(exp.model.block_types)} blocks, remat windows/passes {exp.sleep.remat_windows}/"
-        f"{exp.sleep.remat_passes}; backend {jax.default_backend()} x{jax.device_count()}; medians of "
+        f"{exp.sleep.remat_passes}, unroll {exp.sleep.unroll}, fuse_unslept {exp.sleep.fuse_unslept}; backend {jax.default_backend()} x{jax.device_count()}; medians of "
         f"{args.rounds} interleaved rounds x {args.steps} steps; load average {load:.1f}")
   print(f"{'variant':<12} {'params':>7} {'compile s':>9} {'ms/step':>8} {'cpu ms':>7} {'tokens/s':>9} "
         f"{'vs tf':>6} {'cpu vs tf':>9} {'t/t(N=1)':>8} {'FLOPs/FLOPs(N=1)':>16} {'t/FLOP ratio':>12}")
