@@ -54,8 +54,12 @@ _LOGGED: set[tuple[str, str]] = set()
 # after changing chunked.py or reference.py.
 AUTO_TABLE_CPU: dict[int, tuple[str, int | None]] = {
     16: ("chunked", 16), 24: ("chunked", 24), 32: ("chunked", 32), 64: ("chunked", 16), 96: ("chunked", 16),
+    # Whole sequences of the fused N = 1 forward (windowed.forward_unslept): fwd+bwd CPU time at B=32, T=100,
+    # H=2, Dk=Dv=32: C = 16 12.5 ms, C = 8 16.0, 20 14.8, 25 19.5, 32 20.4, 64 26.5, reference 20.8; at B=16,
+    # T=256: C = 16 16.5 ms vs C = 32 20.3 (measured 2026-12-02, one pinned core, the other busy).
+    128: ("chunked", 16), 256: ("chunked", 16),
 }
-# Longer sequences: measured at B=4, T=2048, H=4, Dk=Dv=64 (C = 32 fwd+bwd 177 ms
+# Longer sequences: measured at B=4, T=2048, H=4, Dk=Dv=64 (and at B=8, T=512: C = 32 52 ms vs C = 16 66 ms) (C = 32 fwd+bwd 177 ms
 # CPU time vs 188 ms at C = 16 and 379 ms for the chunk-parallel form at C = 64).
 LONG_CHUNK_CPU = 32
 _GPU_TPU = ("gpu", "cuda", "rocm", "tpu")
