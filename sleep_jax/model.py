@@ -78,7 +78,7 @@ class Block(nnx.Module):
     self.mlp_norm = RMSNorm(config.d_model, eps=config.norm_eps)
     self.mlp = SwiGLU(config.d_model, config.mlp_width, dtype=dtype, rngs=rngs)
 
-  def __call__(self, x, positions, *, state=None, prefix=None, window=None, segment=None, attn_segment=None):
+  def __call__(self, x, positions, *, state=None, prefix=None, window=None, segment=None, windows=None):
     """Runs the block over a window.
 
     Args:
@@ -89,8 +89,9 @@ class Block(nnx.Module):
       window: attention span ``L`` (None: unlimited).
       segment: the GDN conv restarts every ``segment`` tokens, as in one
         call per window of that many tokens (None: one window).
-      attn_segment: attention sees only keys of the query's own segment of
-        this many tokens (hard eviction's windows; None: no such limit).
+      windows: ``"hard"`` / ``"sliding"``: ``x`` is a whole sequence of
+        windows of ``window`` tokens, attended window by window under that
+        eviction (``attention.windowed_attention``; attention blocks only).
 
     Returns:
       ``(x, state, kv)``: ``state`` is None for attention, ``kv`` None for GDN.
@@ -98,7 +99,7 @@ class Block(nnx.Module):
     y = self.mixer_norm(x)
     kv = None
     if self.kind == "attn":
-      y, kv = self.mixer(y, positions, prefix=prefix, window=window, segment=attn_segment)
+      y, kv = self.mixer(y, positions, prefix=prefix, window=window, windows=windows)
     else:
       y, state = self.mixer(y, state, segment=segment)
     x = x + y.astype(x.dtype)
@@ -220,14 +221,13 @@ class HybridLM(nnx.Module):
     if segments not in (None, "hard", "sliding") or (segments is not None and window is None):
       raise ValueError(f"segments must be None, 'hard' or 'sliding' (with a window), got {segments!r}")
     segment = window if segments else None
-    attn_segment = window if segments == "hard" else None
     gslots, aslots = self.gdn_slots, self.attn_slots
     updates, kvs = {}, {}
     for i in range(start, stop):
       block = self.blocks[i]
       if block.kind == "attn":
         prefix = None if prefixes is None else prefixes[aslots[i]]
-        h, _, kv = block(h, positions, prefix=prefix, window=window, attn_segment=attn_segment)
+        h, _, kv = block(h, positions, prefix=prefix, window=window, windows=segments)
         kvs[aslots[i]] = kv
       else:
         h, s, _ = block(h, positions, state=fast_weights.states[gslots[i]], segment=segment)

@@ -29,6 +29,8 @@ def _tokens(b, t, seed=0):
 @pytest.mark.parametrize("layout,prelude,coda,sleep", [
     (("attn", "gdn"), 0, 0, SleepConfig(window=3, n_passes=0)),
     (("attn", "gdn"), 0, 0, SleepConfig(window=3, n_passes=1)),
+    # N = 1 runs the fused forward (windowed.forward_unslept): the same matmuls as the window loop.
+    (("gdn", "attn", "gdn", "attn"), 1, 1, SleepConfig(window=3, n_passes=1, eviction="sliding")),
     (("attn", "gdn"), 0, 0, SleepConfig(window=3, n_passes=3)),
     (("attn", "gdn"), 0, 0, SleepConfig(window=3, n_passes=2, eviction="sliding")),
     (("gdn", "attn", "gdn", "attn"), 1, 1, SleepConfig(window=3, n_passes=3, eviction="sliding")),

@@ -51,18 +51,13 @@ class KVCache:
     return KVCache(k=self.k, v=self.v, pos=jnp.full_like(self.pos, -1))
 
 
-def attention_mask(q_pos: jax.Array, k_pos: jax.Array, window: int | None, *,
-                   segment: int | None = None) -> jax.Array:
-  """``[T, S]`` boolean mask: filled, causal, (if ``window``) within ``L`` and
-  (if ``segment``) within the query's own segment of positions
-  ``[s * segment, (s + 1) * segment)``: hard eviction's windows, all at once."""
-  q = q_pos[:, None]
-  k = k_pos[None, :]
+def attention_mask(q_pos: jax.Array, k_pos: jax.Array, window: int | None) -> jax.Array:
+  """``[..., T, S]`` boolean mask: filled, causal and (if ``window``) within ``L``."""
+  q = q_pos[..., :, None]
+  k = k_pos[..., None, :]
   ok = (k >= 0) & (k <= q)
   if window is not None:
     ok = ok & (k > q - window)
-  if segment is not None:
-    ok = ok & (k // segment == q // segment)
   return ok
 
 
@@ -79,10 +74,67 @@ def dot_product_attention(q, k, v, mask):
     ``[B, T, H, K]`` in ``v``'s dtype.
   """
   scale = q.shape[-1] ** -0.5
-  logits = jnp.einsum("bthk,bshk->bhts", q, k, preferred_element_type=jnp.float32) * scale
-  logits = jnp.where(mask[None, None], logits, _NEG)
+  logits = jnp.einsum("...thk,...shk->...hts", q, k, preferred_element_type=jnp.float32) * scale
+  logits = jnp.where(mask[..., None, :, :], logits, _NEG)
   probs = jax.nn.softmax(logits, axis=-1).astype(v.dtype)
-  return jnp.einsum("bhts,bshk->bthk", probs, v)
+  return jnp.einsum("...hts,...shk->...thk", probs, v)
+
+
+def windowed_attention(q, k, v, positions, window: int, eviction: str):
+  """Attention over a sequence cut into windows of ``window`` tokens, every window at once.
+
+  The numbers and the matmul shapes of one :class:`Attention` call per
+  window (the loop of ``windowed_forward`` with no sleep pass): under
+  ``"hard"`` eviction a window attends causally to itself; under
+  ``"sliding"`` to the previous window's keys as well (the kept prefix, an
+  empty one of ``window`` slots for the first window) within ``window``
+  positions. Full windows run as one batched product over a window axis; a
+  short last window runs on its own, as in the loop.
+
+  Args:
+    q: ``[B, T, H, K]`` (RoPE applied at absolute positions).
+    k: ``[B, T, H, K]``.
+    v: ``[B, T, H, K]``.
+    positions: ``[T]`` int32, ``0..T-1``.
+    window: ``L``.
+    eviction: ``"hard"`` or ``"sliding"``.
+
+  Returns:
+    ``[B, T, H, K]`` in ``v``'s dtype.
+  """
+  b, t = q.shape[:2]
+  n_full, rest = divmod(t, window)
+  cut = n_full * window
+  sliding = eviction == "sliding"
+
+  def previous(x, fill):
+    # Each window's predecessor (a block of `fill` before the first): [B, n, L, ...] -> [B, n, L, ...].
+    return jnp.concatenate([jnp.full_like(x[:, :1], fill), x[:, :-1]], axis=1)
+
+  outs = []
+  if n_full:
+    blocks = lambda x: x[:, :cut].reshape((b, n_full, window) + x.shape[2:])
+    qb, kb, vb = blocks(q), blocks(k), blocks(v)
+    qpos = positions[:cut].reshape(n_full, window)
+    kpos = qpos
+    if sliding:
+      kb = jnp.concatenate([previous(kb, 0), kb], axis=2)
+      vb = jnp.concatenate([previous(vb, 0), vb], axis=2)
+      kpos = jnp.concatenate([previous(qpos[None], -1)[0], qpos], axis=1)
+    out = dot_product_attention(qb, kb, vb, attention_mask(qpos, kpos, window))
+    outs.append(out.reshape((b, cut) + out.shape[3:]))
+  if rest:
+    qt, kt, vt, pt = q[:, cut:], k[:, cut:], v[:, cut:], positions[cut:]
+    kpos = pt
+    if sliding:
+      if n_full:
+        kp, vp, pp = k[:, cut - window:cut], v[:, cut - window:cut], positions[cut - window:cut]
+      else:
+        kp, vp = jnp.zeros_like(k[:, :1]).repeat(window, 1), jnp.zeros_like(v[:, :1]).repeat(window, 1)
+        pp = jnp.full((window,), -1, positions.dtype)
+      kt, vt, kpos = jnp.concatenate([kp, kt], 1), jnp.concatenate([vp, vt], 1), jnp.concatenate([pp, pt])
+    outs.append(dot_product_attention(qt, kt, vt, attention_mask(pt, kpos, window)))
+  return jnp.concatenate(outs, axis=1) if len(outs) > 1 else outs[0]
 
 
 class Attention(nnx.Module):
@@ -112,7 +164,7 @@ class Attention(nnx.Module):
     return q, k, v
 
   def __call__(self, x: jax.Array, positions: jax.Array, *, prefix: KVCache | None = None,
-               window: int | None = None, segment: int | None = None) -> tuple[jax.Array, KVCache]:
+               window: int | None = None, windows: str | None = None) -> tuple[jax.Array, KVCache]:
     """Attends over ``prefix`` (if any) and the tokens of ``x`` causally.
 
     Args:
@@ -121,9 +173,9 @@ class Attention(nnx.Module):
       prefix: kept keys/values from earlier tokens (sliding eviction), or None.
       window: ``L``; keys more than ``L - 1`` positions back are masked. None
         means unlimited (full causal attention).
-      segment: keys only from the query's own segment of ``segment``
-        positions (hard eviction's windows of a whole sequence; see
-        :func:`attention_mask`).
+      windows: ``"hard"`` or ``"sliding"``: ``x`` is a whole sequence (from
+        position 0) of windows of ``window`` tokens, attended as one call per
+        window would (:func:`windowed_attention`); ``prefix`` must be None.
 
     Returns:
       ``(out [B, T, D], kv)`` where ``kv`` holds this call's own keys/values
@@ -138,7 +190,12 @@ class Attention(nnx.Module):
       pos_all = jnp.concatenate([prefix.pos, positions])
     else:
       k_all, v_all, pos_all = k, v, positions
-    o = dot_product_attention(q, k_all, v_all, attention_mask(positions, pos_all, window, segment=segment))
+    if windows is not None:
+      if prefix is not None and prefix.size or window is None:
+        raise ValueError("windows= needs a window and no prefix")
+      o = windowed_attention(q, k, v, positions, window, windows)
+    else:
+      o = dot_product_attention(q, k_all, v_all, attention_mask(positions, pos_all, window))
     b, t = x.shape[:2]
     return self.o_proj(o.reshape(b, t, self.n_heads * self.head_dim)), own
 
