@@ -4,7 +4,10 @@ Tests compare a fast path against a reference with :func:`assert_close` or
 :func:`rel_rms_error`. Never loosen a tolerance inside a single test without a
 comment saying why. :func:`gated_delta_oracle_float64` is the float64 oracle
 (values and gradients) that every gated delta rule implementation is tested
-against.
+against, on the inputs of :func:`gated_delta_regime_case`: the numerical
+failure regimes of chunked delta-rule kernels, one per batch element
+(:data:`GATED_DELTA_REGIMES`). The kernel tests and the accelerator go/no-go
+check (``python -m launch.bench gpu``) share them.
 """
 from __future__ import annotations
 
@@ -152,3 +155,138 @@ def gated_delta_oracle_float64(q, k, v, log_alpha, beta, initial_state, do, ds_f
   o = np.moveaxis(np.stack(outs), 0, 1)
   grads = tuple(np.moveaxis(g, 0, 1) for g in (dq, dk, dv, dla, dbe)) + (ds,)
   return o, final, grads
+
+
+# ---------------------------------------------------------------------------
+# The regime grid: every gated delta rule implementation against the float64
+# oracle on the inputs that break chunked kernels.
+
+# One regime per batch element of gated_delta_regime_batch.
+GATED_DELTA_REGIMES = (
+    "random",         # unit normal keys, moderate gates: the easy baseline
+    "two_keys",       # keys drawn from two distinct unit vectors, beta 0.9-1, log_alpha -0.01
+    "near_parallel",  # one direction + 1e-3 noise, beta 0.9-1, log_alpha -0.01
+    "alphabet",       # keys from 4 embeddings (repeated tokens), beta 0.9-1, log_alpha -0.01
+    "beta1_gate1",    # two keys with beta = 1 and log_alpha = 0 exactly (fla #389)
+    "gate1",          # random keys, log_alpha = 0 exactly, beta in (0, 1)
+    "strong_decay",   # alphabet keys, log_alpha in [-8, -3] with exact zeros: > 88 per chunk
+)
+# (T, H, Dk, Dv, chunk) of the regime grid: odd T not a multiple of the chunk,
+# non-power-of-two head dims (padded by both Pallas backends), and a full
+# 64-token chunk, where the product-form inverse the Pallas kernels once used
+# put them off by 6e2 (two keys) to 7e9 (near-parallel keys) on these inputs.
+GATED_DELTA_REGIME_SHAPES = ((75, 1, 60, 100, 32), (63, 2, 100, 20, 64))
+# The outputs compared, in the order gated_delta_oracle_float64 returns them.
+GATED_DELTA_OUTPUTS = ("o", "final_state", "dq", "dk", "dv", "dlog_alpha", "dbeta", "dinitial_state")
+# Outputs in q/k/v's dtype (rounded once when that is bfloat16); the rest are float32.
+_ROUNDED_OUTPUTS = ("o", "dq", "dk", "dv")
+
+
+def gated_delta_regime_batch(seed: int, t: int, h: int, dk: int, dv: int):
+  """float64 numpy ``(q, k, v, log_alpha, beta, s0, do, ds)``, one regime per batch element.
+
+  Batch element ``i`` holds regime ``GATED_DELTA_REGIMES[i]`` (so ``B = 7``);
+  outputs and gradients of the gated delta rule are separable over the batch,
+  so each regime gets its own error from one call.
+
+  Args:
+    seed: numpy random seed.
+    t, h, dk, dv: sequence length, heads, key and value head dims.
+
+  Returns:
+    ``q, k`` ``[B, T, H, Dk]`` (unit norm), ``v`` ``[B, T, H, Dv]``,
+    ``log_alpha, beta`` ``[B, T, H]``, ``s0`` ``[B, H, Dk, Dv]`` and the
+    cotangents ``do`` ``[B, T, H, Dv]``, ``ds`` ``[B, H, Dk, Dv]``.
+  """
+  rng = np.random.default_rng(seed)
+  unit = lambda x: x / np.linalg.norm(x, axis=-1, keepdims=True)  # pylint: disable=unnecessary-lambda-assignment
+  heads = np.arange(h)[None, :]
+  cols = []
+  for regime in GATED_DELTA_REGIMES:
+    emb = unit(rng.normal(size=(4, h, dk)))  # per head: 4 embeddings, the first two for "two keys"
+    if regime in ("random", "gate1"):
+      k = unit(rng.normal(size=(t, h, dk)))
+    elif regime == "near_parallel":
+      k = unit(emb[0] + 1e-3 * rng.normal(size=(t, h, dk)))
+    else:
+      k = emb[rng.integers(0, 2 if regime in ("two_keys", "beta1_gate1") else 4, (t, h)), heads]
+    beta = rng.uniform(0.9, 1.0, (t, h))
+    la = np.full((t, h), -0.01)
+    if regime == "random":
+      beta, la = rng.uniform(0.0, 1.0, (t, h)), -rng.uniform(0.0, 0.5, (t, h))
+    elif regime == "beta1_gate1":
+      beta, la = np.ones((t, h)), np.zeros((t, h))
+    elif regime == "gate1":
+      beta, la = rng.uniform(0.0, 1.0, (t, h)), np.zeros((t, h))
+    elif regime == "strong_decay":
+      la = np.where(rng.uniform(size=(t, h)) < 0.25, 0.0, -rng.uniform(3.0, 8.0, (t, h)))
+    q = unit(rng.normal(size=(t, h, dk)))
+    cols.append((q, k, rng.normal(size=(t, h, dv)), la, beta))
+  q, k, v, la, beta = (np.stack(x) for x in zip(*cols))
+  b = len(GATED_DELTA_REGIMES)
+  s0 = rng.normal(size=(b, h, dk, dv))
+  do = rng.normal(size=(b, t, h, dv))
+  ds = rng.normal(size=(b, h, dk, dv))
+  return q, k, v, la, beta, s0, do, ds
+
+
+def gated_delta_regime_case(seed: int, t: int, h: int, dk: int, dv: int, dtype=jnp.float32):
+  """Regime inputs as JAX arrays, their cotangents and the float64 oracle on exactly those values.
+
+  Args:
+    seed, t, h, dk, dv: as for :func:`gated_delta_regime_batch`.
+    dtype: dtype of ``q``, ``k`` and ``v``; ``log_alpha``, ``beta`` and the
+      initial state are float32.
+
+  Returns:
+    ``(args, cts, oracle)``: ``args = (q, k, v, log_alpha, beta,
+    initial_state)``, ``cts = (do, ds_final)`` (float32) and ``oracle`` the
+    result of :func:`gated_delta_oracle_float64` on them.
+  """
+  q, k, v, la, beta, s0, do, ds = gated_delta_regime_batch(seed, t, h, dk, dv)
+  args = tuple(jnp.asarray(x, dtype) for x in (q, k, v)) + tuple(jnp.asarray(x, jnp.float32) for x in (la, beta, s0))
+  # The cotangent of o is rounded to o's dtype on its way back; pick values
+  # that survive it, so the oracle sees the same cotangent as the kernels.
+  cts = (jnp.asarray(jnp.asarray(do, dtype), jnp.float32), jnp.asarray(ds, jnp.float32))
+  return args, cts, gated_delta_oracle_float64(*args, *cts)
+
+
+def gated_delta_regime_errors(outputs, oracle) -> dict[tuple[str, str], float]:
+  """Relative RMS error of each output, per regime, against the oracle.
+
+  Args:
+    outputs: ``(o, final_state, grads)`` of an implementation on the inputs of
+      :func:`gated_delta_regime_case`, ``grads`` the six input gradients in
+      argument order.
+    oracle: that case's ``oracle``.
+
+  Returns:
+    ``{(regime, output name): error}``; ``inf`` where the output is not finite.
+
+  Raises:
+    ValueError: if an output's shape differs from the oracle's.
+  """
+  o, s, grads = outputs
+  want_all = (oracle[0], oracle[1]) + tuple(oracle[2])
+  got_all = (o, s) + tuple(grads)
+  errors = {}
+  for name, want, got in zip(GATED_DELTA_OUTPUTS, want_all, got_all):
+    got = np.asarray(jax.device_get(got), np.float64)
+    if got.shape != want.shape:
+      raise ValueError(f"{name}: shape {got.shape}, the oracle's is {want.shape}")
+    for i, regime in enumerate(GATED_DELTA_REGIMES):
+      finite = np.all(np.isfinite(got[i]))
+      errors[(regime, name)] = rel_rms_error(want[i], got[i]) if finite else np.inf
+  return errors
+
+
+def gated_delta_regime_bound(name: str, dtype=jnp.float32) -> float:
+  """The relative RMS bound for output ``name`` of a float32 implementation against the float64 oracle.
+
+  Every implementation computes in float32; with bfloat16 q, k, v the outputs
+  in that dtype (o, dq, dk, dv) differ by their one rounding to bfloat16 (the
+  bfloat16 row) and the float32 ones keep the float32_vs_float64 row.
+  """
+  if jnp.dtype(dtype) == jnp.bfloat16 and name in _ROUNDED_OUTPUTS:
+    return tolerance("bfloat16").rel_rms
+  return tolerance("float32_vs_float64").rel_rms

@@ -232,8 +232,14 @@ def test_inside_shard_map():
         lambda *a, backend=backend: pallas_mod._padded_rule(*a, None, 16, backend, False),
         mesh=mesh, in_specs=(spec,) * 6, out_specs=(spec, spec))
     loss = lambda *a, compiled=compiled: jnp.sum(compiled(*a)[0]) + jnp.sum(compiled(*a)[1])
-    text = jax.jit(jax.grad(loss, argnums=tuple(range(6)))).trace(*args).lower(
-        lowering_platforms=(platform,)).as_text()
+    try:
+      text = jax.jit(jax.grad(loss, argnums=tuple(range(6)))).trace(*args).lower(
+          lowering_platforms=(platform,)).as_text()
+    except RuntimeError as err:
+      # jax 0.11's Triton lowering asks for a real (or abstract) GPU device, as in test_lowers_for_hardware.
+      if backend == "triton" and "No supported GPU devices found" in str(err):
+        continue
+      raise
     assert ("triton" if backend == "triton" else "tpu_custom_call") in text
 
 
@@ -312,72 +318,21 @@ def test_interpret_false_on_cpu_is_an_error():
 # compilation per implementation and shape); outputs and every gradient are
 # separable over the batch, so each regime gets its own relative RMS error.
 
-REGIMES = (
-    "random",         # unit normal keys, moderate gates: the easy baseline
-    "two_keys",       # keys drawn from two distinct unit vectors, beta 0.9-1, log_alpha -0.01
-    "near_parallel",  # one direction + 1e-3 noise, beta 0.9-1, log_alpha -0.01
-    "alphabet",       # keys from 4 embeddings (repeated tokens), beta 0.9-1, log_alpha -0.01
-    "beta1_gate1",    # two keys with beta = 1 and log_alpha = 0 exactly (fla #389)
-    "gate1",          # random keys, log_alpha = 0 exactly, beta in (0, 1)
-    "strong_decay",   # alphabet keys, log_alpha in [-8, -3] with exact zeros: > 88 per chunk
-)
-
-
-def _regime_batch(seed, t, h, dk, dv):
-  """float64 numpy ``(q, k, v, log_alpha, beta, s0, do, ds)``, one regime per batch element."""
-  rng = np.random.default_rng(seed)
-  unit = lambda x: x / np.linalg.norm(x, axis=-1, keepdims=True)  # pylint: disable=unnecessary-lambda-assignment
-  heads = np.arange(h)[None, :]
-  cols = []
-  for regime in REGIMES:
-    emb = unit(rng.normal(size=(4, h, dk)))  # per head: 4 embeddings, the first two for "two keys"
-    if regime in ("random", "gate1"):
-      k = unit(rng.normal(size=(t, h, dk)))
-    elif regime == "near_parallel":
-      k = unit(emb[0] + 1e-3 * rng.normal(size=(t, h, dk)))
-    else:
-      k = emb[rng.integers(0, 2 if regime in ("two_keys", "beta1_gate1") else 4, (t, h)), heads]
-    beta = rng.uniform(0.9, 1.0, (t, h))
-    la = np.full((t, h), -0.01)
-    if regime == "random":
-      beta, la = rng.uniform(0.0, 1.0, (t, h)), -rng.uniform(0.0, 0.5, (t, h))
-    elif regime == "beta1_gate1":
-      beta, la = np.ones((t, h)), np.zeros((t, h))
-    elif regime == "gate1":
-      beta, la = rng.uniform(0.0, 1.0, (t, h)), np.zeros((t, h))
-    elif regime == "strong_decay":
-      la = np.where(rng.uniform(size=(t, h)) < 0.25, 0.0, -rng.uniform(3.0, 8.0, (t, h)))
-    q = unit(rng.normal(size=(t, h, dk)))
-    cols.append((q, k, rng.normal(size=(t, h, dv)), la, beta))
-  q, k, v, la, beta = (np.stack(x) for x in zip(*cols))
-  b = len(REGIMES)
-  s0 = rng.normal(size=(b, h, dk, dv))
-  do = rng.normal(size=(b, t, h, dv))
-  ds = rng.normal(size=(b, h, dk, dv))
-  return q, k, v, la, beta, s0, do, ds
-
-
-# T, H, Dk, Dv, chunk. Odd T not a multiple of the chunk, non-power-of-two head
-# dims (padded by both backends), and a full 64-token chunk, where the
-# product-form inverse the Pallas kernels once used put the kernels off by 6e2
-# (two keys) to 7e9 (near-parallel keys) on these inputs.
-ORACLE64_SHAPES = [(75, 1, 60, 100, 32), (63, 2, 100, 20, 64)]
+# The regimes, shapes and oracle live in sleep_jax.testing, shared with the
+# accelerator go/no-go check (launch/benchmarks/gpu.py).
+REGIMES = testing.GATED_DELTA_REGIMES
+ORACLE64_SHAPES = list(testing.GATED_DELTA_REGIME_SHAPES)
 ORACLE64_IMPLS = ["reference", "chunked", "triton", "mosaic"]
 _ORACLE64 = {}
 
 
 def _oracle64_case(shape, dtype):
-  """Inputs cast to ``dtype`` (q, k, v; the rest float32), cotangents, and the
-  float64 oracle on exactly those values. Cached per case: shared by every impl."""
+  """``(args, cts, oracle)`` of the regime grid at ``shape``, q/k/v in ``dtype``.
+  Cached per case: shared by every impl."""
   key = (shape, jnp.dtype(dtype).name)
   if key not in _ORACLE64:
     t, h, dk, dv, _ = shape
-    q, k, v, la, beta, s0, do, ds = _regime_batch(t + dk + dv, t, h, dk, dv)
-    args = [jnp.asarray(x, dtype) for x in (q, k, v)] + [jnp.asarray(x, jnp.float32) for x in (la, beta, s0)]
-    # The cotangent of o is rounded to o's dtype on its way back; pick values
-    # that survive it, so the oracle sees the same cotangent as the kernels.
-    cts = (jnp.asarray(jnp.asarray(do, dtype), jnp.float32), jnp.asarray(ds, jnp.float32))
-    _ORACLE64[key] = args, cts, testing.gated_delta_oracle_float64(*args, *cts)
+    _ORACLE64[key] = testing.gated_delta_regime_case(t + dk + dv, t, h, dk, dv, dtype)
   return _ORACLE64[key]
 
 
@@ -392,17 +347,9 @@ def _run_impl(impl, args, cts, chunk):
 
 def _regime_errors(impl, shape, dtype):
   """``{(regime, output): relative RMS error against the float64 oracle}``."""
-  args, cts, (o64, s64, g64) = _oracle64_case(shape, dtype)
+  args, cts, oracle = _oracle64_case(shape, dtype)
   (o, s), grads = _run_impl(impl, args, cts, shape[-1])
-  names = ("o", "final_state", "dq", "dk", "dv", "dlog_alpha", "dbeta", "dinitial_state")
-  errors = {}
-  for name, want, got in zip(names, (o64, s64) + tuple(g64), (o, s) + tuple(grads)):
-    got = np.asarray(got, np.float64)
-    assert got.shape == want.shape, name
-    for i, regime in enumerate(REGIMES):
-      finite = np.all(np.isfinite(got[i]))
-      errors[(regime, name)] = testing.rel_rms_error(want[i], got[i]) if finite else np.inf
-  return errors
+  return testing.gated_delta_regime_errors((o, s, grads), oracle)
 
 
 def _assert_within(errors, bound_of, what):
@@ -420,7 +367,7 @@ def test_every_impl_matches_float64_oracle(impl, shape):
   # on every regime (largest: dbeta with near-parallel keys); the product-form
   # inverse measured 3e-4 (two keys, C = 32) to 7e9 (near-parallel, C = 64).
   errors = _regime_errors(impl, shape, jnp.float32)
-  _assert_within(errors, lambda name: testing.tolerance("float32_vs_float64").rel_rms, f"{impl} {shape}")
+  _assert_within(errors, testing.gated_delta_regime_bound, f"{impl} {shape}")
 
 
 @pytest.mark.timeout(300)
@@ -432,9 +379,7 @@ def test_every_impl_matches_float64_oracle_bf16_qkv(impl):
   # the bfloat16 row), and the float32 outputs (final state, dlog_alpha, dbeta,
   # dinitial_state) keep the float32_vs_float64 row.
   errors = _regime_errors(impl, ORACLE64_SHAPES[0], jnp.bfloat16)
-  rounded = ("o", "dq", "dk", "dv")
-  bound = lambda name: testing.tolerance("bfloat16" if name in rounded else "float32_vs_float64").rel_rms  # pylint: disable=unnecessary-lambda-assignment
-  _assert_within(errors, bound, f"{impl} bf16 q/k/v")
+  _assert_within(errors, lambda name: testing.gated_delta_regime_bound(name, jnp.bfloat16), f"{impl} bf16 q/k/v")
 
 
 def _product_form_inverse(a):
@@ -452,7 +397,7 @@ def _product_form_inverse(a):
 def test_unit_lower_inverse_on_repeated_keys(c):
   # The kernels' (I + A)^{-1} on A = strict_lower(diag(beta) (K K^T o Gam)) of the
   # grid's repeated-key regimes, against the float64 inverse of the same float32 A.
-  _, k, _, la, beta, *_ = _regime_batch(c, c, 1, 32, 8)
+  _, k, _, la, beta, *_ = testing.gated_delta_regime_batch(c, c, 1, 32, 8)
   inverse = jax.jit(lambda a: pallas_mod._inv_unit_lower(a, jnp.eye(c, dtype=jnp.float32)))  # pylint: disable=protected-access
   for i, regime in enumerate(REGIMES):
     kk, g = k[i, :, 0], np.cumsum(la[i, :, 0])
@@ -464,30 +409,3 @@ def test_unit_lower_inverse_on_repeated_keys(c):
     if regime in ("two_keys", "beta1_gate1") and c == 64:
       # The same A breaks the product identity: the inputs do exercise the failure.
       assert testing.rel_rms_error(want, _product_form_inverse(a)) > 1.0, regime
-
-
-# ---------------------------------------------------------------------------
-# The one-shot GPU check (launch/benchmarks/gpu.py): on a CPU host it prints its
-# plan and exits 0; its code paths run here with the kernel interpreted.
-
-
-def test_gpu_check_on_cpu_prints_plan_and_exits_0(capsys):
-  from launch.benchmarks import gpu  # pylint: disable=import-outside-toplevel
-  if jax.default_backend() == "gpu":
-    pytest.skip("a GPU host runs the real check")
-  assert gpu.main([]) == 0
-  out = capsys.readouterr().out
-  assert "no CUDA device" in out and "T=16384" in out
-
-
-def test_gpu_check_code_paths_interpreted(monkeypatch):
-  import time  # pylint: disable=import-outside-toplevel
-  from launch.benchmarks import gpu  # pylint: disable=import-outside-toplevel
-  monkeypatch.setattr(gpu, "INTERPRET", True)
-  monkeypatch.setattr(gpu, "GRID", ((1, 5, 2, 16, 16, "mixed", 16),))
-  monkeypatch.setattr(gpu, "SPEED_SHAPES", ((1, 16, 2, 16, 16),))
-  result = gpu.run(time.monotonic() + 600, repeats=1)
-  assert result["ok"] and result["exactness"][0]["ok"]
-  row = result["speed"][0]
-  assert set(row["ms"]) == {"pallas", "chunked", "fla"}
-  assert row["ms"]["pallas"]["fwd"] > 0 and row["rel_rms_vs_pallas"]["chunked"] < 2e-2  # bf16 inputs.

@@ -1,142 +1,307 @@
-"""One-shot GPU check of the gated delta rule: ``python -m launch.bench gpu [--out=FILE.json] [--quick]``.
+"""Go/no-go check of a GPU or TPU host: ``python -m launch.bench gpu [--out=FILE.json] [--interpret]``.
 
-On a CUDA host, in one process (about 3-6 minutes; a deadline of 7 minutes
-skips whatever is left and says so):
+Run it first on a new accelerator host. In one process (a few minutes; past
+``--deadline_s``, 7 minutes by default, what is left is skipped and counted as
+failed), on the default device:
 
-1. **Exactness of the compiled kernel.** The Pallas Triton kernel, compiled
-   (``interpret=False``), against the per-token oracle, values and all six
-   gradients (q, k, v, log_alpha, beta, initial_state, with cotangents on both
-   outputs), over the shapes of the test grid (odd T, non-power-of-two head
-   dims, gates from exactly 0 to huge decays), float32, relative RMS error
-   under the tolerance table of ``sleep_jax.testing``.
-2. **Speed.** Forward and forward+backward of the Pallas kernel, the chunked
-   XLA form and, when ``fla`` (flash-linear-attention) and ``torch`` are
-   importable, fla's Triton ``chunk_gated_delta_rule``, at B=8, H=16,
-   Dk=Dv=128, T in {1024, 4096, 16384}, bfloat16 q/k/v/beta with float32
-   log-gates and float32 state; plus the relative RMS distance of each output
-   to the Pallas kernel's at the smallest T.
+1. **Kernel.** The compiled Pallas kernel of the host's backend (Triton on a
+   GPU, Mosaic on a TPU) against the float64 oracle
+   ``sleep_jax.testing.gated_delta_oracle_float64``: output, final state and
+   the gradients of q, k, v, log_alpha, beta and the initial state (cotangents
+   on both outputs), per regime of ``testing.GATED_DELTA_REGIMES`` (random
+   keys, two keys, near-parallel keys, a 4-key alphabet, beta = 1 with
+   log_alpha = 0, log_alpha = 0, strong decay), relative RMS error under
+   ``testing.gated_delta_regime_bound``. Shapes: the test grid's
+   (``testing.GATED_DELTA_REGIME_SHAPES``: T not a multiple of the chunk,
+   non-power-of-two head dims), the same with bf16 q/k/v and float32 state,
+   and two longer ones (T = 256 at chunk 16; T = 1000, Dk = Dv = 128, chunk 64).
+2. **Training step.** The trainer's own step
+   (``sleep_jax.train.step.make_train_step`` on ``WindowedLoss``) of a small
+   ``HybridLM`` with ``gdn_impl="pallas"`` against ``"chunked"``, at N = 1 and
+   N = 4 (two consolidation windows, then an answer window): loss and every
+   parameter gradient by relative RMS error under the tolerance table's
+   float32 row. The optimizer is replaced by one that keeps the gradient as
+   its state, so the step hands its gradients back.
+3. **Speed.** Forward and forward+backward of the Pallas kernel, the chunked
+   XLA form and flash-linear-attention's Triton ``chunk_gated_delta_rule``
+   (when ``fla`` and ``torch`` with CUDA import; otherwise the row says why it
+   was skipped) at B=8, H=16, Dk=Dv=128, T in {1024, 4096, 16384}, bf16
+   q/k/v/beta with float32 log-gates and state, plus each output's relative RMS
+   distance to the Pallas kernel's. The times are for reading; the check fails
+   only if the Pallas kernel raises or returns non-finite values there.
 
-Prints one table and writes everything as JSON (``--out``). On a host without
-a CUDA device it prints the plan and exits 0.
+The last line printed is ``GO: ...`` (exit status 0) or ``NO-GO: <what
+failed>`` (exit status 1). ``--out`` writes every number as JSON.
+
+On a host without a GPU or TPU backend it says so, prints the plan and ends
+NO-GO: nothing was checked. ``--interpret`` runs the same checks with every
+Pallas kernel in interpret mode at tiny sizes: a dry run of this script (used
+by its test on CPU), which says nothing about a device.
 """
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import importlib.util
 import json
+import os
 import platform
 import time
+import traceback
 
 import jax
 import jax.numpy as jnp
 import numpy as np
 
 from launch import cli
+from sleep_jax import testing
 
-# The exactness grid: the shapes of tests/test_gated_delta.py's GRID and of
-# tests/test_gated_delta_pallas.py (B, T, H, Dk, Dv, gates, chunk).
-GRID = (
-    (2, 1, 4, 16, 100, "zero", 64),
-    (2, 63, 1, 60, 16, "strong", 64),
-    (2, 64, 4, 64, 60, "mixed", 64),
-    (2, 75, 1, 100, 64, "zero", 64),
-    (2, 75, 4, 16, 16, "strong", 32),
-    (2, 500, 1, 64, 64, "moderate", 64),
-    (2, 64, 4, 64, 60, "extreme", 64),
-    (2, 1000, 2, 128, 128, "moderate", 64),
-)
-SPEED_SHAPES = tuple((8, t, 16, 128, 128) for t in (1024, 4096, 16384))
+_ACCELERATORS = ("gpu", "cuda", "rocm", "tpu")
+
+
+@dataclasses.dataclass(frozen=True)
+class Plan:
+  """What one run checks.
+
+  Attributes:
+    kernel: ``(T, H, Dk, Dv, chunk, q/k/v dtype)`` per kernel case; each case
+      is one call over the seven regimes (B = 7).
+    model: ``ModelConfig`` fields of the training-step model (besides
+      ``gdn_impl``).
+    batch, window, n_windows: the step's batch size, window ``L`` and number
+      of windows (``T = L * n_windows``; every window but the last is a
+      consolidation window).
+    n_passes: the values of N checked.
+    speed: ``(B, T, H, Dk, Dv)`` per timed shape.
+    repeats: timed calls per program (median).
+  """
+  kernel: tuple
+  model: dict
+  batch: int
+  window: int
+  n_windows: int
+  n_passes: tuple[int, ...]
+  speed: tuple
+  repeats: int
+
+
+DEVICE = Plan(
+    # The test grid's shapes, float32 and with bf16 q/k/v, then a longer sequence and a full-size head.
+    kernel=tuple(shape + ("float32",) for shape in testing.GATED_DELTA_REGIME_SHAPES)
+    + (testing.GATED_DELTA_REGIME_SHAPES[0] + ("bfloat16",),
+       (256, 4, 64, 64, 16, "float32"), (1000, 2, 128, 128, 64, "float32")),
+    model=dict(vocab_size=64, d_model=128, n_layers=4, n_heads=4, head_dim=32, gdn_n_heads=4, gdn_head_dim=32,
+               gdn_chunk_size=32),
+    batch=8, window=48, n_windows=3, n_passes=(1, 4),
+    speed=tuple((8, t, 16, 128, 128) for t in (1024, 4096, 16384)), repeats=10)
+# The dry run: every path of the device plan, interpreted, at sizes one CPU core runs in well under a minute.
+INTERPRET = Plan(
+    kernel=((20, 1, 16, 16, 16, "float32"), (20, 1, 16, 16, 16, "bfloat16")),
+    model=dict(vocab_size=16, d_model=32, n_layers=2, n_heads=2, head_dim=16, gdn_n_heads=2, gdn_head_dim=16,
+               mlp_hidden=64, gdn_chunk_size=16),
+    batch=2, window=12, n_windows=3, n_passes=(1, 4),
+    speed=((1, 32, 2, 16, 16),), repeats=1)
 DEADLINE_S = 7 * 60
-# False: the compiled kernel (the point of this check). Tests set it to True to
-# run the same code paths on a CPU host.
-INTERPRET = False
 
 
-def _gates(rng, shape, regime):
-  if regime == "zero":
-    return np.zeros(shape)
-  if regime == "moderate":
-    return -rng.uniform(0.0, 0.5, shape)
-  if regime == "strong":
-    return -rng.uniform(1.0, 5.0, shape)
-  if regime == "mixed":
-    return np.where(rng.uniform(size=shape) < 0.05, -60.0, 0.0)
-  if regime == "extreme":
-    pos = np.arange(shape[1])[None, :, None]
-    return np.broadcast_to(np.where(pos < 8, 0.0, np.where(pos % 4 == 0, -1e4, -rng.uniform(0, 1, shape))), shape)
-  raise ValueError(regime)
+def plan_for(interpret: bool) -> Plan:
+  """The plan of a run: tiny and interpreted, or the device plan."""
+  return INTERPRET if interpret else DEVICE
 
 
-def make_inputs(b, t, h, dk, dv, gates="moderate", seed=0):
-  """float32 numpy inputs (q, k unit-norm; beta in (0, 1)) and cotangents."""
-  rng = np.random.default_rng(seed)
-
-  def unit(x):
-    return x / np.linalg.norm(x, axis=-1, keepdims=True)
-
-  args = [unit(rng.normal(size=(b, t, h, dk))), unit(rng.normal(size=(b, t, h, dk))), rng.normal(size=(b, t, h, dv)),
-          _gates(rng, (b, t, h), gates), rng.uniform(0.0, 1.0, (b, t, h)), rng.normal(size=(b, h, dk, dv))]
-  cts = [rng.normal(size=(b, t, h, dv)), rng.normal(size=(b, h, dk, dv))]
-  return [np.asarray(x, np.float32) for x in args], [np.asarray(x, np.float32) for x in cts]
-
-
-def plan() -> list[str]:
-  lines = ["exactness (compiled Pallas Triton vs the per-token oracle, values + 6 gradients, float32):"]
-  lines += [f"  B={b} T={t} H={h} Dk={dk} Dv={dv} gates={g} chunk={c}" for b, t, h, dk, dv, g, c in GRID]
+def describe(plan: Plan, backend: str, interpret: bool) -> list[str]:
+  """The plan in words, one line per item."""
+  mode = "interpreted" if interpret else "compiled"
+  lines = [f"kernel: Pallas {backend} ({mode}) vs the float64 oracle, per regime, output + final state + 6 gradients:"]
+  lines += [f"  T={t} H={h} Dk={dk} Dv={dv} chunk={c} q/k/v {dt}" for t, h, dk, dv, c, dt in plan.kernel]
+  m = plan.model
+  lines.append(f"train step: gdn_impl='pallas' vs 'chunked', d_model={m['d_model']} layers={m['n_layers']} "
+               f"GDN heads={m['gdn_n_heads']}x{m['gdn_head_dim']} chunk={m['gdn_chunk_size']}, B={plan.batch} "
+               f"L={plan.window} T={plan.window * plan.n_windows}, N in {list(plan.n_passes)}: loss + every gradient")
   lines.append("speed (fwd, fwd+bwd; bf16 q/k/v/beta, float32 gates and state): pallas, chunked (XLA), "
                "fla chunk_gated_delta_rule (Triton) when importable, at:")
-  lines += [f"  B={b} T={t} H={h} Dk={dk} Dv={dv}" for b, t, h, dk, dv in SPEED_SHAPES]
+  lines += [f"  B={b} T={t} H={h} Dk={dk} Dv={dv}" for b, t, h, dk, dv in plan.speed]
   return lines
 
 
-def _jax_rule(impl, chunk_size=64):
-  from sleep_jax.ops import gated_delta_rule  # pylint: disable=import-outside-toplevel
+def _error_text(err: BaseException) -> str:
+  text = f"{type(err).__name__}: {err}".strip()
+  return text.splitlines()[0][:300] if text else type(err).__name__
+
+
+# -- 1. the kernel against the float64 oracle -------------------------------------------------------
+def _value_and_grads(rule, args, cts):
+  """``((o, final_state), grads)`` of ``sum(o * do) + sum(S * dS)``, jitted."""
+  co, cs = cts
+
+  def loss(q, k, v, la, beta, s0):
+    o, s = rule(q, k, v, la, beta, s0)
+    return jnp.sum(o.astype(jnp.float32) * co) + jnp.sum(s * cs), (o, s)
+
+  (_, outs), grads = jax.jit(jax.value_and_grad(loss, argnums=tuple(range(6)), has_aux=True))(*args)
+  return outs, grads
+
+
+def _pallas_rule(backend, chunk_size, interpret):
   from sleep_jax.ops.gated_delta import pallas  # pylint: disable=import-outside-toplevel
-  if impl == "pallas":
-    return lambda q, k, v, la, be, s0: pallas.gated_delta_rule_pallas(
-        q, k, v, la, be, initial_state=s0, chunk_size=chunk_size, backend="triton", interpret=INTERPRET)
-  return lambda q, k, v, la, be, s0: gated_delta_rule(q, k, v, la, be, initial_state=s0, impl=impl,
-                                                       chunk_size=chunk_size)
+  return lambda q, k, v, la, be, s0: pallas.gated_delta_rule_pallas(
+      q, k, v, la, be, initial_state=s0, chunk_size=chunk_size, backend=backend, interpret=interpret)
 
 
-def _jax_programs(rule):
-  fwd = jax.jit(rule)
-
-  @jax.jit
-  def fwd_bwd(args, cts):
-    out, vjp = jax.vjp(rule, *args)
-    return out, vjp(tuple(cts))
-
-  return fwd, fwd_bwd
-
-
-def check_exactness(deadline):
-  from sleep_jax.testing import rel_rms_error, tolerance  # pylint: disable=import-outside-toplevel
+def check_kernel(plan: Plan, backend: str, interpret: bool, deadline: float) -> list[dict]:
+  """Each kernel case of ``plan`` against the float64 oracle; one row per case."""
   rows = []
-  names = ("o", "final_state", "dq", "dk", "dv", "dlog_alpha", "dbeta", "dinitial_state")
-  ref_f, ref_g = _jax_programs(_jax_rule("reference"))
-  for b, t, h, dk, dv, gates, chunk in GRID:
-    row = dict(B=b, T=t, H=h, Dk=dk, Dv=dv, gates=gates, chunk=chunk)
-    if time.monotonic() > deadline:
-      row["status"] = "skipped (deadline)"
-      rows.append(row)
-      continue
-    np_args, np_cts = make_inputs(b, t, h, dk, dv, gates, seed=t + dk)
-    args, cts = [jnp.asarray(x) for x in np_args], [jnp.asarray(x) for x in np_cts]
-    _, pal_g = _jax_programs(_jax_rule("pallas", chunk))
-    (o_r, s_r), g_r = ref_g(args, cts)
-    (o_p, s_p), g_p = pal_g(args, cts)
-    errs = {n: rel_rms_error(r, p) for n, r, p in zip(names, (o_r, s_r) + tuple(g_r), (o_p, s_p) + tuple(g_p))}
-    bounds = {n: tolerance("float32" if n in ("o", "final_state") else "float32_grad").rel_rms for n in names}
-    finite = all(bool(np.all(np.isfinite(np.asarray(x)))) for x in (o_p, s_p) + tuple(g_p))
-    row.update(rel_rms=errs, ok=finite and all(errs[n] <= bounds[n] for n in names), finite=finite)
+  for t, h, dk, dv, chunk, dtype in plan.kernel:
+    row = dict(T=t, H=h, Dk=dk, Dv=dv, chunk=chunk, dtype=dtype, ok=False)
     rows.append(row)
-    worst = max(errs, key=errs.get)
-    print(f"  {'ok  ' if row['ok'] else 'FAIL'} B={b} T={t:<5d} H={h} Dk={dk:<3d} Dv={dv:<3d} {gates:<8s} "
-          f"C={chunk}: worst rel RMS {errs[worst]:.1e} ({worst})", flush=True)
+    label = f"T={t:<4d} H={h} Dk={dk:<3d} Dv={dv:<3d} C={chunk:<2d} {dtype:<8s}"
+    if time.monotonic() > deadline:
+      row["error"] = "skipped (deadline)"
+      print(f"  SKIP {label} (deadline)", flush=True)
+      continue
+    try:
+      args, cts, oracle = testing.gated_delta_regime_case(t + dk + dv, t, h, dk, dv, jnp.dtype(dtype))
+      (o, s), grads = _value_and_grads(_pallas_rule(backend, chunk, interpret), args, cts)
+      errors = testing.gated_delta_regime_errors((o, s, grads), oracle)
+    except Exception as err:  # pylint: disable=broad-except
+      row["error"] = _error_text(err)
+      row["traceback"] = traceback.format_exc()
+      print(f"  FAIL {label} raised {row['error']}", flush=True)
+      continue
+    bound = {name: testing.gated_delta_regime_bound(name, jnp.dtype(dtype)) for name in testing.GATED_DELTA_OUTPUTS}
+    row["bound"] = bound
+    row["rel_rms"] = {regime: {name: errors[(regime, name)] for name in testing.GATED_DELTA_OUTPUTS}
+                      for regime in testing.GATED_DELTA_REGIMES}
+    row["failed"] = [f"{regime} {name} {err:.1e} > {bound[name]:.0e}"
+                     for (regime, name), err in errors.items() if not err <= bound[name]]
+    row["ok"] = not row["failed"]
+    worst = max(errors, key=lambda key: errors[key] / bound[key[1]])
+    row["worst"] = dict(regime=worst[0], output=worst[1], rel_rms=errors[worst], bound=bound[worst[1]])
+    print(f"  {'ok  ' if row['ok'] else 'FAIL'} {label} worst {errors[worst]:.1e} "
+          f"({worst[0]} {worst[1]}, bound {bound[worst[1]]:.0e})", flush=True)
+    for line in row["failed"][:8]:
+      print(f"       {line}")
   return rows
 
 
+# -- 2. the training step, pallas against chunked ---------------------------------------------------
+def _gradient_keeper():
+  """An optimizer that keeps the last gradient as its state and updates nothing.
+
+  With it, the trainer's own step returns its gradients (in the new
+  optimizer state) without changing the parameters.
+  """
+  import optax  # pylint: disable=import-outside-toplevel
+
+  def update(grads, state, params=None):
+    del state, params
+    return jax.tree.map(jnp.zeros_like, grads), grads
+
+  return optax.GradientTransformation(lambda params: jax.tree.map(jnp.zeros_like, params), update)
+
+
+def _step_batch(plan: Plan, vocab: int) -> dict:
+  rng = np.random.default_rng(0)
+  t = plan.window * plan.n_windows
+  tokens = rng.integers(0, vocab, (plan.batch, t + 1))
+  mask = np.zeros((plan.batch, t), np.float32)
+  mask[:, -plan.window:] = 1.0  # the answer window; the windows before it consolidate
+  return dict(tokens=jnp.asarray(tokens[:, :-1], jnp.int32), targets=jnp.asarray(tokens[:, 1:], jnp.int32),
+              loss_mask=jnp.asarray(mask))
+
+
+class _StepRunner:
+  """The plan's model, initialised once, and the trainer's step for any ``gdn_impl`` and N.
+
+  Every implementation starts from the same parameters and optimizer state
+  (the GDN implementation is not a parameter: only the graph definition
+  differs).
+  """
+
+  def __init__(self, plan: Plan):
+    # pylint: disable=import-outside-toplevel
+    from flax import nnx
+    from sleep_jax import HybridLM, ModelConfig
+    from sleep_jax.train import state as state_lib
+    self.plan = plan
+    self.tx = _gradient_keeper()
+    config = lambda impl: ModelConfig(gdn_impl=impl, **plan.model)  # pylint: disable=unnecessary-lambda-assignment
+    _, self.state = state_lib.create_train_state(lambda rngs: HybridLM(config("chunked"), rngs=rngs), self.tx,
+                                                 seed=0)
+    self.graphdef = {impl: nnx.graphdef(nnx.eval_shape(lambda impl=impl: HybridLM(config(impl), rngs=nnx.Rngs(0))))
+                     for impl in ("chunked", "pallas")}
+
+  def __call__(self, impl: str, n_passes: int, batch: dict):
+    """``(metrics, grads)`` of one step with ``gdn_impl=impl`` at N = ``n_passes``."""
+    # pylint: disable=import-outside-toplevel
+    from sleep_jax import SleepConfig, WindowedLoss
+    from sleep_jax.train import step as step_lib
+    loss = WindowedLoss(SleepConfig(window=self.plan.window, n_passes=n_passes))
+    step = jax.jit(step_lib.make_train_step(loss, self.tx, self.graphdef[impl]))
+    new_state, metrics = step(self.state, batch)
+    return jax.device_get(metrics), jax.device_get(new_state.opt_state)
+
+
+def check_train_step(plan: Plan, deadline: float) -> list[dict]:
+  """The trainer's step with ``gdn_impl="pallas"`` against ``"chunked"``, one row per N."""
+  # Both implementations compute the same float32 function, so loss and gradients differ by rounding alone
+  # (measured <= 6e-6 on the device plan's model, interpreted): the float32 row (2e-4) for both. A model whose
+  # Pallas rule wrote with 0.99 beta measured 3e-3, only 3x over float32_grad's 1e-3.
+  loss_bound = grad_bound = testing.tolerance("float32").rel_rms
+  batch = _step_batch(plan, plan.model["vocab_size"])
+  runner = None
+  rows = []
+  for n in plan.n_passes:
+    row = dict(n_passes=n, ok=False, loss_bound=loss_bound, grad_bound=grad_bound)
+    rows.append(row)
+    if time.monotonic() > deadline:
+      row["error"] = "skipped (deadline)"
+      print(f"  SKIP N={n} (deadline)", flush=True)
+      continue
+    try:
+      # Both implementations at full float32 matmul precision: on a GPU the
+      # default lets XLA use TF32 in the model's other matmuls, whose rounding
+      # would swamp the GDN implementations' float32 differences.
+      with jax.default_matmul_precision("float32"):
+        runner = runner or _StepRunner(plan)
+        m_ref, g_ref = runner("chunked", n, batch)
+        m_pal, g_pal = runner("pallas", n, batch)
+    except Exception as err:  # pylint: disable=broad-except
+      row["error"] = _error_text(err)
+      row["traceback"] = traceback.format_exc()
+      print(f"  FAIL N={n} raised {row['error']}", flush=True)
+      continue
+    failed = []
+    loss_err = abs(float(m_pal["loss"]) - float(m_ref["loss"])) / max(abs(float(m_ref["loss"])), 1e-30)
+    row["loss"] = dict(chunked=float(m_ref["loss"]), pallas=float(m_pal["loss"]), rel_err=loss_err)
+    if not loss_err <= loss_bound:
+      failed.append(f"loss {loss_err:.1e} > {loss_bound:.0e}")
+    grads = {}
+    for (path, r), p in zip(jax.tree_util.tree_flatten_with_path(g_ref)[0], jax.tree.leaves(g_pal)):
+      name = jax.tree_util.keystr(path)
+      grads[name] = testing.rel_rms_error(r, p) if np.all(np.isfinite(p)) else float("inf")
+      if not grads[name] <= grad_bound:
+        failed.append(f"grad {name} {grads[name]:.1e} > {grad_bound:.0e}")
+    row["grad_rel_rms"] = grads
+    for flag in ("loss_finite", "grads_finite"):
+      if not (bool(m_ref[flag]) and bool(m_pal[flag])):
+        failed.append(f"{flag} false")
+    # N > 1 must have slept, or it checked nothing beyond N = 1.
+    row["sleep_windows"] = float(m_pal["sleep/sleep_windows"])
+    row["passes"] = float(m_pal["sleep/passes"])
+    if n > 1 and not (row["sleep_windows"] > 0 and row["passes"] == n):
+      failed.append(f"no window slept {n} passes (sleep/passes {row['passes']}, windows {row['sleep_windows']})")
+    row["failed"] = failed
+    row["ok"] = not failed
+    worst = max(grads, key=grads.get)
+    print(f"  {'ok  ' if row['ok'] else 'FAIL'} N={n}: loss {float(m_pal['loss']):.6f} (rel {loss_err:.1e}), "
+          f"{len(grads)} gradients, worst rel RMS {grads[worst]:.1e} ({worst})", flush=True)
+    for line in failed[:8]:
+      print(f"       {line}")
+  return rows
+
+
+# -- 3. speed ---------------------------------------------------------------------------------------
 def _median_ms(fn, sync, repeats):
   sync(fn())  # Compile / autotune.
   times = []
@@ -147,16 +312,48 @@ def _median_ms(fn, sync, repeats):
   return 1e3 * float(np.median(times))
 
 
-def _fla_programs(np_args, np_cts):
+def _time_jax(rule, args, cts, repeats):
+  """``({"fwd": ms, "fwd_bwd": ms}, (o, final_state))`` of a JAX rule ``(q, k, v, la, beta, s0)``."""
+  fwd = jax.jit(rule)
+
+  @jax.jit
+  def fwd_bwd(args, cts):
+    out, vjp = jax.vjp(rule, *args)
+    return out, vjp(tuple(cts))
+
+  ms = dict(fwd=_median_ms(lambda: fwd(*args), jax.block_until_ready, repeats),
+            fwd_bwd=_median_ms(lambda: fwd_bwd(args, cts), jax.block_until_ready, repeats))
+  return ms, fwd(*args)
+
+
+def _speed_inputs(b, t, h, dk, dv):
+  """float32 numpy inputs (q, k unit-norm; beta in (0, 1); log-gates in (-0.5, 0)) and cotangents."""
+  rng = np.random.default_rng(1)
+  unit = lambda x: x / np.linalg.norm(x, axis=-1, keepdims=True)  # pylint: disable=unnecessary-lambda-assignment
+  args = [unit(rng.normal(size=(b, t, h, dk))), unit(rng.normal(size=(b, t, h, dk))), rng.normal(size=(b, t, h, dv)),
+          -rng.uniform(0.0, 0.5, (b, t, h)), rng.uniform(0.0, 1.0, (b, t, h)), rng.normal(size=(b, h, dk, dv))]
+  cts = [rng.normal(size=(b, t, h, dv)), rng.normal(size=(b, h, dk, dv))]
+  return [np.asarray(x, np.float32) for x in args], [np.asarray(x, np.float32) for x in cts]
+
+
+def fla_skip_reason() -> str | None:
+  """Why fla's Triton kernel cannot be timed here, or ``None`` when it can."""
   if importlib.util.find_spec("torch") is None or importlib.util.find_spec("fla") is None:
-    return "not importable (pip install fla-core; torch must see the GPU)"
+    missing = [m for m in ("torch", "fla") if importlib.util.find_spec(m) is None]
+    return f"{' and '.join(missing)} not importable (pip install fla-core; torch must see the GPU)"
   try:
     import torch  # pylint: disable=import-outside-toplevel
-    from fla.ops.gated_delta_rule import chunk_gated_delta_rule  # pylint: disable=import-outside-toplevel
+    from fla.ops.gated_delta_rule import chunk_gated_delta_rule  # pylint: disable=import-outside-toplevel,unused-import
   except Exception as err:  # pylint: disable=broad-except
-    return f"not importable ({type(err).__name__}: {err})"
+    return f"not importable ({_error_text(err)})"
   if not torch.cuda.is_available():
     return "torch sees no CUDA device"
+  return None
+
+
+def _fla_programs(np_args, np_cts):
+  import torch  # pylint: disable=import-outside-toplevel
+  from fla.ops.gated_delta_rule import chunk_gated_delta_rule  # pylint: disable=import-outside-toplevel
   dev = torch.device("cuda")
   bf = torch.bfloat16
   q, k, v, g, beta, s0 = (torch.from_numpy(x).to(dev) for x in np_args)
@@ -180,77 +377,177 @@ def _fla_programs(np_args, np_cts):
   return fwd, fwd_bwd, sync
 
 
-def time_speed(deadline, repeats):
+def time_speed(plan: Plan, backend: str, interpret: bool, deadline: float) -> list[dict]:
+  """fwd and fwd+bwd milliseconds of pallas, chunked and fla at each speed shape."""
+  from sleep_jax.ops import gated_delta_rule  # pylint: disable=import-outside-toplevel
+  rules = dict(pallas=_pallas_rule(backend, 64 if not interpret else 16, interpret),
+               chunked=lambda q, k, v, la, be, s0: gated_delta_rule(q, k, v, la, be, initial_state=s0,
+                                                                    impl="chunked", chunk_size=64))
+  fla_reason = fla_skip_reason()
   rows = []
-  for b, t, h, dk, dv in SPEED_SHAPES:
-    np_args, np_cts = make_inputs(b, t, h, dk, dv, "moderate", seed=1)
+  for b, t, h, dk, dv in plan.speed:
+    np_args, np_cts = _speed_inputs(b, t, h, dk, dv)
     bf = jnp.bfloat16
     args = [jnp.asarray(x, bf) for x in np_args[:3]] + [jnp.asarray(np_args[3]), jnp.asarray(np_args[4], bf),
                                                         jnp.asarray(np_args[5])]
     cts = [jnp.asarray(np_cts[0], bf), jnp.asarray(np_cts[1])]
-    row = dict(B=b, T=t, H=h, Dk=dk, Dv=dv, ms={})
+    row = dict(B=b, T=t, H=h, Dk=dk, Dv=dv, ms={}, ok=True)
+    rows.append(row)
     outs = {}
-    for name in ("pallas", "chunked"):
+    for name, rule in rules.items():
       if time.monotonic() > deadline:
         row["ms"][name] = "skipped (deadline)"
         continue
-      fwd, fwd_bwd = _jax_programs(_jax_rule(name))
-      sync = jax.block_until_ready
-      row["ms"][name] = dict(fwd=_median_ms(lambda: fwd(*args), sync, repeats),  # pylint: disable=cell-var-from-loop
-                             fwd_bwd=_median_ms(lambda: fwd_bwd(args, cts), sync, repeats))  # pylint: disable=cell-var-from-loop
-      outs[name] = np.asarray(fwd(*args)[0], np.float32)
-    fla = _fla_programs(np_args, np_cts) if time.monotonic() < deadline else "skipped (deadline)"
-    if isinstance(fla, str):
-      row["ms"]["fla"] = fla
+      try:
+        row["ms"][name], (o, s) = _time_jax(rule, args, cts, plan.repeats)
+        outs[name] = np.asarray(o, np.float32)
+        if name == "pallas" and not (np.all(np.isfinite(outs[name])) and np.all(np.isfinite(np.asarray(s)))):
+          row["ok"] = False
+          row["error"] = "pallas: non-finite output"
+      except Exception as err:  # pylint: disable=broad-except
+        row["ms"][name] = f"error: {_error_text(err)}"
+        if name == "pallas":
+          row["ok"] = False
+          row["error"] = f"pallas raised {_error_text(err)}"
+    if fla_reason is not None:
+      row["ms"]["fla"] = f"skipped: {fla_reason}"
+    elif time.monotonic() > deadline:
+      row["ms"]["fla"] = "skipped (deadline)"
     else:
-      fwd, fwd_bwd, sync = fla
-      row["ms"]["fla"] = dict(fwd=_median_ms(fwd, sync, repeats), fwd_bwd=_median_ms(fwd_bwd, sync, repeats))
-      outs["fla"] = fwd()[0].float().cpu().numpy()
+      try:
+        fwd, fwd_bwd, sync = _fla_programs(np_args, np_cts)
+        row["ms"]["fla"] = dict(fwd=_median_ms(fwd, sync, plan.repeats),
+                                fwd_bwd=_median_ms(fwd_bwd, sync, plan.repeats))
+        outs["fla"] = fwd()[0].float().cpu().numpy()
+      except Exception as err:  # pylint: disable=broad-except
+        row["ms"]["fla"] = f"error: {_error_text(err)}"
     if "pallas" in outs:
       ref = outs["pallas"]
       row["rel_rms_vs_pallas"] = {n: float(np.linalg.norm(o - ref) / max(np.linalg.norm(ref), 1e-30))
                                   for n, o in outs.items() if n != "pallas"}
-    rows.append(row)
     cells = "  ".join(f"{n}: {c['fwd']:.2f} / {c['fwd_bwd']:.2f}" if isinstance(c, dict) else f"{n}: {c}"
                       for n, c in row["ms"].items())
-    print(f"  B={b} T={t:<6d} H={h} D={dk}  fwd / fwd+bwd ms   {cells}", flush=True)
+    print(f"  {'ok  ' if row['ok'] else 'FAIL'} B={b} T={t:<6d} H={h} D={dk}  fwd / fwd+bwd ms   {cells}", flush=True)
   return rows
 
 
-def run(deadline, repeats, skip_speed=False):
-  """Both parts on the default device; returns the JSON-able result."""
-  result = dict(exactness=check_exactness(deadline))
-  if not skip_speed:
-    print("speed: B=8 H=16 Dk=Dv=128, bf16 inputs, float32 gates and state")
-    result["speed"] = time_speed(deadline, repeats)
-  result["ok"] = all(r.get("ok", False) for r in result["exactness"] if "rel_rms" in r)
-  return result
+# -- the verdict ------------------------------------------------------------------------------------
+def verdict(result: dict) -> tuple[bool, list[str]]:
+  """``(go, failed)`` from a result: every kernel and train-step row ok, and the speed rows' Pallas runs."""
+  failed = []
+  for row in result.get("kernel", []):
+    if not row["ok"]:
+      failed.append(f"kernel T={row['T']} Dk={row['Dk']} Dv={row['Dv']} C={row['chunk']} {row['dtype']}"
+                    + (f" ({row['error']})" if "error" in row else f" ({len(row['failed'])} outputs over the bound)"))
+  for row in result.get("train_step", []):
+    if not row["ok"]:
+      failed.append(f"train step N={row['n_passes']}" + (f" ({row['error']})" if "error" in row
+                                                         else f" ({'; '.join(row['failed'][:3])})"))
+  for row in result.get("speed", []):
+    if not row["ok"]:
+      failed.append(f"speed T={row['T']} ({row['error']})")
+  if not result.get("kernel") or not result.get("train_step"):
+    failed.append("a check did not run")
+  return not failed, failed
 
 
-def main(argv):
+def host_info() -> dict:
+  """Where this runs: host, backend, device, versions and the XLA flags in force."""
+  import jaxlib  # pylint: disable=import-outside-toplevel
+  devices = jax.devices()
+  return dict(host=platform.node(), backend=jax.default_backend(), device=str(devices[0].device_kind),
+              devices=len(devices), jax=jax.__version__, jaxlib=jaxlib.__version__,
+              python=platform.python_version(), xla_flags=os.environ.get("XLA_FLAGS", ""))
+
+
+def main(argv) -> int:
+  """Runs the check (see the module docstring); returns the exit status, 0 for GO and 1 for NO-GO."""
   parser = argparse.ArgumentParser(prog="python -m launch.bench gpu", description=__doc__.splitlines()[0])
   parser.add_argument("--out", default=None, type=cli.user_path, help="write the results as JSON here")
-  parser.add_argument("--repeats", type=int, default=10)
-  parser.add_argument("--skip-speed", action="store_true")
+  parser.add_argument("--interpret", action="store_true",
+                      help="run every Pallas kernel in interpret mode at tiny sizes (a CPU dry run of this script)")
+  parser.add_argument("--skip_speed", "--skip-speed", action="store_true", help="skip the timings")
+  parser.add_argument("--deadline_s", type=float, default=DEADLINE_S,
+                      help="skip (and fail) what is left after this many seconds")
   args = parser.parse_args(argv)
   start = time.monotonic()
-  deadline = start + DEADLINE_S
-  gpus = [d for d in jax.devices() if d.platform == "gpu"] if jax.default_backend() == "gpu" else []
-  if not gpus:
-    print(f"gpu check: no CUDA device (jax.default_backend() is {jax.default_backend()!r}); nothing run. "
-          "On a CUDA host this would run:")
-    print("\n".join(plan()))
-    return 0
-  result = dict(host=platform.node(), device=str(gpus[0].device_kind), jax=jax.__version__,
-                python=platform.python_version())
-  print(f"gpu check | {result['device']} | jax {jax.__version__} | python {result['python']}")
-  print("exactness: compiled Pallas Triton vs the per-token oracle (values and gradients)")
-  result.update(run(deadline, args.repeats, args.skip_speed))
+  deadline = start + args.deadline_s
+  from sleep_jax.ops.gated_delta import pallas  # pylint: disable=import-outside-toplevel
+  info = host_info()
+  accelerator = info["backend"] in _ACCELERATORS
+  backend = pallas.resolve_backend(None)
+  plan = plan_for(args.interpret)
+  result = dict(info, mode="interpret" if args.interpret else "compiled", pallas_backend=backend)
+  print(f"accelerator check | {info['device']} x{info['devices']} ({info['backend']}) | jax {info['jax']} | "
+        f"python {info['python']} | XLA_FLAGS={info['xla_flags'] or '(unset)'}")
+  if not accelerator and not args.interpret:
+    line = (f"NO-GO: no GPU or TPU backend found (jax.default_backend() is {info['backend']!r}); nothing was "
+            "checked. --interpret runs the same checks interpreted at tiny sizes (a dry run of this script)")
+    print(f"no GPU or TPU backend found: jax.default_backend() is {info['backend']!r}. On an accelerator host "
+          "this would run:")
+    print("\n".join(describe(plan_for(False), "triton (GPU) / mosaic (TPU)", False)))
+    result.update(go=False, failed=["no GPU or TPU backend"], summary=line)
+    _write(args.out, result)
+    print(line)
+    return 1
+  if args.interpret:
+    print(f"interpret mode: a dry run of this script at tiny sizes"
+          f"{'' if accelerator else ' (no GPU or TPU backend found)'}; it checks nothing about a device")
+  print("\n".join(describe(plan, backend, args.interpret)))
+  seconds = result["seconds"] = {}
+  t0 = time.monotonic()
+  print("kernel:")
+  result["kernel"] = check_kernel(plan, backend, args.interpret, deadline)
+  seconds["kernel"] = time.monotonic() - t0
+  t0 = time.monotonic()
+  print("train step (pallas vs chunked):")
+  result["train_step"] = check_train_step(plan, deadline)
+  result["train_step_pallas_interpret"] = pallas.resolve_interpret(None, backend)
+  seconds["train_step"] = time.monotonic() - t0
+  t0 = time.monotonic()
+  if args.skip_speed:
+    result["speed"] = []
+    print("speed: skipped (--skip_speed)")
+  else:
+    print(f"speed (fwd / fwd+bwd ms, median of {plan.repeats}):")
+    result["speed"] = time_speed(plan, backend, args.interpret, deadline)
+    result["fla"] = fla_skip_reason() or "timed"
+  seconds["speed"] = time.monotonic() - t0
   result["elapsed_s"] = time.monotonic() - start
-  ok = result["ok"]
-  print(f"exactness: {'all ok' if ok else 'FAILURES (see above)'}; elapsed {result['elapsed_s']:.0f} s")
-  if args.out:
-    with open(args.out, "w", encoding="utf-8") as f:
-      json.dump(result, f, indent=1, default=str)
-    print(f"wrote {args.out}")
-  return 0 if ok else 1
+  go, failed = verdict(result)
+  n_kernel = sum(r["ok"] for r in result["kernel"])
+  n_step = sum(r["ok"] for r in result["train_step"])
+  where = (f"interpret-mode dry run on {info['backend']}, not a device check" if args.interpret
+           else f"compiled Pallas {backend} on {info['device']}")
+  if go:
+    line = (f"GO: kernel {n_kernel}/{len(result['kernel'])} cases within the float64-oracle bounds, train step "
+            f"pallas = chunked at N in {list(plan.n_passes)}; {where}; {result['elapsed_s']:.0f} s")
+  else:
+    line = f"NO-GO: {'; '.join(failed)} [{where}]"
+  result.update(go=go, failed=failed, summary=line,
+                counts=dict(kernel_ok=n_kernel, kernel=len(result["kernel"]), train_step_ok=n_step,
+                            train_step=len(result["train_step"])))
+  _write(args.out, result)
+  print(line)
+  return 0 if go else 1
+
+
+def _jsonable(x):
+  """``x`` with non-finite floats as strings ("inf", "nan"), which strict JSON has no words for."""
+  if isinstance(x, dict):
+    return {str(k): _jsonable(v) for k, v in x.items()}
+  if isinstance(x, (list, tuple)):
+    return [_jsonable(v) for v in x]
+  if isinstance(x, (float, np.floating)):
+    return float(x) if np.isfinite(x) else str(float(x))
+  if isinstance(x, (np.integer, np.bool_)):
+    return x.item()
+  return x
+
+
+def _write(path, result) -> None:
+  if not path:
+    return
+  with open(path, "w", encoding="utf-8") as f:
+    json.dump(_jsonable(result), f, indent=1, default=str, allow_nan=False)
+  print(f"wrote {path}")
