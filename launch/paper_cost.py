@@ -29,7 +29,21 @@ or takes more than ``--row_limit_s`` is reported as such and the others still
 run. Before a step runs, XLA's memory analysis of the compiled step is
 compared with the memory available; a step that would not fit is reported
 instead of run. Compiled steps go to the persistent compilation cache, as
-with ``launch.train``, so a rerun skips most compiles.
+with ``launch.train``, so a rerun skips most compiles (run with
+``SLEEP_JAX_COMPILATION_CACHE=`` set empty for compile times that are compiles).
+
+Peak memory: after the timed steps, the same step is lowered and compiled
+at the *paper's* batch from abstract inputs (``jax.ShapeDtypeStruct``: the
+state's shapes and shardings, the batch's with its leading axis set to the
+paper batch), so nothing of paper size is allocated or run. Its peak is
+XLA's compiled memory analysis, ``argument + output + temp - alias`` bytes
+(:class:`StepMemory`): parameters, optimizer state and batch in, the new
+state and metrics out, less the donated input buffers the outputs reuse,
+plus scratch; generated code is not counted. This compile is held to
+``--compile_limit_s`` too; past it the row keeps its timing and reports the
+paper-batch figure as not measured. The figure is the CPU compiler's buffer
+assignment, an estimate of what one step needs on an accelerator, not a
+measurement there.
 """
 from __future__ import annotations
 
@@ -226,10 +240,21 @@ def format_count(x: float) -> str:
   return f"{x:.3g}"
 
 
+def format_bytes(n: float | None) -> str:
+  """``3.5 * 2**30`` -> ``"3.5 GiB"`` (KiB, MiB, GiB, TiB); ``"-"`` for ``None``."""
+  if n is None:
+    return "-"
+  for unit, size in (("TiB", 2**40), ("GiB", 2**30), ("MiB", 2**20), ("KiB", 2**10)):
+    if n >= size:
+      return f"{n / size:.3g} {unit}"
+  return f"{n:.0f} B"
+
+
 COLUMNS = (("config", "<"), ("N", ">"), ("paper B", ">"), ("CPU B", ">"), ("wall s/step", ">"),
            ("core-s/step", ">"), ("timed", ">"), ("FLOP/step CPU B", ">"), ("FLOP/step paper B", ">"),
            ("GFLOP/core-s", ">"), ("paper steps", ">"), ("paper tokens", ">"),
-           ("compile core-s", ">"), ("CPU run, core-time (extrapolated)", ">"), ("accel run (estimate)", ">"))
+           ("compile core-s", ">"), ("peak mem CPU B", ">"), ("peak mem paper B", ">"),
+           ("CPU run, core-time (extrapolated)", ">"), ("accel run (estimate)", ">"))
 
 
 def table_row(row: dict) -> list[str]:
@@ -242,9 +267,16 @@ def table_row(row: dict) -> list[str]:
     wall, core = f"{ex.cpu_step_s:.3g}", f"{ex.cpu_step_core_s:.3g}"
     timed = str(row["timed_steps"]) if row["timed_steps"] else "1*"
     rate, cpu_run = f"{ex.cpu_flops_per_core_s / 1e9:.1f}", format_duration(ex.cpu_run_core_s)
+  # "-": not in the row (a result file from before the column, or a row that failed earlier);
+  # "n/a": tried and not obtained (the reason is listed under the table).
+  if row.get("paper_step_memory"):
+    paper_mem = format_bytes(row["paper_step_memory"]["peak_bytes"])
+  else:
+    paper_mem = "n/a" if row.get("paper_memory_error") else "-"
   return [row["label"], str(row["n_passes"]), str(ex.paper_batch), str(ex.cpu_batch), wall, core, timed,
           format_count(ex.cpu_step_flops), format_count(ex.paper_step_flops), rate, f"{ex.num_steps:,}",
-          format_count(ex.run_tokens), compile_core, cpu_run, format_duration(ex.accel_run_s)]
+          format_count(ex.run_tokens), compile_core, format_bytes(row.get("step_bytes")), paper_mem, cpu_run,
+          format_duration(ex.accel_run_s)]
 
 
 def format_table(rows: Sequence[dict]) -> str:
@@ -257,6 +289,8 @@ def format_table(rows: Sequence[dict]) -> str:
     if k == 0:
       lines.append("  ".join("-" * w for w in widths))
   notes = [f"  {r['label']} N={r['n_passes']}: {r['error']}" for r in rows if r.get("error")]
+  notes += [f"  {r['label']} N={r['n_passes']} peak mem paper B: {r['paper_memory_error']}"
+            for r in rows if r.get("paper_memory_error")]
   if notes:
     lines += ["", "not measured:", *notes]
   lines += ["", "commands (paper batch, as shipped):"]
@@ -264,13 +298,20 @@ def format_table(rows: Sequence[dict]) -> str:
   return "\n".join(lines)
 
 
-def header(*, accel_tflops: float, load: Sequence[float], cores: int, backend: str) -> str:
-  """What the numbers are and are not: measured, extrapolated, assumed; how loaded the CPU was."""
+def header(*, accel_tflops: float, load: Sequence[float], cores: int, backend: str, cpus_allowed: int | None = None,
+           nice: int | None = None) -> str:
+  """What the numbers are and are not: measured, extrapolated, assumed; how loaded the CPU was.
+
+  ``cpus_allowed`` (the cores the run was pinned to) and ``nice`` are said
+  when known (result files from before they were recorded lack them).
+  """
   mfu = accel_tflops / 990.0
+  pinned = f"; this ran pinned to {cpus_allowed} of them" if cpus_allowed and cpus_allowed < cores else ""
+  niced = f", at nice {nice}" if nice else ""
   return "\n".join([
       f"Paper configs: the trainer's step measured on {backend} ({cores} cores) at a reduced batch (CPU B).",
       f"The machine was loaded by other jobs (load average {min(load):.1f}-{max(load):.1f} on {cores} cores "
-      "during the measurements) and this ran niced: the numbers are rough.",
+      f"during the measurements{pinned}{niced}): the numbers are rough.",
       "wall s/step: measured wall time per step as loaded. core-s/step: this process's CPU seconds per step (all "
       "its threads), which the load inflates far less; an idle machine takes between core-s/cores and core-s.",
       "FLOPs: analytic training FLOPs (launch.sweep_flops: forward + backward, remat not counted). "
@@ -283,17 +324,35 @@ def header(*, accel_tflops: float, load: Sequence[float], cores: int, backend: s
       "FLOPs: read its estimate as a lower bound.",
       "timed: steps timed after compile and one warm-up step (1*: only the first step after compile, "
       "which includes one-off overhead, timed because a step took longer than the time budget).",
+      "peak mem: XLA's compiled memory analysis of one training step, argument + output + temp - alias bytes "
+      "(state and batch in, new state and metrics out, less the donated buffers reused, plus scratch; code not "
+      "counted), at the CPU batch (the step timed) and at the paper batch (compiled from abstract shapes, not "
+      "run). The CPU compiler's buffer assignment: an estimate for an accelerator, not measured there. "
+      "'-': not in the result (an older file, or the row failed first); n/a: tried, reason below.",
   ])
+
+
+def commits_line(rows: Sequence[dict]) -> str:
+  """Which code the rows measured: ``"code: commit abc (3 rows), not recorded (2 rows)"``."""
+  counts = {}
+  for r in rows:
+    key = f"commit {r['commit']}" if r.get("commit") else "not recorded"
+    counts[key] = counts.get(key, 0) + 1
+  return "code measured: " + ", ".join(f"{k} ({n} row{'s' * (n != 1)})" for k, n in counts.items())
 
 
 def report(doc: dict) -> str:
   """The header and the table of a result document (what ``--json`` writes)."""
-  return header(accel_tflops=doc["accel_tflops"], load=doc["load_average"], cores=doc["cores"],
-                backend=doc["backend"]) + "\n\n" + format_table(doc["rows"])
+  return (header(accel_tflops=doc["accel_tflops"], load=doc["load_average"], cores=doc["cores"],
+                 backend=doc["backend"], cpus_allowed=doc.get("cpus_allowed"), nice=doc.get("nice"))
+          + "\n" + commits_line(doc["rows"]) + "\n\n" + format_table(doc["rows"]))
 
 
 def merge_reports(docs: Sequence[dict]) -> dict:
   """One result document from several runs' (rows in order, every load average kept).
+
+  A row of the same config and ``N`` as an earlier one is a rerun: it takes
+  the earlier row's place.
 
   Raises:
     ValueError: for no documents, or documents that assume different
@@ -304,8 +363,14 @@ def merge_reports(docs: Sequence[dict]) -> dict:
   for key in ("accel_tflops", "cores", "backend"):
     if len({json.dumps(d[key]) for d in docs}) > 1:
       raise ValueError(f"the documents differ in {key!r}: {[d[key] for d in docs]}")
-  return {**docs[0], "cpu_batch": [d["cpu_batch"] for d in docs],
-          "load_average": [x for d in docs for x in d["load_average"]], "rows": [r for d in docs for r in d["rows"]]}
+  # Pinning and niceness are said only when every run shares them (older files lack them).
+  shared = {key: docs[0].get(key) if len({json.dumps(d.get(key)) for d in docs}) == 1 else None
+            for key in ("cpus_allowed", "nice")}
+  rows = {}
+  for row in (r for d in docs for r in d["rows"]):
+    rows[row["label"], row["n_passes"]] = row  # a rerun keeps the first run's place in the order
+  return {**docs[0], **shared, "cpu_batch": [d["cpu_batch"] for d in docs],
+          "load_average": [x for d in docs for x in d["load_average"]], "rows": list(rows.values())}
 
 
 def make_row(paper: PaperConfig, n_passes: int, *, config_n_passes: int, paper_batch: int, cpu_batch: int,
@@ -337,16 +402,77 @@ def _mem_available() -> int | None:
   return None
 
 
-def _step_bytes(compiled) -> int | None:
-  try:
-    m = compiled.memory_analysis()
-    return int(m.argument_size_in_bytes + m.output_size_in_bytes - m.alias_size_in_bytes + m.temp_size_in_bytes)
-  except Exception:  # noqa: BLE001  (not every backend / version reports it)
-    return None
+@dataclasses.dataclass(frozen=True)
+class StepMemory:
+  """XLA's compiled memory analysis of one step, in bytes.
+
+  Attributes:
+    argument_bytes: the inputs (state and batch).
+    output_bytes: the outputs (new state and metrics).
+    alias_bytes: outputs written into donated input buffers (counted in
+      both of the above, held once).
+    temp_bytes: scratch buffers, after XLA's liveness-based reuse.
+    generated_code_bytes: the executable's code (not part of the peak).
+  """
+  argument_bytes: int
+  output_bytes: int
+  alias_bytes: int
+  temp_bytes: int
+  generated_code_bytes: int
+
+  @property
+  def peak_bytes(self) -> int:
+    """``argument + output + temp - alias``: everything the step holds at once, at most."""
+    return self.argument_bytes + self.output_bytes + self.temp_bytes - self.alias_bytes
+
+  @classmethod
+  def of(cls, compiled) -> StepMemory | None:
+    """The analysis of a ``jax.stages.Compiled``; ``None`` where the backend reports none."""
+    try:
+      m = compiled.memory_analysis()
+    except Exception:  # noqa: BLE001  (not every backend / version reports it)
+      return None
+    if m is None:
+      return None
+    return cls(argument_bytes=int(m.argument_size_in_bytes), output_bytes=int(m.output_size_in_bytes),
+               alias_bytes=int(m.alias_size_in_bytes), temp_bytes=int(m.temp_size_in_bytes),
+               generated_code_bytes=int(m.generated_code_size_in_bytes))
+
+  def to_json(self) -> dict:
+    return {**dataclasses.asdict(self), "peak_bytes": self.peak_bytes}
 
 
-def measure(path: str, overrides: Sequence[str], *, steps: int, budget_s: float,
-            compile_guard: Callable[[], ContextManager] = contextlib.nullcontext) -> dict:
+def abstract_step_args(state, batch: dict, batch_size: int) -> tuple:
+  """``(state, batch)`` as ``jax.ShapeDtypeStruct``s, the batch's leading axis set to ``batch_size``.
+
+  Shardings are kept, so the step lowers as it does on the arrays given.
+  Every batch entry is split along its leading (batch) axis (``parallel.shard_batch``).
+  """
+  import jax
+  struct = lambda x, shape: jax.ShapeDtypeStruct(shape, x.dtype, sharding=getattr(x, "sharding", None))
+  return (jax.tree.map(lambda x: struct(x, x.shape), state),
+          {k: struct(v, (batch_size, *v.shape[1:])) for k, v in batch.items()})
+
+
+def step_memory_at_batch(step_fn, state, batch: dict, batch_size: int) -> StepMemory | None:
+  """Peak memory of ``step_fn(state, batch)`` at ``batch_size``, compiled from abstract inputs, not run.
+
+  Args:
+    step_fn: the jitted step (``jax.jit`` output: has ``.lower``).
+    state: the state (arrays or ``ShapeDtypeStruct``s).
+    batch: one batch at any batch size (arrays or ``ShapeDtypeStruct``s).
+    batch_size: the batch size to compile for.
+  """
+  return StepMemory.of(step_fn.lower(*abstract_step_args(state, batch, batch_size)).compile())
+
+
+def _no_guard(on_limit: Callable[[str], dict]) -> ContextManager:
+  del on_limit
+  return contextlib.nullcontext()
+
+
+def measure(path: str, overrides: Sequence[str], *, steps: int, budget_s: float, paper_batch: int | None = None,
+            compile_guard: Callable[[Callable[[str], dict]], ContextManager] = _no_guard) -> dict:
   """Compiles and times the trainer's step of one config in this process.
 
   Args:
@@ -355,13 +481,21 @@ def measure(path: str, overrides: Sequence[str], *, steps: int, budget_s: float,
     steps: at most this many timed steps after one warm-up step.
     budget_s: stop timing once this much time has been spent on steps (the
       warm-up included); at least the warm-up step runs.
-    compile_guard: a context manager around lowering and compiling the step.
+    paper_batch: afterwards, compile the same step at this batch from
+      abstract inputs for its memory analysis (``None``: skip).
+    compile_guard: ``compile_guard(on_limit)`` is a context manager around
+      each lowering and compile; ``on_limit(reason)`` is the row's result
+      should the guard cut the compile short.
 
   Returns:
     ``{"step_s", "step_core_s", "timed_steps", "compile_s", "compile_core_s",
-    "first_step_s", "first_step_core_s", "step_bytes"}`` (``*_s`` wall
-    seconds, ``*_core_s`` this process's CPU seconds summed over its
-    threads), or ``{"error": ...}`` when the step would not fit in memory.
+    "first_step_s", "first_step_core_s", "step_bytes", "step_memory"}``
+    (``*_s`` wall seconds, ``*_core_s`` this process's CPU seconds summed
+    over its threads; ``step_bytes`` the peak of ``step_memory``, a
+    :class:`StepMemory` as JSON, at the CPU batch), or ``{"error": ...}``
+    when the step would not fit in memory or its loss was not finite; with
+    ``paper_batch``, also ``"paper_step_memory"`` (with ``"paper_compile_s"``
+    and ``"paper_compile_core_s"``) or ``"paper_memory_error"``.
   """
   import jax
   from launch import experiment
@@ -385,40 +519,71 @@ def measure(path: str, overrides: Sequence[str], *, steps: int, budget_s: float,
   clock = lambda: (time.perf_counter(), time.process_time())
   since = lambda t: (time.perf_counter() - t[0], time.process_time() - t[1])
   t0 = clock()
-  with compile_guard():
+  with compile_guard(lambda why: {"error": why}):
     compiled = fn.lower(state, batches[0]).compile()
   compile_s, compile_core_s = since(t0)
-  need, have = _step_bytes(compiled), _mem_available()
+  memory = StepMemory.of(compiled)
+  need, have = (memory.peak_bytes if memory else None), _mem_available()
+  result = {"compile_s": compile_s, "compile_core_s": compile_core_s, "step_bytes": need,
+            "step_memory": memory.to_json() if memory else None}
   if need is not None and have is not None and need > 0.85 * have:
-    return {"error": f"does not fit: the compiled step needs {need / 2**30:.1f} GiB, "
-                     f"{have / 2**30:.1f} GiB available", "compile_s": compile_s, "compile_core_s": compile_core_s,
-            "step_bytes": need}
-  t0 = clock()
-  state, m = compiled(state, batches[0])
-  jax.block_until_ready(m)
-  first_s, first_core_s = since(t0)
-  spent, timed, wall, core = first_s, 0, 0.0, 0.0
-  while timed < steps and spent + (wall / timed if timed else first_s) <= budget_s:
+    result["error"] = (f"does not fit: the compiled step needs {need / 2**30:.1f} GiB, "
+                       f"{have / 2**30:.1f} GiB available")
+  else:
     t0 = clock()
-    state, m = compiled(state, batches[(timed + 1) % 2])
+    state, m = compiled(state, batches[0])
     jax.block_until_ready(m)
-    dw, dc = since(t0)
-    wall, core, spent, timed = wall + dw, core + dc, spent + dw, timed + 1
-  if not bool(m["loss_finite"]):
-    return {"error": "the loss was not finite", "compile_s": compile_s, "compile_core_s": compile_core_s}
-  return {"step_s": wall / timed if timed else first_s, "step_core_s": core / timed if timed else first_core_s,
-          "timed_steps": timed, "compile_s": compile_s, "compile_core_s": compile_core_s, "first_step_s": first_s,
-          "first_step_core_s": first_core_s, "step_bytes": need}
+    first_s, first_core_s = since(t0)
+    spent, timed, wall, core = first_s, 0, 0.0, 0.0
+    while timed < steps and spent + (wall / timed if timed else first_s) <= budget_s:
+      t0 = clock()
+      state, m = compiled(state, batches[(timed + 1) % 2])
+      jax.block_until_ready(m)
+      dw, dc = since(t0)
+      wall, core, spent, timed = wall + dw, core + dc, spent + dw, timed + 1
+    if not bool(m["loss_finite"]):
+      result["error"] = "the loss was not finite"
+    else:
+      result.update(step_s=wall / timed if timed else first_s, step_core_s=core / timed if timed else first_core_s,
+                    timed_steps=timed, first_step_s=first_s, first_step_core_s=first_core_s)
+  if paper_batch is not None:
+    del compiled  # the CPU batch's executable is not needed while the paper batch's compiles
+    t0 = clock()
+    cut = lambda why: {**result, "paper_memory_error": f"{why} at the paper batch"}
+    with compile_guard(cut):
+      paper = step_memory_at_batch(fn, state, batches[0], paper_batch)
+    paper_s, paper_core_s = since(t0)
+    if paper is None:
+      result["paper_memory_error"] = f"no memory analysis on {jax.default_backend()}"
+    else:
+      result.update(paper_step_memory=paper.to_json(), paper_compile_s=paper_s, paper_compile_core_s=paper_core_s)
+  return result
+
+
+def code_commit() -> str | None:
+  """The git commit of the checkout this module runs from (``None`` outside a git checkout).
+
+  Rows record it: the code a row measured is the code at the row's start
+  (each row is its own process), which a shared checkout may move during a run.
+  """
+  root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+  try:
+    out = subprocess.run(["git", "-C", root, "rev-parse", "--short=12", "HEAD"], capture_output=True, text=True,
+                         timeout=30)
+  except (OSError, subprocess.TimeoutExpired):
+    return None
+  return out.stdout.strip() or None if out.returncode == 0 else None
 
 
 def _measure_main(job: dict) -> int:
   from launch import cli
+  commit = code_commit()  # before the library is imported
   cli.setup_compilation_cache()  # as launch.train: a rerun loads the compiled step
   cli.quiet_logging()
   limit = float(job["compile_limit_s"])
 
   @contextlib.contextmanager
-  def compile_guard():
+  def compile_guard(on_limit: Callable[[str], dict]):
     # The limit is on CPU seconds (on a loaded machine wall time says little
     # about the config). XLA's compile cannot be interrupted: past the limit
     # a watchdog prints the row's result and ends the process.
@@ -427,7 +592,8 @@ def _measure_main(job: dict) -> int:
     def watch():
       while not stop.wait(1.0):
         if time.process_time() - start > limit:
-          print(_RESULT_TAG + json.dumps({"error": f"not compiled within {limit:.0f} CPU s"}), flush=True)
+          result = {**on_limit(f"not compiled within {limit:.0f} CPU s"), "commit": commit}
+          print(_RESULT_TAG + json.dumps(result), flush=True)
           os._exit(3)
 
     watcher = threading.Thread(target=watch, daemon=True)
@@ -439,11 +605,11 @@ def _measure_main(job: dict) -> int:
 
   try:
     result = measure(job["path"], job["overrides"], steps=int(job["steps"]), budget_s=float(job["budget_s"]),
-                     compile_guard=compile_guard)
+                     paper_batch=job.get("paper_batch"), compile_guard=compile_guard)
   except Exception as e:  # noqa: BLE001  (reported in the table; the other rows still run)
     first = str(e).splitlines()[0] if str(e) else ""
     result = {"error": f"{type(e).__name__}: {first}"[:300]}
-  print(_RESULT_TAG + json.dumps(result), flush=True)
+  print(_RESULT_TAG + json.dumps({**result, "commit": commit}), flush=True)
   return 0
 
 
@@ -511,11 +677,14 @@ def main(argv=None) -> int:
                  help="CPU seconds (all threads) lowering and compiling one step may take")
   p.add_argument("--row_limit_s", type=float, default=3600.0,
                  help="wall seconds one row (its process: setup, compile, steps) may take")
+  p.add_argument("--paper_memory", action=argparse.BooleanOptionalAction, default=True,
+                 help="also compile each step at the paper batch (abstract inputs, not run) for its peak memory")
   p.add_argument("--accel_tflops", type=float, default=DEFAULT_ACCEL_TFLOPS,
                  help="assumed sustained accelerator TFLOP/s for the estimate")
   p.add_argument("--json", default="", type=_path_or_empty, help="also write the rows here")
   p.add_argument("--from_json", default="",
-                 help="print the table of earlier --json files (comma-separated, merged in order); measures nothing")
+                 help="print the table of earlier --json files (comma-separated, merged in order; a row of the "
+                      "same config and N in a later file replaces the earlier one); measures nothing")
   p.add_argument("--_measure", default="", help=argparse.SUPPRESS)
   args = p.parse_args(argv)
   if args._measure:
@@ -548,7 +717,7 @@ def main(argv=None) -> int:
     p.error(f"unknown paper config(s) {unknown}; known: {sorted({pc.config for pc in PAPER_CONFIGS})}")
   papers = [pc for pc in PAPER_CONFIGS if not keep or pc.config in keep or pc.label in keep]
 
-  from launch import cli, experiment, sweep_flops
+  from launch import experiment, sweep_flops
   cli.quiet_logging()
   import jax
   load0 = os.getloadavg()[0]
@@ -562,21 +731,28 @@ def main(argv=None) -> int:
       exp = experiment.experiment_from_config(load_config(paper.path, overrides))
       flops = sweep_flops.experiment_flops(exp)
       job = {"path": paper.path, "overrides": overrides + [f"--config.train.batch_size={batch}"],
-             "steps": args.steps, "budget_s": args.budget_s, "compile_limit_s": args.compile_limit_s}
+             "steps": args.steps, "budget_s": args.budget_s, "compile_limit_s": args.compile_limit_s,
+             "paper_batch": exp.train.batch_size if args.paper_memory else None}
       print(f"measuring {paper.label} N={n} at batch {batch} ...", flush=True)
       t0 = time.perf_counter()
       measured = _run_job(job, timeout_s=args.row_limit_s)
+      paper_mem = measured.get("paper_step_memory")
       print(f"  {time.perf_counter() - t0:.0f} s: "
             + (measured["error"] if "error" in measured else
                f"{measured['step_s']:.3g} s/step, {measured['step_core_s']:.3g} core-s/step "
                f"({measured['timed_steps']} timed); compile {measured['compile_s']:.0f} s, "
-               f"{measured['compile_core_s']:.0f} core-s"), flush=True)
+               f"{measured['compile_core_s']:.0f} core-s")
+            + (f"; peak mem at batch {exp.train.batch_size}: {format_bytes(paper_mem['peak_bytes'])} "
+               f"(compiled in {measured['paper_compile_core_s']:.0f} core-s)" if paper_mem else "")
+            + (f"; peak mem at the paper batch: {measured['paper_memory_error']}"
+               if measured.get("paper_memory_error") else ""), flush=True)
       rows.append(make_row(paper, n, config_n_passes=own_n, paper_batch=exp.train.batch_size, cpu_batch=batch,
                            seq_flops=flops.train, seq_len=flops.seq_len, num_steps=exp.train.num_steps,
                            accel_tflops=args.accel_tflops, measured=measured))
   load1 = os.getloadavg()[0]
   doc = {"cpu_batch": args.batch, "accel_tflops": args.accel_tflops, "load_average": [load0, load1],
-         "cores": os.cpu_count() or 1, "backend": jax.default_backend(), "jax": jax.__version__, "rows": rows}
+         "cores": os.cpu_count() or 1, "cpus_allowed": len(os.sched_getaffinity(0)), "nice": os.nice(0),
+         "backend": jax.default_backend(), "jax": jax.__version__, "rows": rows}
   print()
   print(report(doc))
   if args.json:

@@ -1,7 +1,14 @@
-"""launch.paper_cost: extrapolation arithmetic, table formatting and the train commands (no training)."""
+"""launch.paper_cost: extrapolation arithmetic, memory analysis, table formatting and the train commands.
+
+No paper config is trained: the memory test compiles a toy step.
+"""
+import json
 import math
 import shlex
 
+import jax
+import jax.numpy as jnp
+import numpy as np
 import pytest
 
 from launch import experiment
@@ -43,6 +50,47 @@ def test_durations_and_counts_format_with_units():
   assert pc.format_count(5.12e9) == "5.12G" and pc.format_count(12) == "12"
 
 
+def test_bytes_format_with_binary_units():
+  assert pc.format_bytes(None) == "-" and pc.format_bytes(512) == "512 B"
+  assert pc.format_bytes(3 * 2**20) == "3 MiB" and pc.format_bytes(3.5 * 2**30) == "3.5 GiB"
+
+
+def _toy_step(state, batch):
+  # A train step in miniature: the state is donated and comes back the same shape.
+  h = jnp.tanh(batch["x"] @ state["w"])
+  return {"w": state["w"] - 0.1 * batch["x"].T @ h, "b": state["b"] + h.mean(0)}, {"loss": jnp.mean(h * h)}
+
+
+def test_step_memory_is_the_compiled_analysis_at_the_asked_batch_and_grows_with_it():
+  d = 64
+  step = jax.jit(_toy_step, donate_argnums=(0,))
+  state = {"w": jnp.zeros((d, d), jnp.float32), "b": jnp.zeros((d,), jnp.float32)}
+  batch = {"x": jnp.ones((2, d), jnp.float32)}
+  state_bytes = (d * d + d) * 4
+  peaks = {}
+  for b in (2, 16, 256):
+    mem = pc.step_memory_at_batch(step, state, batch, b)
+    abstract = pc.abstract_step_args(state, batch, b)
+    assert all(isinstance(x, jax.ShapeDtypeStruct) for x in jax.tree.leaves(abstract))
+    assert abstract[1]["x"].shape == (b, d) and abstract[0]["w"].shape == (d, d)
+    # By hand: the arguments are the state and a (b, d) float32 batch, and the donated state
+    # is written in place by the same-shaped new state.
+    assert mem.argument_bytes == state_bytes + b * d * 4
+    assert mem.alias_bytes == state_bytes
+    assert mem.output_bytes >= state_bytes + 4
+    # The peak is the analysis' own fields combined as documented.
+    analysis = step.lower(*abstract).compile().memory_analysis()
+    assert mem.peak_bytes == (analysis.argument_size_in_bytes + analysis.output_size_in_bytes
+                              + analysis.temp_size_in_bytes - analysis.alias_size_in_bytes)
+    assert mem.to_json()["peak_bytes"] == mem.peak_bytes
+    peaks[b] = mem.peak_bytes
+  assert peaks[2] < peaks[16] < peaks[256]
+  # The larger batch adds at least its own bytes.
+  assert peaks[256] - peaks[2] >= (256 - 2) * d * 4
+  # The given arrays are only read for their shapes: still usable (not donated).
+  np.testing.assert_array_equal(np.asarray(state["w"]), 0.0)
+
+
 def test_train_commands_are_the_shipped_configs_with_only_n_changed():
   rule110, _, hard, sliding = pc.PAPER_CONFIGS
   assert pc.train_command(rule110, 1, 1) == ("python -m launch.train --config=launch/configs/rule110_paper.py "
@@ -71,12 +119,16 @@ def test_table_lists_measured_and_failed_rows_with_their_commands():
   flops = sweep_flops.experiment_flops(exp)
   common = dict(config_n_passes=1, cpu_batch=2, accel_tflops=100.0)
   ok = pc.make_row(rule110, 1, paper_batch=exp.train.batch_size, seq_flops=flops.train, seq_len=flops.seq_len,
-                   num_steps=exp.train.num_steps, measured={"step_s": 0.5, "step_core_s": 0.25, "timed_steps": 3, "compile_core_s": 51.2},
+                   num_steps=exp.train.num_steps,
+                   measured={"step_s": 0.5, "step_core_s": 0.25, "timed_steps": 3, "compile_core_s": 51.2,
+                             "step_bytes": 3 * 2**20, "paper_step_memory": {"peak_bytes": 1.5 * 2**30}},
                    **common)
   assert ok["paper_step_flops"] == exp.train.batch_size * flops.train
   assert math.isclose(ok["cpu_run_core_s_extrapolated"], 0.25 * exp.train.batch_size / 2 * exp.train.num_steps)
   first_only = pc.make_row(rule110, 4, paper_batch=512, seq_flops=1e9, seq_len=100, num_steps=10,
-                           measured={"step_s": 2.0, "step_core_s": 1.0, "timed_steps": 0}, **common)
+                           measured={"step_s": 2.0, "step_core_s": 1.0, "timed_steps": 0, "step_bytes": 5 * 2**20,
+                                     "paper_memory_error": "not compiled within 180 CPU s at the paper batch"},
+                           **common)
   bad = pc.make_row(depo, 4, paper_batch=128, seq_flops=7e10, seq_len=360, num_steps=200_000,
                     measured={"error": "not compiled within 180 CPU s"}, **common)
   text = pc.format_table([ok, first_only, bad])
@@ -88,12 +140,18 @@ def test_table_lists_measured_and_failed_rows_with_their_commands():
   assert row[:7] == ["rule110_paper", "1", "512", "2", "0.5", "0.25", "3"]
   assert row[9] == f"{2 * flops.train / 0.25 / 1e9:.1f}"  # GFLOP/core-s
   assert row[12] == "51"  # compile core-s
-  assert lines[3].split()[6] == "1*"
+  assert row[13:17] == ["3", "MiB", "1.5", "GiB"]  # peak memory at the CPU and the paper batch
+  assert lines[3].split()[6] == "1*" and lines[3].split()[13:16] == ["5", "MiB", "n/a"]
+  assert "rule110_paper N=4 peak mem paper B: not compiled within 180 CPU s at the paper batch" in text
   assert lines[4].split()[4:6] == ["n/a", "n/a"] and "depo_paper N=4: not compiled within 180 CPU s" in text
+  assert lines[4].split()[13:15] == ["-", "-"]  # a row from a file older than the memory columns
   for r in (ok, first_only, bad):
     assert r["command"] in text
   header = pc.header(accel_tflops=100.0, load=(12.0, 13.0), cores=2, backend="cpu")
   assert "loaded" in header and "extrapolated" in header and "100 TFLOP/s" in header and "12.0-13.0" in header
+  assert "argument + output + temp - alias" in header and "pinned" not in header and "nice" not in header
+  pinned = pc.header(accel_tflops=100.0, load=(1.0, 2.0), cores=2, backend="cpu", cpus_allowed=1, nice=10)
+  assert "pinned to 1 of them, at nice 10" in pinned
 
   # Two runs' --json documents print as one table, in order.
   doc = lambda rows, load: {"cpu_batch": "2", "accel_tflops": 100.0, "load_average": load, "cores": 2,
@@ -103,6 +161,38 @@ def test_table_lists_measured_and_failed_rows_with_their_commands():
   assert pc.report(merged).endswith(text) and "11.0-15.0" in pc.report(merged)
   with pytest.raises(ValueError, match="accel_tflops"):
     pc.merge_reports([doc([ok], [1.0]), {**doc([ok], [1.0]), "accel_tflops": 350.0}])
+  # A file written before the paper-batch memory column merges with a new one; its cell is "-".
+  older = {k: v for k, v in ok.items() if not k.startswith("paper_") or k == "paper_step_flops"}
+  older["n_passes"] = 6  # another row (the same config and N would be replaced)
+  merged_lines = pc.format_table(pc.merge_reports([doc([older], [1.0]), doc([ok], [2.0])])["rows"]).splitlines()
+  assert merged_lines[2].split()[13:16] == ["3", "MiB", "-"] and merged_lines[3].split()[15:17] == ["1.5", "GiB"]
+  # A rerun of a config and N replaces its row where it stood; the code each row measured is said.
+  rerun = {**first_only, "step_core_s": 9.0, "commit": "abc123"}
+  merged = pc.merge_reports([doc([ok, first_only, bad], [1.0]), doc([rerun], [2.0])])
+  assert merged["rows"] == [ok, rerun, bad]
+  assert "code measured: not recorded (2 rows), commit abc123 (1 row)" in pc.report(merged)
+  new_doc = {**doc([ok], [2.0]), "cpus_allowed": 1, "nice": 0}
+  assert "pinned to 1" in pc.report(pc.merge_reports([new_doc, new_doc]))
+  assert "pinned" not in pc.report(pc.merge_reports([doc([older], [1.0]), new_doc]))
+
+
+def test_from_json_prints_the_merged_table_of_the_files(tmp_path, capsys):
+  rule110 = pc.PAPER_CONFIGS[0]
+  row = lambda n, **m: pc.make_row(rule110, n, config_n_passes=1, paper_batch=512, cpu_batch=2, seq_flops=1e9,
+                                   seq_len=100, num_steps=10, accel_tflops=100.0,
+                                   measured={"step_s": 0.5, "step_core_s": 0.25, "timed_steps": 3, **m})
+  old = {"cpu_batch": "2", "accel_tflops": 100.0, "load_average": [1.0, 1.5], "cores": 2, "backend": "cpu",
+         "rows": [row(4, step_bytes=2**20)]}  # a file from before the paper-batch memory, pinning and nice
+  new = {**old, "cpus_allowed": 1, "nice": 0,
+         "rows": [row(1, step_bytes=2**20, paper_step_memory={"peak_bytes": 2**30})]}
+  paths = [tmp_path / "old.json", tmp_path / "new.json"]
+  for path, d in zip(paths, (old, new)):
+    path.write_text(json.dumps(d))
+  assert pc.main([f"--from_json={paths[0]},{paths[1]}"]) == 0
+  out = capsys.readouterr().out
+  assert out == pc.report(pc.merge_reports([old, new])) + "\n"
+  old_cells, new_cells = (line.split() for line in out.splitlines()[-6:-4])
+  assert old_cells[13:16] == ["1", "MiB", "-"] and new_cells[13:17] == ["1", "MiB", "1", "GiB"]
 
 
 def test_n_passes_parse():
