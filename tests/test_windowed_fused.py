@@ -16,6 +16,7 @@ from flax import nnx
 
 from sleep_jax.config import ModelConfig, SleepConfig
 from sleep_jax.model import HybridLM
+from sleep_jax.nn import attention
 from sleep_jax.nn.gated_deltanet import causal_conv
 from sleep_jax.testing import assert_close
 from sleep_jax.windowed import windowed_forward, windowed_loss
@@ -55,9 +56,12 @@ def test_conv_segments_equal_one_call_per_segment():
   assert float(jnp.abs(causal_conv(x, w) - ref).max()) > 1e-3  # the restarts matter
 
 
-@pytest.mark.parametrize("eviction,layout,prelude,coda", [("hard", ("attn", "gdn", "attn", "gdn"), 0, 0),
-                                                          ("sliding", ("gdn", "attn", "gdn", "attn"), 1, 1)])
-def test_fused_n1_equals_window_loop(eviction, layout, prelude, coda):
+@pytest.mark.parametrize("eviction,layout,prelude,coda,dense_max_t", [
+    ("hard", ("attn", "gdn", "attn", "gdn"), 0, 0, 256), ("sliding", ("gdn", "attn", "gdn", "attn"), 1, 1, 256),
+    ("hard", ("attn", "gdn", "attn", "gdn"), 0, 0, 0), ("sliding", ("gdn", "attn", "gdn", "attn"), 1, 1, 0)])
+def test_fused_n1_equals_window_loop(eviction, layout, prelude, coda, dense_max_t, monkeypatch):
+  # dense_max_t 256: one masked product (CPU, short sequences); 0: window by window.
+  monkeypatch.setattr(attention, "DENSE_MAX_T_CPU", dense_max_t)
   model = _model(layout, prelude, coda, seed=3)
   batch = _batch()
   sleep = SleepConfig(window=5, n_passes=1, eviction=eviction)

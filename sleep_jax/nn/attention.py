@@ -80,6 +80,14 @@ def dot_product_attention(q, k, v, mask):
   return jnp.einsum("...hts,...shk->...thk", probs, v)
 
 
+# On CPU a short sequence attends faster as one masked T x T product than as many small per-window products
+# (XLA CPU runs a few large matmuls far faster than many tiny ones): at T = 100, L = 24, batch 32, 2 heads of
+# 32 the fused N = 1 train step took 193 ms against 217 ms blocked (one pinned core, 2026-12-02). The masked
+# product does T / L times the attention-score work of the windows, so longer sequences, and accelerators,
+# run window by window.
+DENSE_MAX_T_CPU = 256
+
+
 def windowed_attention(q, k, v, positions, window: int, eviction: str):
   """Attention over a sequence cut into windows of ``window`` tokens, every window at once.
 
@@ -89,7 +97,9 @@ def windowed_attention(q, k, v, positions, window: int, eviction: str):
   ``"sliding"`` to the previous window's keys as well (the kept prefix, an
   empty one of ``window`` slots for the first window) within ``window``
   positions. Full windows run as one batched product over a window axis; a
-  short last window runs on its own, as in the loop.
+  short last window runs on its own, as in the loop. On CPU, sequences of at
+  most ``DENSE_MAX_T_CPU`` tokens run as one masked product instead (the same
+  numbers; more, but faster, arithmetic).
 
   Args:
     q: ``[B, T, H, K]`` (RoPE applied at absolute positions).
@@ -103,6 +113,12 @@ def windowed_attention(q, k, v, positions, window: int, eviction: str):
     ``[B, T, H, K]`` in ``v``'s dtype.
   """
   b, t = q.shape[:2]
+  if t <= DENSE_MAX_T_CPU and jax.default_backend() == "cpu":
+    # Eviction as a mask on one product: the keys of other windows (hard), or more than L - 1 back (sliding).
+    mask = attention_mask(positions, positions, window)
+    if eviction == "hard":
+      mask = mask & (positions[:, None] // window == positions[None, :] // window)
+    return dot_product_attention(q, k, v, mask)
   n_full, rest = divmod(t, window)
   cut = n_full * window
   sliding = eviction == "sliding"
