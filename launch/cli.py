@@ -67,7 +67,7 @@ class _PathListParser(flags.ListParser):
   """absl parser of a comma-separated list of paths, each made absolute."""
 
   def parse(self, argument):
-    return [user_path(p) for p in super().parse(argument) if user_path(p)]
+    return [path for path in map(user_path, super().parse(argument)) if path]
 
 
 def define_path(name: str, default: str | None, help_text: str, **kwargs) -> flags.FlagHolder:

@@ -78,7 +78,7 @@ class Block(nnx.Module):
     self.mlp_norm = RMSNorm(config.d_model, eps=config.norm_eps)
     self.mlp = SwiGLU(config.d_model, config.mlp_width, dtype=dtype, rngs=rngs)
 
-  def __call__(self, x, positions, *, state=None, prefix=None, window=None, segment=None, windows=None):
+  def __call__(self, x, positions, *, state=None, prefix=None, window=None, windows=None):
     """Runs the block over a window.
 
     Args:
@@ -87,11 +87,10 @@ class Block(nnx.Module):
       state: GDN fast-weight state ``[B, H, Dk, Dv]`` (GDN blocks only).
       prefix: kept ``KVCache`` (attention blocks only; sliding eviction).
       window: attention span ``L`` (None: unlimited).
-      segment: the GDN conv restarts every ``segment`` tokens, as in one
-        call per window of that many tokens (None: one window).
       windows: ``"hard"`` / ``"sliding"``: ``x`` is a whole sequence of
-        windows of ``window`` tokens, attended window by window under that
-        eviction (``attention.windowed_attention``; attention blocks only).
+        windows of ``window`` tokens, run as one call per window would under
+        that eviction: attention by ``attention.windowed_attention``, the
+        GDN conv restarting at every window start. None: ``x`` is one window.
 
     Returns:
       ``(x, state, kv)``: ``state`` is None for attention, ``kv`` None for GDN.
@@ -101,7 +100,7 @@ class Block(nnx.Module):
     if self.kind == "attn":
       y, kv = self.mixer(y, positions, prefix=prefix, window=window, windows=windows)
     else:
-      y, state = self.mixer(y, state, segment=segment)
+      y, state = self.mixer(y, state, segment=window if windows else None)
     x = x + y.astype(x.dtype)
     x = x + self.mlp(self.mlp_norm(x)).astype(x.dtype)
     return x, state, kv
@@ -193,7 +192,7 @@ class HybridLM(nnx.Module):
 
   def run_blocks(self, h: jax.Array, fast_weights: FastWeights, positions: jax.Array, *, start: int = 0,
                  stop: int | None = None, prefixes=None, window: int | None = None,
-                 segments: str | None = None):
+                 windows: str | None = None):
     """Runs blocks ``[start, stop)`` over one window.
 
     Args:
@@ -206,7 +205,7 @@ class HybridLM(nnx.Module):
       prefixes: None, or a tuple with one ``KVCache`` (or None) per attention
         block in layout order: the kept keys/values of sliding eviction.
       window: attention span ``L`` (None: unlimited).
-      segments: ``"hard"`` or ``"sliding"``: ``h`` spans several windows of
+      windows: ``"hard"`` or ``"sliding"``: ``h`` spans several windows of
         ``window`` tokens (positions from 0), run at once with the numbers of
         one call per window without sleep (the ``N = 1`` forward of
         ``windowed_forward``): each window's GDN conv restarts from zeros, and
@@ -218,19 +217,18 @@ class HybridLM(nnx.Module):
       ``KVCache`` of this window's own keys/values, for the blocks in range.
     """
     stop = self.n_blocks if stop is None else stop
-    if segments not in (None, "hard", "sliding") or (segments is not None and window is None):
-      raise ValueError(f"segments must be None, 'hard' or 'sliding' (with a window), got {segments!r}")
-    segment = window if segments else None
+    if windows not in (None, "hard", "sliding") or (windows is not None and window is None):
+      raise ValueError(f"windows must be None, 'hard' or 'sliding' (with a window), got {windows!r}")
     gslots, aslots = self.gdn_slots, self.attn_slots
     updates, kvs = {}, {}
     for i in range(start, stop):
       block = self.blocks[i]
       if block.kind == "attn":
         prefix = None if prefixes is None else prefixes[aslots[i]]
-        h, _, kv = block(h, positions, prefix=prefix, window=window, windows=segments)
+        h, _, kv = block(h, positions, prefix=prefix, window=window, windows=windows)
         kvs[aslots[i]] = kv
       else:
-        h, s, _ = block(h, positions, state=fast_weights.states[gslots[i]], segment=segment)
+        h, s, _ = block(h, positions, state=fast_weights.states[gslots[i]], window=window, windows=windows)
         updates[gslots[i]] = s
     return h, fast_weights.replace(updates), kvs
 

@@ -306,7 +306,7 @@ def forward_unslept(model, tokens, fast_weights: FastWeights, sleep: SleepConfig
   """
   positions = jnp.arange(tokens.shape[1], dtype=jnp.int32)
   h, fast_weights, _ = model.run_blocks(model.embed_tokens(tokens.astype(jnp.int32)), fast_weights, positions,
-                                        window=sleep.window, segments=sleep.eviction)
+                                        window=sleep.window, windows=sleep.eviction)
   return (model.unembed(h) if want_logits else None), fast_weights
 
 
