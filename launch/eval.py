@@ -245,6 +245,8 @@ def main(argv):
                "results": {str(n): r for n, r in results.items()}}, f, indent=1, sort_keys=True)
   print(f"checkpoint step {step} (trained with N={trained}), accuracy per {depth_name} at each N:")
   print(tables.passes_table(results, depth_name))
+  print(f"deepest {depth_name} answered (accuracy >= (1 + majority) / 2 at it and every shallower one): "
+        + ", ".join(f"N={n}: {tables.depth_answered(r)}" for n, r in results.items()))
   print(f"wrote {out}")
   try:
     from sleep_jax.train import plotting

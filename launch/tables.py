@@ -102,6 +102,32 @@ def passes_table(results: Mapping[int, Mapping[str, float]], depth_name: str = "
                        lambda r, suffix: f"{_fmt(r.get('accuracy' + suffix)):>7}", width=7)
 
 
+def depth_answered(result: Mapping[str, float]) -> int | None:
+  """The deepest depth ``d`` such that every evaluated depth up to ``d`` is answered.
+
+  A depth is answered when its accuracy is at least halfway from its majority
+  baseline to 1: ``accuracy >= (1 + majority) / 2``. Applied to one checkpoint
+  evaluated with its fast weights after 1, 2, ... passes (``launch.eval
+  --n_passes``), this reads how many hops the fast weights hold after each pass.
+
+  Args:
+    result: one evaluation result (``accuracy/depth=<d>`` and
+      ``majority/depth=<d>`` entries).
+
+  Returns:
+    That depth, or ``None`` when the shallowest depth is not answered (or the
+    result has no per-depth entries).
+  """
+  depths = sorted(int(k.split("=", 1)[1]) for k in result if k.startswith("accuracy/depth="))
+  answered = None
+  for d in depths:
+    acc, maj = result[f"accuracy/depth={d}"], result.get(f"majority/depth={d}", 0.0)
+    if not acc >= (1.0 + maj) / 2:
+      break
+    answered = d
+  return answered
+
+
 def halting_table(results: Mapping[str, Mapping[str, float]], depth_name: str = "depth") -> str:
   """Accuracy and mean sleep passes per depth (rows) for several sleep settings (columns).
 

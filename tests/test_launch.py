@@ -481,6 +481,18 @@ def test_passes_table_one_row_per_depth_one_column_per_n():
   ]
 
 
+def test_depth_answered_is_the_deepest_depth_with_every_shallower_one_halfway_above_majority():
+  r = {"accuracy/depth=1": 0.99, "majority/depth=1": 0.1, "accuracy/depth=2": 0.56, "majority/depth=2": 0.1,
+       "accuracy/depth=10": 0.3, "majority/depth=10": 0.1}
+  assert tables.depth_answered(r) == 2  # 0.56 >= (1 + 0.1) / 2; 10 sorts after 2
+  assert tables.depth_answered(dict(r, **{"accuracy/depth=10": 0.9})) == 10
+  # 10 does not count past a gap at 2
+  assert tables.depth_answered(dict(r, **{"accuracy/depth=2": 0.54, "accuracy/depth=10": 0.9})) == 1
+  assert tables.depth_answered(dict(r, **{"accuracy/depth=1": 0.5})) is None
+  assert tables.depth_answered(dict(r, **{"accuracy/depth=2": float("nan")})) == 1
+  assert tables.depth_answered({"accuracy": 1.0}) is None
+
+
 def test_depth_table_adds_mean_passes_when_the_result_has_them():
   result = {"accuracy/depth=1": 0.9, "count/depth=1": 100, "sleep/passes/depth=1": 2.5, "accuracy": 0.9,
             "sleep/passes": 2.5}
