@@ -256,6 +256,7 @@ def build_run_spec(exp: Experiment, *, meta: dict | None = None):
   n_proc, pid = jax.process_count(), jax.process_index()
   local_batch = exp.train.batch_size // n_proc
   data_seed = exp.train.seed
+  eval_seed = data_seed if exp.train.eval_seed is None else exp.train.eval_seed
   schedule = task_schedule(exp)
   check_sleep_happens(exp, schedule)
   vocab = exp.model.vocab_size
@@ -266,7 +267,7 @@ def build_run_spec(exp: Experiment, *, meta: dict | None = None):
     return CheckedSchedule(iter(ds), schedule, exp.sleep.window, vocab)
 
   def eval_data():
-    ds = tasks.make_dataset(task, exp.task_config, "eval", seed=data_seed, batch_size=local_batch, num_epochs=1,
+    ds = tasks.make_dataset(task, exp.task_config, "eval", seed=eval_seed, batch_size=local_batch, num_epochs=1,
                             shuffle=False, shard_index=pid, shard_count=n_proc)
     return CheckedSchedule(iter(ds), schedule, exp.sleep.window, vocab)
 
