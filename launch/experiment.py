@@ -249,7 +249,6 @@ def build_run_spec(exp: Experiment, *, meta: dict | None = None):
   import tasks
   from sleep_jax.model import HybridLM
   from sleep_jax.train import loop
-  from sleep_jax.train import metrics as metrics_lib
   from sleep_jax.windowed import CheckedSchedule, WindowedLoss
 
   task = exp.task
@@ -276,7 +275,6 @@ def build_run_spec(exp: Experiment, *, meta: dict | None = None):
       loss_fn=WindowedLoss(exp.sleep, sleep_schedule=schedule),  # draws N per step if n_passes_train
       train_data=train_data, eval_data=eval_data,
       evaluator=lambda: task.evaluator(exp.task_config),
-      sleep_cost=lambda mask: metrics_lib.sleep_cost(mask, exp.sleep.window, exp.sleep.n_passes),
       meta=dict(meta or {}, sleep_schedule=list(schedule)))
 
 
