@@ -569,7 +569,7 @@ def draw(root: str, rows: Sequence[Mapping], records: Sequence[RunRecord], *, de
   """The sweep's figures in ``root``; returns the paths written (a figure without data is skipped)."""
   import logging
 
-  from sleep_jax.train import plotting
+  from launch import plotting
 
   majority = baselines(rows).get("majority", {}).get("values", {}).get("all", NAN)
   depth_rows = [dict(r, variant=r["variant"] + (f" (train {r['train_depth']})"

@@ -2,7 +2,7 @@
 
 The library reads no flags: ``launch/`` builds the frozen configs and calls
 :func:`train` with a :class:`RunSpec` (model factory, loss, data, evaluator).
-``sleep_jax.train.plotting`` (matplotlib) is imported on demand.
+Figures are the experiment tools' concern: ``launch/plotting.py``.
 """
 from sleep_jax.train.checkpoint import CheckpointError, Checkpointer, load_params
 from sleep_jax.train.config import OptimizerConfig, TrainConfig

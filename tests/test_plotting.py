@@ -5,7 +5,7 @@ import numpy as np
 import pytest
 
 from sleep_jax.train import metrics as metrics_lib
-from sleep_jax.train import plotting
+from launch import plotting
 
 
 def _records(n, slope):
