@@ -15,7 +15,7 @@ step is slower than ``--budget_s`` allows).
 The table reports, per row, the measured seconds per step in two clocks
 (wall time, on the machine as loaded, and core time, the process's CPU
 seconds over all its threads, which a loaded machine inflates far less), the
-analytic training FLOPs per step (``launch.sweep_flops``: forward + backward,
+analytic training FLOPs per step (``sleep_jax.cost``: forward + backward,
 remat not counted) at the CPU and at the paper batch, the achieved GFLOP per
 core-second, the paper's steps and tokens, and two *extrapolations* of one
 full run: the paper run's FLOPs at the measured CPU rate (FLOPs are linear in
@@ -314,7 +314,7 @@ def header(*, accel_tflops: float, load: Sequence[float], cores: int, backend: s
       f"during the measurements{pinned}{niced}): the numbers are rough.",
       "wall s/step: measured wall time per step as loaded. core-s/step: this process's CPU seconds per step (all "
       "its threads), which the load inflates far less; an idle machine takes between core-s/cores and core-s.",
-      "FLOPs: analytic training FLOPs (launch.sweep_flops: forward + backward, remat not counted). "
+      "FLOPs: analytic training FLOPs (sleep_jax.cost: forward + backward, remat not counted). "
       "GFLOP/core-s = FLOP/step CPU B / core-s/step.",
       "CPU run, core-time (extrapolated): the paper run's FLOPs (paper batch x paper steps) at the measured "
       "GFLOP/core-s, in core time (one idle core's wall time); not measured.",

@@ -13,7 +13,7 @@ Variants (``--variants``, comma-separated):
   training FLOPs as ``N = K`` from more steps (``K`` defaults to the largest
   ``N`` of the sweep's ``n<K>`` / ``replay<K>`` variants). The step multiplier
   is the ratio of the analytic training FLOPs per sequence
-  (``launch/sweep_flops.py``); more steps also means more tokens.
+  (``sleep_jax/cost.py``); more steps also means more tokens.
 * ``replay<K>``: ``N = K`` with ``sleep.replay = True`` (every sleep pass
   re-reads the window; same FLOPs as ``n<K>``).
 * ``deep<K>``: ``N = 1`` with ``K`` times the layers (the layout repeated, the
