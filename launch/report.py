@@ -203,6 +203,29 @@ def _retrofit_insert() -> str:
   return "\n".join(lines) + "\n"
 
 
+def evals_table(root: str, runs_: dict[str, str], depths: Sequence, depth_name: str) -> str:
+  """Accuracy over training: per run, its evaluations (``evals.json``: a list of eval records) ``a / b / ...``."""
+  lines = ["| run | steps | " + " | ".join(_head(depths, depth_name)) + " |", "|---|---|" + "---|" * len(depths)]
+  for name, label in runs_.items():
+    with open(os.path.join(root, name, "evals.json")) as f:
+      evals = sorted(json.load(f), key=lambda r: r["step"])
+    cell = lambda d: (" / ".join(_fmt(_acc(r, d)) for r in evals) if any(_acc(r, d) is not None for r in evals)
+                      else "")
+    lines.append(f"| {label} | " + " / ".join(f"{r['step']:,}" for r in evals) + " | "
+                 + " | ".join(cell(d) for d in depths) + " |")
+  return "\n".join(lines) + "\n"
+
+
+# -- the Depo small search ----------------------------------------------------------------------------
+@table("depo_search")
+def _depo_search() -> str:
+  runs_ = {"depo_lr3e3": "default decay init (`depo_lr3e3`)",
+           "depo_lr3e3_slowdecay": "`--config.model.gdn_decay_init=(0.02,0.2)` (`depo_lr3e3_slowdecay`)",
+           "depo_k1": "`--config.task_config.k_max=1`, k = 1 only (`depo_k1`)",
+           "depo_kw_n1": "`k_weights=(8,4,3,2,2,1,1,1)` (`depo_kw_n1`)"}
+  return evals_table(os.path.join(REPO, "results", "depo_small_search"), runs_, (1, 2, 4, 8), "k")
+
+
 # -- the paper configs' cost ---------------------------------------------------------------------------
 PAPER_COST_FILES = ("paper_cost.json", "paper_cost_n1.json", "paper_cost_gsm_hard_b1.json")
 
