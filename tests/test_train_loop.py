@@ -150,3 +150,21 @@ def test_train_steps_compile_one_step_per_distinct_loss(monkeypatch):
   assert built == [("loss", 1), ("loss", 0)]  # one build per distinct loss
   plain = loop.TrainSteps(tiny_loss, None, None, None, seed=0)
   assert plain.loss_for(0) is tiny_loss and plain.loss_for(7) is tiny_loss
+
+
+def test_evaluate_and_log_writes_one_eval_record_or_nothing_without_an_evaluator():
+  writer = _ListWriter()
+  batches = [{"tokens": np.zeros((2, 3), np.int32), "targets": np.zeros((2, 3), np.int32),
+              "loss_mask": np.ones((2, 3), np.float32)}] * 3
+  spec = loop.RunSpec(model_factory=None, loss_fn=None, train_data=None, eval_data=lambda: iter(batches),
+                      evaluator=CountingEvaluator)
+  seen = []
+  eval_fn = lambda state, batch: seen.append(state) or {"predictions": np.zeros((2, 3)), "token_loss": np.ones((2, 3))}
+  got = loop.evaluate_and_log(spec, eval_fn, "the state", writer, step=4, tokens=40, max_batches=2)
+  assert seen == ["the state"] * 2  # the state given, at most max_batches batches
+  (rec,) = writer.records
+  assert (rec["kind"], rec["step"], rec["tokens"]) == ("eval", 4, 40) and {k: rec[k] for k in got} == got
+  assert got["accuracy"] == 1.0 and got["eval/batches"] == 2.0  # zero predictions against zero targets
+  no_eval = dataclasses.replace(spec, evaluator=None)
+  assert loop.evaluate_and_log(no_eval, eval_fn, "s", writer, step=5, tokens=50, max_batches=None) == {}
+  assert len(writer.records) == 1

@@ -291,6 +291,30 @@ class StepLog:
     self._window_start, self._window_steps = self._clock(), 0
 
 
+def evaluate_and_log(spec: RunSpec, eval_fn, state, writer, *, step: int, tokens: int,
+                     max_batches: int | None) -> dict:
+  """Evaluates ``state`` on ``spec``'s eval split and writes an ``eval`` record.
+
+  Args:
+    spec: supplies ``eval_data`` and ``evaluator``.
+    eval_fn: ``(state, batch) -> outputs`` (:func:`make_eval_fn`).
+    state: the train state to evaluate.
+    writer: where the record goes (``write(dict)``).
+    step: the step the record is for.
+    tokens: training tokens at ``step``.
+    max_batches: eval batches (``None``: the whole split).
+
+  Returns:
+    The evaluator's result; ``{}`` (and no record) without eval data or an evaluator.
+  """
+  if spec.eval_data is None or spec.evaluator is None:
+    return {}
+  result = metrics_lib.evaluate(functools.partial(eval_fn, state), spec.eval_data(), spec.evaluator(),
+                                max_batches=max_batches)
+  writer.write({"kind": "eval", "step": step, "tokens": tokens, **result})
+  return result
+
+
 def _check_rows(batch: dict, local_batch: int, config: TrainConfig) -> None:
   if np.shape(batch["tokens"])[0] != local_batch:
     raise ValueError(f"the data iterator gave {np.shape(batch['tokens'])[0]} rows; this process expects "
@@ -347,14 +371,8 @@ def train(spec: RunSpec, config: TrainConfig, workdir: str) -> TrainResult:
   profiler = profiling.StepProfiler.for_run(workdir, config.profile_steps, enabled=is_main)
   steps = StepLog(writer, batch_size=config.batch_size, evaluator=spec.evaluator,
                   bar=_progress(config.num_steps, start, config.progress and is_main))
-
-  def run_eval(step: int) -> dict:
-    if spec.eval_data is None or spec.evaluator is None:
-      return {}
-    result = metrics_lib.evaluate(functools.partial(eval_fn, state), spec.eval_data(), spec.evaluator(),
-                                  max_batches=config.eval_batches)
-    writer.write({"kind": "eval", "step": step, "tokens": steps.tokens(step), **result})
-    return result
+  run_eval = lambda state, step: evaluate_and_log(spec, eval_fn, state, writer, step=step, tokens=steps.tokens(step),
+                                                  max_batches=config.eval_batches)
 
   try:
     for s in range(start, config.num_steps):
@@ -371,11 +389,11 @@ def train(spec: RunSpec, config: TrainConfig, workdir: str) -> TrainResult:
         checkpointer.save(done, state, data_state=data_iter.get_state(), meta=spec.meta)
         last_saved = done
       if config.eval_every and done % config.eval_every == 0 and done != config.num_steps:
-        run_eval(done)
+        run_eval(state, done)
     steps.flush(True, last_saved)
     if start < config.num_steps or last_saved != config.num_steps:
       checkpointer.save(config.num_steps, state, data_state=data_iter.get_state(), meta=spec.meta)
-    result = run_eval(config.num_steps)
+    result = run_eval(state, config.num_steps)
     if is_main and result:
       _write_eval_json(workdir, config.num_steps, result)
   finally:
