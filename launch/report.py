@@ -159,9 +159,9 @@ def settings_table(variants: dict[str, str], seeds: Sequence[int], labels: Calla
       got = [st[setting] for st in per_seed if setting in st]
       lines.append(f"| {label} | {setting} | {cell([g['sleep/passes'] for g in got], '.2f')} | "
                    + " | ".join(cell([_acc(g, d) for g in got]) for d in depths) + " |")
-  first = results_lib.sleep_settings(os.path.join(DEMO_RUNS, f"{next(iter(variants))}_s{seeds[0]}"))
-  base = [results_lib.sleep_settings(os.path.join(DEMO_RUNS, f"{next(iter(variants))}_s{s}"))[next(iter(first))]
-          for s in seeds]
+  # The baselines depend on the eval examples only: any setting of each seed's run has them.
+  first = next(iter(variants))
+  base = [next(iter(results_lib.sleep_settings(os.path.join(DEMO_RUNS, f"{first}_s{s}")).values())) for s in seeds]
   majority = lambda d: sum(b["majority" if d == "all" else f"majority/depth={d}"] for b in base) / len(base)
   lines.append(f"| *majority* (mean of {len(seeds)} eval sets) | | | "
                + " | ".join(_fmt(majority(d)) for d in depths) + " |")
