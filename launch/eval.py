@@ -161,7 +161,7 @@ def _evaluate_each(workdir, cfg, flag: str, settings: dict, *, step, eval_batche
 
 def passes_rows(results: dict) -> list[dict]:
   """Rows ``{"n_passes", "depth", "accuracy"}`` (depth "all" too) for ``plotting.plot_vs_passes``."""
-  from sleep_jax.train.plotting import depth_values
+  from launch.plotting import depth_values
   rows = []
   for n, result in results.items():
     rows += [{"n_passes": n, "depth": d, "accuracy": v} for d, v in depth_values(result, "accuracy").items()]
@@ -181,7 +181,7 @@ def _report_halting(cfg, step, fixed, adaptive, overrides, depth_name) -> int:
   print(tables.halting_table(columns, depth_name))
   print(f"wrote {out}")
   try:
-    from sleep_jax.train import plotting
+    from launch import plotting
     fig = plotting.plot_halting(fixed, adaptive, depth_name=depth_name,
                                 title=f"{cfg['task']}: fixed N vs adaptive sleep (step {step}, cap N={cap})")
     print(f"wrote {plotting.save(fig, os.path.splitext(out)[0] + '.png')}")
@@ -249,7 +249,7 @@ def main(argv):
         + ", ".join(f"N={n}: {tables.depth_answered(r)}" for n, r in results.items()))
   print(f"wrote {out}")
   try:
-    from sleep_jax.train import plotting
+    from launch import plotting
     fig = plotting.plot_vs_passes(passes_rows(results), "accuracy",
                                   title=f"{cfg['task']}: accuracy vs N (step {step}, trained N={trained})")
     print(f"wrote {plotting.save(fig, os.path.splitext(out)[0] + '.png')}")

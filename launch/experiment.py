@@ -86,13 +86,13 @@ _EVICTION_WHY = {
 }
 
 
-def _task_defined(task, field: str, value, task_value, *, unset: tuple):
+def _task_defined(task, field: str, value, task_value):
   """``sleep.<field>`` from the task: unset takes the task's value; an explicit value must equal it.
 
   Raises:
     ValueError: one line naming the field, the task's value and why.
   """
-  if value in unset:
+  if value is None:
     return task_value
   if value == task_value:
     return value
@@ -115,16 +115,70 @@ def _config_fields(task) -> set[str]:
   return {f.name for f in dataclasses.fields(task.config_cls)}
 
 
+# The sentinels configs written before the placeholders (launch/configs/common.py) used for "unset", per field;
+# migrate_legacy_config reads them as None. (0 for num_devices / eval_batches is also the command line's "unset".)
+LEGACY_UNSET = {
+    ("model", "layout"): "",
+    ("model", "vocab_size"): 0,
+    ("model", "gdn_n_heads"): 0,
+    ("model", "gdn_value_dim"): 0,
+    ("model", "mlp_hidden"): 0,
+    ("sleep", "window"): 0,
+    ("sleep", "eviction"): "",
+    ("sleep", "grad_passes"): 0,
+    ("sleep", "max_passes"): 0,
+    ("sleep", "n_passes_train"): (),
+    ("sleep", "n_passes_train_weights"): (),
+    ("optimizer", "decay_steps"): 0,
+    ("optimizer", "clip_norm"): 0,  # clip_norm 0 also meant no clipping
+    ("train", "num_devices"): 0,
+    ("train", "eval_batches"): 0,
+    ("train", "profile_steps"): "",
+}
+
+
+def migrate_legacy_config(cfg: dict) -> dict:
+  """A config dict with the spellings of older ``config.json`` files replaced by today's.
+
+  Every rule, in one place:
+
+  * the sentinels of :data:`LEGACY_UNSET` (``0``, ``""``, ``()`` meaning
+    "unset") become ``None``;
+  * ``sleep.halt_tol = 0`` without a ``max_passes`` ("adaptive sleep off" as
+    ``halt_tol=0, max_passes=0``) becomes ``None``: halt_tol 0 never halts, so
+    without a cap of its own that was fixed ``N = n_passes``, the same numbers;
+  * ``train.profile_steps`` as ``"start,stop"`` text becomes ``(start, stop)``.
+
+  Args:
+    cfg: a config as a dict (``ConfigDict.to_dict()`` or a loaded ``config.json``).
+
+  Returns:
+    A new dict; ``cfg`` is not changed. Today's configs come back equal.
+  """
+  out = {k: dict(v) if isinstance(v, dict) else v for k, v in cfg.items()}
+  for (section, key), sentinel in LEGACY_UNSET.items():
+    fields = out.get(section)
+    if isinstance(fields, dict) and key in fields and fields[key] is not None:
+      value = fields[key]
+      if (tuple(value) if isinstance(value, list) else value) == sentinel and type(value) is not bool:
+        fields[key] = None
+  sleep = out.get("sleep")
+  if isinstance(sleep, dict) and sleep.get("halt_tol") == 0 and not sleep.get("max_passes"):
+    sleep["halt_tol"] = None
+  train = out.get("train")
+  if isinstance(train, dict) and isinstance(train.get("profile_steps"), str):
+    train["profile_steps"] = tuple(int(x) for x in train["profile_steps"].split(","))
+  return out
+
+
 def experiment_from_config(cfg) -> Experiment:
   """Converts a launch ConfigDict (or its ``to_dict()``) into an :class:`Experiment`.
 
   The task config is the preset ``cfg.task_preset`` with the set (non-None)
   fields of ``cfg.task_config`` over it. ``model.vocab_size``,
   ``sleep.window`` and ``sleep.eviction`` left unset come from the task; an
-  explicit value must equal the task's. The sentinels of configs written
-  before the placeholders (``launch/configs/common.py``) still read as unset:
-  ``0`` / ``""`` for the optional fields, ``()`` for ``sleep.n_passes_train``,
-  ``"start,stop"`` text for ``train.profile_steps``.
+  explicit value must equal the task's. Older ``config.json`` spellings are
+  read through :func:`migrate_legacy_config` first.
 
   Raises:
     ValueError: naming the bad field (unknown task, n_passes < 0, a window or
@@ -134,8 +188,7 @@ def experiment_from_config(cfg) -> Experiment:
   from sleep_jax.config import ModelConfig, SleepConfig
   from sleep_jax.train.config import OptimizerConfig, TrainConfig
 
-  if isinstance(cfg, dict):
-    cfg = config_dict.ConfigDict(cfg)
+  cfg = config_dict.ConfigDict(migrate_legacy_config(cfg if isinstance(cfg, dict) else cfg.to_dict()))
   task = tasks.get_task(str(cfg.get("task", "")))
   preset = task.preset(str(cfg.get("task_preset", "small")))
   # task_config holds the fields set over the preset; None means unset (see launch/configs/common.py).
@@ -148,30 +201,18 @@ def experiment_from_config(cfg) -> Experiment:
 
   m = _section(cfg, "model")
   layout = m.pop("layout", None)
-  if isinstance(layout, str):  # "attn,gdn,..."; "" (older config.json): unset
+  if isinstance(layout, str):  # the launch spelling: "attn,gdn,..."
     layout = tuple(s.strip() for s in layout.split(",") if s.strip())
   layout = tuple(layout) if layout else None
   if plain:
     layout = ("attn",) * (len(layout) if layout else int(m.get("n_layers", 4)))
-  for key in ("gdn_n_heads", "gdn_value_dim", "mlp_hidden"):  # 0 (older config.json): unset
-    if m.get(key) == 0:
-      m[key] = None
-  m["vocab_size"] = _task_defined(task, "vocab_size", m.get("vocab_size"), task.vocab_size(task_config),
-                                  unset=(0, None))
+  m["vocab_size"] = _task_defined(task, "vocab_size", m.get("vocab_size"), task.vocab_size(task_config))
   model = _build(ModelConfig, "model", {**m, "layout": layout})
 
   s = _section(cfg, "sleep")
-  s["window"] = _task_defined(task, "window", s.get("window"), task.window(task_config), unset=(0, None))
-  s["eviction"] = _task_defined(task, "eviction", s.get("eviction"), task.eviction(task_config),
-                                unset=("", None))
-  for key in ("grad_passes", "max_passes"):  # 0 (older config.json): unset
-    if s.get(key) == 0:
-      s[key] = None
-  if s.get("halt_tol") == 0 and not s.get("max_passes"):
-    # Older config.json files spelled "adaptive sleep off" halt_tol=0, max_passes=0. (halt_tol 0 never halts:
-    # without a cap of its own that is fixed N = n_passes, the same numbers.)
-    s["halt_tol"] = None
-  for key in ("n_passes_train", "n_passes_train_weights"):  # () (or the plain transformer): N is not drawn
+  s["window"] = _task_defined(task, "window", s.get("window"), task.window(task_config))
+  s["eviction"] = _task_defined(task, "eviction", s.get("eviction"), task.eviction(task_config))
+  for key in ("n_passes_train", "n_passes_train_weights"):  # the plain transformer draws no N
     s[key] = None if plain else (tuple(s.get(key) or ()) or None)
   if plain:
     if s.get("n_passes", 1) < 0:
@@ -180,18 +221,10 @@ def experiment_from_config(cfg) -> Experiment:
   sleep = _build(SleepConfig, "sleep", s)
 
   o = _section(cfg, "optimizer")
-  for key in ("decay_steps", "clip_norm"):  # 0 (older config.json): unset (clip_norm 0 also means no clipping)
-    if o.get(key) == 0:
-      o[key] = None
   optimizer = _build(OptimizerConfig, "optimizer", o)
   t = _section(cfg, "train")
-  for key in ("num_devices", "eval_batches"):  # 0 (older config.json, or the command line): unset
-    if t.get(key) == 0:
-      t[key] = None
   # Resolved where it enters: relative to the current directory, absolute below (orbax refuses relative paths).
   t["init_from"] = cli.user_path(t.get("init_from"))
-  if isinstance(t.get("profile_steps"), str):  # older config.json: "start,stop" steps to trace; "" traces none
-    t["profile_steps"] = tuple(int(x) for x in t["profile_steps"].split(",")) if t["profile_steps"] else None
   train = _build(TrainConfig, "train", {**t, "optimizer": optimizer})
   return Experiment(task_name=task.name, task_config=task_config, model=model, sleep=sleep, train=train,
                     plain_transformer=plain)
@@ -249,13 +282,13 @@ def build_run_spec(exp: Experiment, *, meta: dict | None = None):
   import tasks
   from sleep_jax.model import HybridLM
   from sleep_jax.train import loop
-  from sleep_jax.train import metrics as metrics_lib
   from sleep_jax.windowed import CheckedSchedule, WindowedLoss
 
   task = exp.task
   n_proc, pid = jax.process_count(), jax.process_index()
   local_batch = exp.train.batch_size // n_proc
   data_seed = exp.train.seed
+  eval_seed = data_seed if exp.train.eval_seed is None else exp.train.eval_seed
   schedule = task_schedule(exp)
   check_sleep_happens(exp, schedule)
   vocab = exp.model.vocab_size
@@ -266,7 +299,7 @@ def build_run_spec(exp: Experiment, *, meta: dict | None = None):
     return CheckedSchedule(iter(ds), schedule, exp.sleep.window, vocab)
 
   def eval_data():
-    ds = tasks.make_dataset(task, exp.task_config, "eval", seed=data_seed, batch_size=local_batch, num_epochs=1,
+    ds = tasks.make_dataset(task, exp.task_config, "eval", seed=eval_seed, batch_size=local_batch, num_epochs=1,
                             shuffle=False, shard_index=pid, shard_count=n_proc)
     return CheckedSchedule(iter(ds), schedule, exp.sleep.window, vocab)
 
@@ -275,7 +308,6 @@ def build_run_spec(exp: Experiment, *, meta: dict | None = None):
       loss_fn=WindowedLoss(exp.sleep, sleep_schedule=schedule),  # draws N per step if n_passes_train
       train_data=train_data, eval_data=eval_data,
       evaluator=lambda: task.evaluator(exp.task_config),
-      sleep_cost=lambda mask: metrics_lib.sleep_cost(mask, exp.sleep.window, exp.sleep.n_passes),
       meta=dict(meta or {}, sleep_schedule=list(schedule)))
 
 

@@ -15,7 +15,7 @@ step is slower than ``--budget_s`` allows).
 The table reports, per row, the measured seconds per step in two clocks
 (wall time, on the machine as loaded, and core time, the process's CPU
 seconds over all its threads, which a loaded machine inflates far less), the
-analytic training FLOPs per step (``launch.sweep_flops``: forward + backward,
+analytic training FLOPs per step (``sleep_jax.cost``: forward + backward,
 remat not counted) at the CPU and at the paper batch, the achieved GFLOP per
 core-second, the paper's steps and tokens, and two *extrapolations* of one
 full run: the paper run's FLOPs at the measured CPU rate (FLOPs are linear in
@@ -314,7 +314,7 @@ def header(*, accel_tflops: float, load: Sequence[float], cores: int, backend: s
       f"during the measurements{pinned}{niced}): the numbers are rough.",
       "wall s/step: measured wall time per step as loaded. core-s/step: this process's CPU seconds per step (all "
       "its threads), which the load inflates far less; an idle machine takes between core-s/cores and core-s.",
-      "FLOPs: analytic training FLOPs (launch.sweep_flops: forward + backward, remat not counted). "
+      "FLOPs: analytic training FLOPs (sleep_jax.cost: forward + backward, remat not counted). "
       "GFLOP/core-s = FLOP/step CPU B / core-s/step.",
       "CPU run, core-time (extrapolated): the paper run's FLOPs (paper batch x paper steps) at the measured "
       "GFLOP/core-s, in core time (one idle core's wall time); not measured.",
@@ -499,21 +499,16 @@ def measure(path: str, overrides: Sequence[str], *, steps: int, budget_s: float,
   """
   import jax
   from launch import experiment
-  from sleep_jax.train import data_parallel_train_step, make_data_mesh, make_optimizer, make_train_step
-  from sleep_jax.train import create_train_state
+  from sleep_jax.train import loop
   from sleep_jax.train import parallel
 
   exp = experiment.experiment_from_config(load_config(path, overrides))
   spec = experiment.build_run_spec(exp)
-  # The step as sleep_jax.train.loop.train builds it (its step 0's loss).
-  loss_fn = getattr(spec.loss_fn, "for_step", lambda s, seed: spec.loss_fn)(0, exp.train.seed)
-  mesh = make_data_mesh(exp.train.num_devices)
-  opt = make_optimizer(exp.train.optimizer, exp.train.num_steps)
-  graphdef, state = create_train_state(spec.model_factory, opt.tx, exp.train.seed)
-  state = parallel.replicate(state, mesh)
-  fn = data_parallel_train_step(make_train_step(loss_fn, opt.tx, graphdef, schedules=opt.schedules,
-                                                axis_name=parallel.DATA_AXIS),
-                                mesh, schedule_names=tuple(opt.schedules))
+  # The trainer's own step assembly (loop.train's), and its step 0's step.
+  setup = loop.setup_training(spec, exp.train)
+  mesh = setup.mesh
+  state = parallel.replicate(setup.state, mesh)
+  fn = setup.steps(0)
   it = spec.train_data()
   batches = [parallel.shard_batch(next(it), mesh) for _ in range(2)]
   clock = lambda: (time.perf_counter(), time.process_time())

@@ -74,7 +74,7 @@ def main(argv):
   if bool(_RUNS.value) == bool(_TABLE.value):
     raise app.UsageError("give exactly one of --runs or --table")
   from sleep_jax.train import metrics as metrics_lib
-  from sleep_jax.train import plotting
+  from launch import plotting
 
   try:
     if _RUNS.value:

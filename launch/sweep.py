@@ -13,7 +13,7 @@ Variants (``--variants``, comma-separated):
   training FLOPs as ``N = K`` from more steps (``K`` defaults to the largest
   ``N`` of the sweep's ``n<K>`` / ``replay<K>`` variants). The step multiplier
   is the ratio of the analytic training FLOPs per sequence
-  (``launch/sweep_flops.py``); more steps also means more tokens.
+  (``sleep_jax/cost.py``); more steps also means more tokens.
 * ``replay<K>``: ``N = K`` with ``sleep.replay = True`` (every sleep pass
   re-reads the window; same FLOPs as ``n<K>``).
 * ``deep<K>``: ``N = 1`` with ``K`` times the layers (the layout repeated, the
@@ -97,6 +97,9 @@ _ONE_CORE = flags.DEFINE_bool("one_core_per_run", True,
                               "all threads (GPU/TPU, or --parallel=1 on a free machine).")
 _REPORT = flags.DEFINE_bool("report", False, "Only rebuild results.csv/md and the figures from the run "
                             "directories under --workdir (no training; --config not needed).")
+_REPORT_DIR = cli.define_path("report_dir", None, "With --report: write the files here instead of --workdir "
+                              "(the committed demo keeps its runs in results/rule110_demo/runs and its tables one "
+                              "level up).")
 _DRY_RUN = flags.DEFINE_bool("dry_run", False, "Print the planned runs (steps, tokens, FLOPs, status) and exit.")
 
 # task_config fields that pin the depth knob of each task to one value.
@@ -569,8 +572,13 @@ def print_plan(runs: Sequence[PlannedRun]) -> None:
           f"{r.train_flops:>12.3g}  {r.status}")
 
 
-def report(root: str, *, quiet: bool = False) -> tuple[list[dict], list[str]]:
+def report(root: str, *, quiet: bool = False, out_dir: str | None = None) -> tuple[list[dict], list[str]]:
   """Rebuilds ``results.csv``, ``results.md`` and the figures from the run directories under ``root``.
+
+  Args:
+    root: the sweep root (one directory per run).
+    quiet: print nothing.
+    out_dir: where the files go (default: ``root``).
 
   Returns:
     ``(rows, paths written)``.
@@ -586,16 +594,18 @@ def report(root: str, *, quiet: bool = False) -> tuple[list[dict], list[str]]:
   depth_name = records[0].depth_name
   tasks_seen = sorted({r.task for r in records})
   summary = results_lib.summarize(rows)
-  csv_path = results_lib.write_csv(rows, os.path.join(root, "results.csv"))
-  md = results_lib.markdown(summary, records, depth_name=depth_name, title=f"Sweep: {', '.join(tasks_seen)}")
-  md_path = os.path.join(root, "results.md")
+  out_dir = root if out_dir is None else out_dir
+  csv_path = results_lib.write_csv(rows, os.path.join(out_dir, "results.csv"))
+  md = results_lib.markdown(summary, records, depth_name=depth_name, title=f"Sweep: {', '.join(tasks_seen)}",
+                            rows=rows)
+  md_path = os.path.join(out_dir, "results.md")
   with open(md_path, "w") as f:
     f.write(md)
-  figs = results_lib.draw(root, rows, records, depth_name=depth_name) if rows else []
+  figs = results_lib.draw(out_dir, rows, records, depth_name=depth_name) if rows else []
   written = [csv_path, md_path]
   settings_md = results_lib.sleep_settings_markdown(records, depth_name=depth_name)
   if settings_md:
-    written.append(os.path.join(root, "sleep_settings.md"))
+    written.append(os.path.join(out_dir, "sleep_settings.md"))
     with open(written[-1], "w") as f:
       f.write(settings_md)
   if not quiet:
@@ -639,7 +649,7 @@ def main(argv):
   cli.quiet_logging()
   try:
     if _REPORT.value:
-      report(_WORKDIR.value)
+      report(_WORKDIR.value, out_dir=_REPORT_DIR.value)
       return 0
     if _CONFIG.value is None:
       raise app.UsageError("--config is required (except with --report)")

@@ -27,7 +27,7 @@ from typing import Iterable, Mapping, Sequence
 
 from launch import tables
 
-COLUMNS = ("task", "variant", "n_passes", "seed", "depth", "accuracy", "majority", "chance", "count", "stderr",
+COLUMNS = ("task", "variant", "n_passes", "seed", "eval_seed", "depth", "accuracy", "majority", "chance", "count", "stderr",
            "loss", "tokens", "steps", "train_flops", "wall_s", "train_depth", "status", "run", "startup_s")
 # The files a sweep keeps in each run directory, beside the trainer's own.
 POINT_FILE = "sweep_point.json"  # the sweep point: variant, seed, overrides, provenance
@@ -124,6 +124,9 @@ class RunRecord:
     depth_name: the task's depth knob.
     epochs: passes over a finite train set at ``steps`` (NaN if the set is
       effectively infinite).
+    eval_seed: the seed of the run's eval split (``TrainConfig.eval_seed``, or
+      the run's seed where that is unset): runs with one ``eval_seed`` were
+      scored on the same examples.
   """
   name: str
   workdir: str
@@ -141,6 +144,7 @@ class RunRecord:
   depth_name: str = "depth"
   epochs: float = NAN
   startup_s: float = NAN
+  eval_seed: int = 0
 
   @property
   def variant(self) -> str:
@@ -271,7 +275,8 @@ def read_run(workdir: str) -> RunRecord | None:
                    task=exp.task_name, n_passes=exp.sleep.n_passes, status=status, num_steps=num_steps,
                    steps=steps, tokens=tokens, flops_per_step=exp.train.batch_size * seq.train,
                    wall_s=wall_s, result=result, curve=curve, depth_name=exp.task.depth_name, epochs=epochs,
-                   startup_s=startup_s)
+                   startup_s=startup_s,
+                   eval_seed=exp.train.seed if exp.train.eval_seed is None else exp.train.eval_seed)
 
 
 def read_runs(root: str) -> list[RunRecord]:
@@ -293,6 +298,7 @@ def run_rows(rec: RunRecord) -> list[dict]:
   if not rec.result:
     return []
   base = {"task": rec.task, "variant": rec.variant, "n_passes": rec.n_passes, "seed": rec.seed,
+          "eval_seed": rec.eval_seed,
           "tokens": rec.tokens, "steps": rec.steps, "train_flops": rec.train_flops, "wall_s": rec.wall_s,
           "train_depth": rec.train_depth, "status": rec.status, "run": rec.name, "startup_s": rec.startup_s}
   return eval_rows(rec.result, base)
@@ -380,32 +386,52 @@ def _fmt_flops(v) -> str:
   return format(v, ".3g") if _finite(v) else "-"
 
 
-def markdown(summary: Sequence[Mapping], records: Sequence[RunRecord], *, depth_name: str = "depth",
-             title: str = "Sweep") -> str:
-  """The sweep's Markdown report: accuracy per variant x depth over seeds, then one line per run.
+def baselines(rows: Iterable[Mapping]) -> dict[str, dict]:
+  """Per baseline ("majority", "chance"): ``{depth: mean over the distinct eval sets}`` and their count.
+
+  A baseline depends on the eval examples only, so each eval set (each
+  ``eval_seed``) counts once, however many runs were scored on it: with one
+  eval set for the whole comparison the value is that set's own.
+
+  Returns:
+    ``{"majority": {"values": {depth: value}, "eval_sets": k}, "chance": ...}``
+    (a baseline no row carries is left out).
+  """
+  out = {}
+  for name in ("majority", "chance"):
+    per_set: dict = {}
+    for r in rows:
+      v = _number(r.get(name))
+      if math.isfinite(v):
+        per_set.setdefault(r["depth"], {}).setdefault(r.get("eval_seed", r.get("seed")), v)
+    if per_set:
+      out[name] = {"values": {d: _mean(vals.values()) for d, vals in per_set.items()},
+                   "eval_sets": max(len(vals) for vals in per_set.values())}
+  return out
+
+
+def baseline_label(name: str, eval_sets: int) -> str:
+  """``*majority*``, or ``*majority* (mean of k eval sets)`` when the runs were scored on ``k > 1`` sets."""
+  return f"*{name}*" + (f" (mean of {eval_sets} eval sets)" if eval_sets > 1 else "")
+
+
+def accuracy_table(summary: Sequence[Mapping], rows: Sequence[Mapping], *, depth_name: str = "depth",
+                   depths: Sequence | None = None) -> list[str]:
+  """Markdown lines: the baselines, then accuracy per variant x depth over seeds.
 
   Args:
-    summary: :func:`summarize`'s output for accuracy.
-    records: the runs.
+    summary: :func:`summarize`'s output for accuracy (its variants are the rows).
+    rows: the run rows it summarises (for the baselines, see :func:`baselines`).
     depth_name: the task's depth knob (column headers).
-    title: the heading.
+    depths: the columns (default: every depth of ``summary``, then "all").
   """
-  depths = sorted({s["depth"] for s in summary}, key=_depth_order)
+  if depths is None:
+    depths = sorted({s["depth"] for s in summary}, key=_depth_order)
   head = lambda d: "all" if d == "all" else f"{depth_name}={d}"
-  lines = [f"# {title}", ""]
-  n_done = sum(r.status == "done" for r in records)
-  lines.append(f"{len(records)} runs, {n_done} finished. Cells: mean over seeds ± its standard error "
-               "[every seed's value]; with one seed, ± is the binomial standard error of that run (marked b). "
-               "Partial runs count with their latest evaluation.")
-  lines += ["", "| variant | " + " | ".join(head(d) for d in depths) + " |",
-            "|---|" + "---|" * len(depths)]
-  for baseline in ("majority", "chance"):
-    by_depth = {}
-    for s in summary:
-      if _finite(s[baseline]):
-        by_depth.setdefault(s["depth"], []).append(s[baseline])
-    if by_depth:
-      lines.append(f"| *{baseline}* | " + " | ".join(_fmt(_mean(by_depth.get(d, []))) for d in depths) + " |")
+  lines = ["| variant | " + " | ".join(head(d) for d in depths) + " |", "|---|" + "---|" * len(depths)]
+  for name, b in baselines(rows).items():
+    lines.append(f"| {baseline_label(name, b['eval_sets'])} | "
+                 + " | ".join(_fmt(b["values"].get(d, NAN)) for d in depths) + " |")
   keyed = {}
   for s in summary:
     keyed.setdefault((s["variant"], s["train_depth"]), {})[s["depth"]] = s
@@ -422,16 +448,40 @@ def markdown(summary: Sequence[Mapping], records: Sequence[RunRecord], *, depth_
       seeds = " ".join(_fmt(v) for v in s["seeds"].values())
       out.append(f"{_fmt(s['mean'])}{se} [{seeds}]")
     lines.append(f"| {label} | " + " | ".join(out) + " |")
+  return lines
+
+
+def markdown(summary: Sequence[Mapping], records: Sequence[RunRecord], *, depth_name: str = "depth",
+             title: str = "Sweep", rows: Sequence[Mapping] | None = None) -> str:
+  """The sweep's Markdown report: accuracy per variant x depth over seeds, then one line per run.
+
+  Args:
+    summary: :func:`summarize`'s output for accuracy.
+    records: the runs.
+    depth_name: the task's depth knob (column headers).
+    title: the heading.
+    rows: the runs' rows (default: read from ``records``), for the baselines.
+  """
+  rows = [row for r in records for row in run_rows(r)] if rows is None else rows
+  lines = [f"# {title}", ""]
+  n_done = sum(r.status == "done" for r in records)
+  n_sets = len({r.eval_seed for r in records})
+  lines.append(f"{len(records)} runs, {n_done} finished, scored on {n_sets} eval set{'s' * (n_sets != 1)} "
+               "(one per eval seed; a baseline is the mean over them, each set once). Cells: mean over seeds ± its "
+               "standard error [every seed's value]; with one seed, ± is the binomial standard error of that run "
+               "(marked b). Partial runs count with their latest evaluation.")
+  lines += ["", *accuracy_table(summary, rows, depth_name=depth_name)]
   lines += ["", "## Runs", "", "wall s: the run's processes, in brackets the part before their first train step "
             "(start-up and compile).", "",
-            "| run | variant | N | seed | status | steps | tokens | train FLOPs | wall s | epochs | accuracy |",
-            "|---|---|---|---|---|---|---|---|---|---|---|"]
+            "| run | variant | N | seed | eval seed | status | steps | tokens | train FLOPs | wall s | epochs | "
+            "accuracy |",
+            "|---|---|---|---|---|---|---|---|---|---|---|---|"]
   for r in records:
     acc = _number(r.result.get("accuracy")) if r.result else NAN
     startup = f" ({_fmt(r.startup_s, '.0f')})" if _finite(r.startup_s) else ""
-    lines.append(f"| {r.name} | {r.variant} | {r.n_passes} | {r.seed} | {r.status} | {r.steps}/{r.num_steps} | "
-                 f"{r.tokens} | {_fmt_flops(r.train_flops)} | {_fmt(r.wall_s, '.0f')}{startup} | "
-                 f"{_fmt(r.epochs, '.2f')} | {_fmt(acc)} |")
+    lines.append(f"| {r.name} | {r.variant} | {r.n_passes} | {r.seed} | {r.eval_seed} | {r.status} | "
+                 f"{r.steps}/{r.num_steps} | {r.tokens} | {_fmt_flops(r.train_flops)} | "
+                 f"{_fmt(r.wall_s, '.0f')}{startup} | {_fmt(r.epochs, '.2f')} | {_fmt(acc)} |")
   return "\n".join(lines) + "\n"
 
 
@@ -519,9 +569,9 @@ def draw(root: str, rows: Sequence[Mapping], records: Sequence[RunRecord], *, de
   """The sweep's figures in ``root``; returns the paths written (a figure without data is skipped)."""
   import logging
 
-  from sleep_jax.train import plotting
+  from launch import plotting
 
-  majority = _mean(_number(r.get("majority")) for r in rows if r["depth"] == "all")
+  majority = baselines(rows).get("majority", {}).get("values", {}).get("all", NAN)
   depth_rows = [dict(r, variant=r["variant"] + (f" (train {r['train_depth']})"
                                                  if r.get("train_depth") not in ("", None) else "")) for r in rows]
   makers = {

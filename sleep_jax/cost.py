@@ -14,8 +14,12 @@ What runs (``windowed.run_window``, ``session.SleepSession``):
   projection) before the sleep passes, since the streamed hidden states are
   not kept; that re-run counts as sleep compute.
 
-Conventions (those of the launch sweep's compute axis): forward FLOPs, a
-multiply-add is 2 FLOPs; per token and block:
+This module is the project's one FLOP count: the train step's ``sleep/*``
+metrics (:func:`sequence_cost`), the serving session's accounting and the
+launch sweep's compute axis and compute matching (:func:`sequence_flops`) all
+read it.
+
+Conventions: forward FLOPs, a multiply-add is 2 FLOPs; per token and block:
 
 * attention: projections ``8 d H Dh``; scores and values ``4 H Dh S`` over the
   ``S`` key slots the dense kernel computes, masked ones included (the
@@ -33,6 +37,15 @@ term: that is exactly the ``dot_general`` FLOPs of the program with the
 reference gated delta rule, which :func:`jaxpr_matmul_flops` counts and the
 tests compare against.
 
+Training (:func:`sequence_flops`): forward + backward, backward = 2 x
+forward, for every pass that gradients flow through (``grad_passes``
+truncates the sleep passes' backward); ``replay`` costs what refinement costs
+(it changes only the core's input). Rematerialisation is not counted: it is an
+implementation choice that does not change the model's compute. Why analytic,
+not XLA's ``cost_analysis``: the sleep passes are ``lax.scan`` loops, whose body
+XLA counts once whatever the trip count, so ``N = 4`` would look as cheap as
+``N = 1``.
+
 Adaptive sleep is counted per example (each example's own passes). The
 batched masked scan executes, per window, the largest count in the batch for
 every example (halted examples compute and discard) unless the whole batch has
@@ -42,11 +55,19 @@ from __future__ import annotations
 
 import dataclasses
 import math
+from collections.abc import Sequence
 
 import jax
 import jax.numpy as jnp
 
 from sleep_jax.config import ModelConfig, SleepConfig
+
+
+def window_spans(length: int, window: int) -> tuple[tuple[int, int], ...]:
+  """``[(start, stop), ...]`` of consecutive windows of ``window`` tokens (last may be short)."""
+  if window < 1:
+    raise ValueError(f"window (L) must be >= 1, got {window}")
+  return tuple((s, min(s + window, length)) for s in range(0, length, window))
 
 
 def block_flops(config: ModelConfig, kind: str, keys: int, *, matmul_only: bool = False) -> float:
@@ -152,7 +173,7 @@ def sequence_cost(config: ModelConfig, sleep: SleepConfig, length: int, passes, 
     that slept) and ``n_passes`` (the configured ``N``, or the adaptive cap).
   """
   passes = jnp.asarray(passes)
-  spans = [(a, min(a + sleep.window, length)) for a in range(0, length, sleep.window)]
+  spans = window_spans(length, sleep.window)
   if passes.shape[-1] != len(spans):
     raise ValueError(f"passes must have one column per window ({len(spans)}), got shape {passes.shape}")
   b = passes.shape[0]
@@ -166,6 +187,72 @@ def sequence_cost(config: ModelConfig, sleep: SleepConfig, length: int, passes, 
   return {"wake_flops": jnp.full((b,), wake, jnp.float32), "sleep_flops": slept,
           "sleep_passes": f32(jnp.sum(passes, axis=1)), "sleep_windows": f32(jnp.sum(passes > 0, axis=1)),
           "n_passes": jnp.full((b,), sleep.max_n_passes, jnp.float32)}
+
+
+@dataclasses.dataclass(frozen=True)
+class SequenceFlops:
+  """FLOPs of one training sequence.
+
+  Attributes:
+    forward: forward FLOPs (what evaluation runs: ``n_passes``).
+    train: forward + backward FLOPs (the expectation over the draw when
+      training draws ``N``, ``SleepConfig.n_passes_train``).
+    seq_len: tokens per sequence ``T``.
+  """
+  forward: float
+  train: float
+  seq_len: int
+
+  @property
+  def train_per_token(self) -> float:
+    return self.train / self.seq_len
+
+
+def _fixed_n_flops(config: ModelConfig, sleep: SleepConfig, schedule: Sequence[bool], length: int) -> SequenceFlops:
+  spans = window_spans(length, sleep.window)
+  if len(schedule) != len(spans):
+    raise ValueError(f"schedule has {len(schedule)} entries for {len(spans)} windows of {sleep.window} "
+                     f"in {length} tokens")
+  n = sleep.n_passes
+  grad_extra = n - 1 if sleep.grad_passes is None else min(n - 1, sleep.grad_passes)
+  forward = train = 0.0
+  for (a, z), sleeps in zip(spans, schedule):
+    wf = window_flops(config, sleep, z - a)
+    slept = wf.sleep(n) if sleeps else 0.0
+    forward += wf.wake + slept
+    # Sleep passes before the last ``grad_passes`` run forward only (no backward).
+    no_grad = (n - 1 - grad_extra) * wf.core if sleeps and n >= 2 else 0.0
+    train += 3 * (wf.wake + slept) - 2 * no_grad
+  return SequenceFlops(forward=forward, train=train, seq_len=length)
+
+
+def sequence_flops(config: ModelConfig, sleep: SleepConfig, schedule: Sequence[bool], length: int) -> SequenceFlops:
+  """Forward and training FLOPs of one sequence under Algorithm 1 (see the module docstring).
+
+  Args:
+    config: the model.
+    sleep: the sleep configuration (window ``L``, passes ``N``, eviction,
+      ``grad_passes``, and ``n_passes_train`` for a drawn ``N``).
+    schedule: one bool per window, True where the window sleeps.
+    length: ``T``.
+
+  Returns:
+    A :class:`SequenceFlops`; with ``n_passes_train`` its ``train`` is the
+    expectation under the draw's weights (not the realised draws) and its
+    ``forward`` that of ``n_passes``.
+
+  Raises:
+    ValueError: if ``schedule`` does not have one entry per window.
+  """
+  out = _fixed_n_flops(config, sleep, schedule, length)
+  drawn = sleep.n_passes_train
+  if drawn:
+    weights = sleep.n_passes_train_weights or (1.0,) * len(drawn)
+    fixed = dict(n_passes_train=None, n_passes_train_weights=None)
+    train = sum(w * _fixed_n_flops(config, dataclasses.replace(sleep, n_passes=n, **fixed), schedule, length).train
+                for n, w in zip(drawn, weights)) / sum(weights)
+    out = dataclasses.replace(out, train=train)
+  return out
 
 
 # -- counting from the program (the reference the analytic count is tested against) ----------------

@@ -58,7 +58,7 @@ from flax import nnx
 from sleep_jax.array_typing import Array, Float, Int32, Logits, Mask, Tokens, WindowPasses, typed
 from sleep_jax.config import SleepConfig
 from sleep_jax.consolidate import sleep_consolidate
-from sleep_jax.cost import sequence_cost
+from sleep_jax.cost import sequence_cost, window_spans
 from sleep_jax.fast_weights import FastWeights, init_fast_weights
 from sleep_jax.model import check_token_ids
 
@@ -108,13 +108,6 @@ class LossAux:
 
 
 # -- schedule ---------------------------------------------------------------------------------------
-def window_spans(length: int, window: int) -> tuple[tuple[int, int], ...]:
-  """``[(start, stop), ...]`` of consecutive windows of ``window`` tokens (last may be short)."""
-  if window < 1:
-    raise ValueError(f"window (L) must be >= 1, got {window}")
-  return tuple((s, min(s + window, length)) for s in range(0, length, window))
-
-
 def serving_schedule(length: int, window: int) -> tuple[bool, ...]:
   """Serving-time rule: every full window sleeps; a trailing partial one does not."""
   return tuple(stop - start == window for start, stop in window_spans(length, window))

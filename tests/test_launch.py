@@ -268,7 +268,8 @@ FIELD_OVERRIDES = {
         "unroll": ("False", False, ()), "fuse_unslept": ("False", False, ()),
     },
     "train": {
-        "num_steps": ("7", 7, ()), "batch_size": ("6", 6, ()), "seed": ("3", 3, ()), "log_every": ("5", 5, ()),
+        "num_steps": ("7", 7, ()), "batch_size": ("6", 6, ()), "seed": ("3", 3, ()), "eval_seed": ("5", 5, ()),
+        "log_every": ("5", 5, ()),
         "eval_every": ("10", 10, ()), "eval_batches": ("2", 2, ()), "checkpoint_every": ("20", 20, ()),
         "max_to_keep": ("2", 2, ()), "sync_every": ("4", 4, ()), "num_devices": ("1", 1, ()),
         "data_workers": ("1", 1, ()), "init_from": ("/tmp/a_run", "/tmp/a_run", ()),

@@ -55,8 +55,9 @@ def test_rope_scores_depend_on_offsets_only():
   assert float(jnp.abs(apply_rope(q, pos, theta=1e4) - q).max()) > 1e-3
 
 
-@pytest.mark.slow  # decoding with eviction is compared to the batched forward in test_session.py
 def test_decode_steps_match_full_forward():
+  # A core invariant, so in the default run: tiny shapes keep its compile short (decoding with eviction is
+  # compared to the batched forward in test_session.py).
   cfg = _config()
   model = HybridLM(cfg, rngs=nnx.Rngs(0))
   graphdef, state = nnx.split(model)

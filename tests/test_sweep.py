@@ -12,6 +12,7 @@ import pytest
 from launch import sweep
 from launch import sweep_flops
 from launch import sweep_results as results_lib
+from sleep_jax import cost
 from sleep_jax.config import ModelConfig, SleepConfig
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -129,26 +130,67 @@ def test_sequence_flops_match_a_hand_count():
   core0 = 3 * (attn(3) + gdn)  # one more pass of both blocks (no prelude / coda) over window 0
   model = _tiny_model()
   for n in (1, 2, 3):
-    got = sweep_flops.sequence_flops(model, SleepConfig(window=3, n_passes=n), (True, False), 5)
+    got = cost.sequence_flops(model, SleepConfig(window=3, n_passes=n), (True, False), 5)
     assert got.forward == w0 + w1 + (n - 1) * core0
     assert got.train == 3 * got.forward
   # Only the last k passes are differentiated: the others cost their forward only.
-  got = sweep_flops.sequence_flops(model, SleepConfig(window=3, n_passes=3, grad_passes=1), (True, False), 5)
+  got = cost.sequence_flops(model, SleepConfig(window=3, n_passes=3, grad_passes=1), (True, False), 5)
   assert got.train == 3 * (w0 + w1) + 3 * core0 + core0
   # replay re-reads the window: same compute; N = 0 forgets it: the wake pass only.
-  assert (sweep_flops.sequence_flops(model, SleepConfig(window=3, n_passes=3, replay=True), (True, False), 5)
-          == sweep_flops.sequence_flops(model, SleepConfig(window=3, n_passes=3), (True, False), 5))
-  assert sweep_flops.sequence_flops(model, SleepConfig(window=3, n_passes=0), (True, False), 5).forward == w0 + w1
+  assert (cost.sequence_flops(model, SleepConfig(window=3, n_passes=3, replay=True), (True, False), 5)
+          == cost.sequence_flops(model, SleepConfig(window=3, n_passes=3), (True, False), 5))
+  assert cost.sequence_flops(model, SleepConfig(window=3, n_passes=0), (True, False), 5).forward == w0 + w1
   # Sliding eviction attends over a kept prefix too: L empty keys before window 0, then window 0's 3 keys.
-  hard = sweep_flops.sequence_flops(model, SleepConfig(window=3, n_passes=3), (True, False), 5)
-  sliding = sweep_flops.sequence_flops(model, SleepConfig(window=3, n_passes=3, eviction="sliding"),
+  hard = cost.sequence_flops(model, SleepConfig(window=3, n_passes=3), (True, False), 5)
+  sliding = cost.sequence_flops(model, SleepConfig(window=3, n_passes=3, eviction="sliding"),
                                        (True, False), 5)
   assert sliding.forward - hard.forward == 4 * 3 * 3 * 2 * 3 + 4 * 2 * 3 * 2 * 1
   # A coda runs once more after the sleep passes; the prelude does not.
-  coda = sweep_flops.sequence_flops(_tiny_model(coda=1), SleepConfig(window=3, n_passes=3), (True, False), 5)
+  coda = cost.sequence_flops(_tiny_model(coda=1), SleepConfig(window=3, n_passes=3), (True, False), 5)
   assert coda.forward == w0 + w1 + 2 * 3 * attn(3) + 3 * gdn
   with pytest.raises(ValueError, match="schedule"):
-    sweep_flops.sequence_flops(model, SleepConfig(window=3), (True,), 5)
+    cost.sequence_flops(model, SleepConfig(window=3), (True,), 5)
+
+
+def test_the_sweeps_training_flops_are_cost_py_for_every_variant_kind(tmp_path):
+  from launch import experiment
+  cfg = _config()
+  names = ["n1", "n2", "n4", "replay2", "deep4", "nrand4", "n1_compute4", "transformer"]
+  points = sweep.expand_points(sweep.parse_variants(names), [0])
+  runs = {r.point.variant.name: r for r in sweep.plan(cfg, str(tmp_path), points, tokens=1e6, write=False)}
+  seq = {}
+  for point in points:
+    c, _ = sweep.point_config(point, cfg, tokens=1e6)
+    exp = experiment.experiment_from_config(c.to_dict())
+    # The count itself: sleep_jax.cost over the point's own model, sleep config and schedule.
+    seq[point.variant.name] = f = cost.sequence_flops(exp.model, exp.sleep, experiment.task_schedule(exp),
+                                                      exp.task.seq_len(exp.task_config))
+    run = runs[point.variant.name]
+    assert run.train_flops == run.num_steps * exp.train.batch_size * f.train, point.variant.name
+  base = runs["n1"].num_steps
+  assert all(runs[n].num_steps == base for n in names if n != "n1_compute4")
+  # Independent relations between the kinds, from cost.py's pieces:
+  exp1 = experiment.experiment_from_config(sweep.point_config(points[0], cfg, tokens=1e6)[0].to_dict())
+  schedule = experiment.task_schedule(exp1)
+  spans = cost.window_spans(exp1.task.seq_len(exp1.task_config), exp1.sleep.window)
+  core = sum(cost.window_flops(exp1.model, exp1.sleep, z - a).core for (a, z), s in zip(spans, schedule) if s)
+  unembed = sum(cost.window_flops(exp1.model, exp1.sleep, z - a).unembed for a, z in spans)
+  for n in (2, 4):  # n: N - 1 more core passes on every sleeping window (no coda here), 3x for training
+    assert seq[f"n{n}"].forward == pytest.approx(seq["n1"].forward + (n - 1) * core)
+    assert seq[f"n{n}"].train == pytest.approx(3 * seq[f"n{n}"].forward)
+  assert seq["replay2"] == seq["n2"]  # replay changes the core's input, not its compute
+  # deep: 4x the layers, no sleep: 4x the block FLOPs, one output projection.
+  assert seq["deep4"].forward - unembed == pytest.approx(4 * (seq["n1"].forward - unembed))
+  # nrand4: the expectation over N uniform in {1, 2, 3, 4}; evaluation runs N = 4.
+  n3_train = seq["n1"].train + 3 * 2 * core  # N = 3: two more core passes, forward and backward
+  assert seq["nrand4"].train == pytest.approx((seq["n1"].train + seq["n2"].train + n3_train + seq["n4"].train) / 4)
+  assert seq["nrand4"].forward == seq["n4"].forward
+  # compute-matched: N = 1 for as many more steps as N = 4's FLOPs buy (rounded up to a whole step).
+  assert runs["n1_compute4"].num_steps == math.ceil(base * seq["n4"].train / seq["n1"].train - 1e-9)
+  per_step = runs["n1"].train_flops / base
+  assert runs["n4"].train_flops <= runs["n1_compute4"].train_flops < runs["n4"].train_flops + per_step
+  # the plain transformer has no sleep passes: its training is forward + backward of its one pass.
+  assert seq["transformer"].train == pytest.approx(3 * seq["transformer"].forward)
 
 
 def test_drawn_n_costs_its_expected_training_flops():
@@ -324,7 +366,9 @@ def test_report_rebuilds_tables_and_figures_from_run_dirs(tmp_path):
   assert by["n2_s0", "all"]["train_flops"] > by["n1_s0", "all"]["train_flops"]
   assert by["transformer_s0", 4]["status"] == "partial"  # its latest eval record stands in
   md = open(paths[1]).read()
-  assert "| n1 | 0.650 ± 0.050 [0.600 0.700]" in md and "| *majority* | 0.500 | 0.250 | 0.400 |" in md
+  # Seeds 0 and 1 were scored on their own eval sets (no eval_seed): the baseline is the mean over the two sets.
+  assert "| n1 | 0.650 ± 0.050 [0.600 0.700]" in md
+  assert "| *majority* (mean of 2 eval sets) | 0.500 | 0.250 | 0.400 |" in md
   assert md.index("| n1 |") < md.index("| n2 |") < md.index("| transformer |")
   assert [r["run"] for r in rows[::3]] == ["n1_s0", "n1_s1", "n2_s0", "n2_s1", "transformer_s0"]
   with pytest.raises(ValueError, match="no sweep run"):

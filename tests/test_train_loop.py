@@ -23,8 +23,7 @@ def _spec(poison=None, loss_fn=tiny_loss, with_eval=True):
   return loop.RunSpec(model_factory=TinyLM, loss_fn=loss_fn, train_data=data,
                       eval_data=(lambda: (next(make_grain_iter(BATCH, seed=99)) for _ in range(2))) if with_eval
                       else None,
-                      evaluator=CountingEvaluator,
-                      sleep_cost=lambda m: metrics_lib.sleep_cost(m, window=4, n_passes=2), meta={"test": 1})
+                      evaluator=CountingEvaluator, meta={"test": 1})
 
 
 def _config(num_steps, kind="adamw", **kw):
@@ -57,8 +56,9 @@ def test_resume_is_bit_exact(tmp_path):
   assert straight.eval["accuracy"] == resumed.eval["accuracy"]
   recs = metrics_lib.read_jsonl(str(tmp_path / "straight" / "metrics.jsonl"), "train")
   assert [r["step"] for r in recs] == [2, 4, 6, 8]
-  for key in ("loss", "grad_norm", "lr/muon", "lr/adamw", "tokens_per_s", "sleep/relative_cost", "train/accuracy"):
+  for key in ("loss", "grad_norm", "lr/muon", "lr/adamw", "tokens_per_s", "train/accuracy"):
     assert key in recs[-1], key
+  assert not any(k.startswith("sleep/") for k in recs[-1])  # the tiny loss reports no compute
   assert json.load(open(tmp_path / "straight" / "eval.json"))["step"] == 8
 
 
@@ -93,20 +93,78 @@ def test_init_from_copies_params_only(tmp_path):
     ckpt_lib.load_params(str(tmp_path / "base"), base.state.params)
 
 
-def test_sleep_cost_prices_what_runs():
-  # Windows of 4 over T = 10: [0,4) and [4,8) sleep, [8,10) predicts.
-  mask = np.zeros((2, 10), np.float32)
-  mask[:, 8] = 1.0
-  # N = 0 forgets the window but its wake pass has run: one stack pass, as N = 1.
-  for n in (0, 1):
-    cost = metrics_lib.sleep_cost(mask, window=4, n_passes=n)
-    assert cost["sleep/block_passes"] == 3.0 and cost["sleep/relative_cost"] == 1.0, n
-  assert metrics_lib.sleep_cost(mask, window=4, n_passes=3)["sleep/block_passes"] == 2 * 3 + 1
-  # Prelude 1, core 2, coda 1 blocks, N = 3: a sleeping window runs the prelude
-  # once, the core 3 times and the coda twice (wake, then after the last pass).
-  from sleep_jax.config import ModelConfig
-  cfg = ModelConfig(vocab_size=5, n_layers=4, prelude=1, coda=1)
-  cost = metrics_lib.sleep_cost(mask, window=4, n_passes=3, model_config=cfg)
-  assert cost["sleep/block_passes"] == 2 * (1 + 3 * 2 + 2 * 1) / 4 + 1
-  cost = metrics_lib.sleep_cost(mask, window=4, n_passes=0, model_config=cfg)
-  assert cost["sleep/block_passes"] == 3.0
+def test_train_record_prices_the_step_from_its_reported_flops():
+  m = {"loss": np.float32(0.5), "sleep/wake_flops": np.float32(10.0), "sleep/sleep_flops": np.float32(25.0),
+       "sleep/passes": np.float32(3.5), "sleep/sleep_windows": np.float32(2.0), "sleep/n_passes": np.float32(4.0),
+       "predictions": np.zeros((2, 3)), "token_loss": np.zeros((2, 3))}
+  rec = loop.train_record(m, step=4, tokens=40, steps_per_s=2.0, tokens_per_s=20.0)
+  assert rec["sleep/relative_cost"] == 3.5 and rec["sleep/passes"] == 3.5  # (10 + 25) / 10
+  assert rec["kind"] == "train" and (rec["step"], rec["tokens"], rec["steps_per_s"]) == (4, 40, 2.0)
+  assert "predictions" not in rec and "token_loss" not in rec
+  # A loss that reports no compute leaves zero placeholders: they are dropped, not logged as a cost of 1.
+  quiet = loop.train_record({**m, "sleep/wake_flops": np.float32(0), "sleep/sleep_flops": np.float32(0)}, step=1,
+                            tokens=0, steps_per_s=1.0, tokens_per_s=1.0)
+  assert not any(k.startswith("sleep/") for k in quiet) and quiet["loss"] == 0.5
+
+
+class _ListWriter:
+  def __init__(self):
+    self.records = []
+
+  def write(self, rec):
+    self.records.append(rec)
+
+
+def test_step_log_writes_one_record_per_logging_step_and_stops_at_a_non_finite_step():
+  writer, ticks = _ListWriter(), iter([0.0, 2.0, 2.0])
+  steps = loop.StepLog(writer, batch_size=2, clock=lambda: next(ticks))
+  batch = {"tokens": np.zeros((2, 5), np.int32)}
+  good = {"loss": np.float32(1.0), "loss_finite": np.bool_(True), "grads_finite": np.bool_(True)}
+  steps.add(0, good, batch)
+  steps.add(1, dict(good, loss=np.float32(0.25)), batch)
+  assert len(steps) == 2
+  steps.flush(False, None)  # a sync, not a logging step: nothing written, the pending steps are done
+  assert writer.records == [] and len(steps) == 0
+  steps.add(2, dict(good, loss=np.float32(0.5)), batch)
+  steps.flush(True, None)
+  (rec,) = writer.records
+  # The record is the last pending step's; the rate counts the 3 steps since the window opened (t = 0 to 2 s).
+  assert (rec["step"], rec["loss"], rec["tokens"]) == (3, 0.5, 3 * 2 * 5) and rec["steps_per_s"] == 1.5
+  assert steps.last is rec and steps.tokens(3) == 30
+  steps.add(3, dict(good, loss=np.float32(np.nan), loss_finite=np.bool_(False)), batch)
+  with pytest.raises(metrics_lib.NonFiniteError):
+    steps.flush(False, 3)
+  assert writer.records[-1]["kind"] == "stop" and writer.records[-1]["step"] == 3
+
+
+def test_train_steps_compile_one_step_per_distinct_loss(monkeypatch):
+  class Drawn:
+    def for_step(self, step, seed):
+      return ("loss", (step + seed) % 2)
+
+  built = []
+  monkeypatch.setattr(loop.parallel, "make_data_parallel_train_step",
+                      lambda loss, *a: built.append(loss) or (lambda: loss))
+  steps = loop.TrainSteps(Drawn(), None, None, None, seed=1)
+  assert [steps(s)() for s in range(4)] == [("loss", 1), ("loss", 0), ("loss", 1), ("loss", 0)]
+  assert built == [("loss", 1), ("loss", 0)]  # one build per distinct loss
+  plain = loop.TrainSteps(tiny_loss, None, None, None, seed=0)
+  assert plain.loss_for(0) is tiny_loss and plain.loss_for(7) is tiny_loss
+
+
+def test_evaluate_and_log_writes_one_eval_record_or_nothing_without_an_evaluator():
+  writer = _ListWriter()
+  batches = [{"tokens": np.zeros((2, 3), np.int32), "targets": np.zeros((2, 3), np.int32),
+              "loss_mask": np.ones((2, 3), np.float32)}] * 3
+  spec = loop.RunSpec(model_factory=None, loss_fn=None, train_data=None, eval_data=lambda: iter(batches),
+                      evaluator=CountingEvaluator)
+  seen = []
+  eval_fn = lambda state, batch: seen.append(state) or {"predictions": np.zeros((2, 3)), "token_loss": np.ones((2, 3))}
+  got = loop.evaluate_and_log(spec, eval_fn, "the state", writer, step=4, tokens=40, max_batches=2)
+  assert seen == ["the state"] * 2  # the state given, at most max_batches batches
+  (rec,) = writer.records
+  assert (rec["kind"], rec["step"], rec["tokens"]) == ("eval", 4, 40) and {k: rec[k] for k in got} == got
+  assert got["accuracy"] == 1.0 and got["eval/batches"] == 2.0  # zero predictions against zero targets
+  no_eval = dataclasses.replace(spec, evaluator=None)
+  assert loop.evaluate_and_log(no_eval, eval_fn, "s", writer, step=5, tokens=50, max_batches=None) == {}
+  assert len(writer.records) == 1

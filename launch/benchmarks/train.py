@@ -15,7 +15,7 @@ preset of the same task, whole (default ``paper``: the paper's Rule 110 shapes,
     machine hits them alike; medians over rounds, of wall-clock and of process
     CPU time. Ratios: tokens/s against the transformer (target for hybrid
     N = 1: >= 0.9) and step time against N = 1 beside the analytic training
-    FLOP ratio (``launch/sweep_flops.py``; target for N = 4: time ratio /
+    FLOP ratio (``sleep_jax/cost.py``; target for N = 4: time ratio /
     FLOP ratio <= 1.15).
 
 (2) Breakdown, from a ``jax.profiler`` trace of the compiled step: every

@@ -10,7 +10,9 @@ state is evicted. One pass gives the core two mixing layers to do it in; ``N``
 passes give ``2N`` (each pass can read, through ``S``, what the previous pass
 wrote about the whole window). Deep ``t`` is where one pass falls short.
 
-Eval: 6,144 examples (about 1,000 per depth, standard error <= 0.016).
+Eval: 6,144 examples (about 1,000 per depth, standard error <= 0.016), drawn
+with ``train.eval_seed = 0`` whatever the run's seed, so every variant and
+seed of a sweep is scored on the same examples (one majority per depth).
 Budget: 3,000 steps x 128 examples x 17 tokens = 6.5 M training tokens for
 every ``N``. See RESULTS.md for the measured tables and the command that
 reproduces them (``launch.sweep`` with ``--variants=n1,n2,n4,...``).
@@ -23,7 +25,7 @@ def get_config():
   c.task_config.update(n_states=1, t_min=1, t_max=6, num_eval_examples=6144)
   c.model.n_layers = 2
   c.train.update(num_steps=3000, batch_size=128, log_every=250, eval_every=1000, eval_batches=48,
-                 checkpoint_every=1000)
+                 checkpoint_every=1000, eval_seed=0)
   c.optimizer.update(kind="adamw", lr=1e-3, warmup_steps=100)
   c.sleep.update(remat_windows=False, remat_passes=False)
   return c

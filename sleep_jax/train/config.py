@@ -95,6 +95,10 @@ class TrainConfig:
     batch_size: global batch size (all hosts and devices together); must divide
       by the number of devices.
     seed: seed of the parameter init, the data order and the step RNG.
+    eval_seed: seed of the eval split's examples (``None``: ``seed``). Set it
+      to one value for every run of a comparison, so every variant and seed is
+      scored on the same eval examples (the train/eval split is by a hash of
+      the tokens, so the two splits stay disjoint whatever the seeds).
     optimizer: the optimizer and schedule.
     log_every: steps between progress/JSONL records.
     eval_every: steps between evaluations on the eval split (0: only at the end).
@@ -115,6 +119,7 @@ class TrainConfig:
   num_steps: int
   batch_size: int
   seed: int = 0
+  eval_seed: int | None = None
   optimizer: OptimizerConfig = dataclasses.field(default_factory=OptimizerConfig)
   log_every: int = 50
   eval_every: int = 0
@@ -140,6 +145,9 @@ class TrainConfig:
              f"TrainConfig.batch_size must be an integer >= 1, got {self.batch_size!r}")
     _require(isinstance(self.optimizer, OptimizerConfig),
              f"TrainConfig.optimizer must be an OptimizerConfig, got {type(self.optimizer).__name__}")
+    _require(self.eval_seed is None or (isinstance(self.eval_seed, int) and not isinstance(self.eval_seed, bool)
+                                        and self.eval_seed >= 0),
+             f"TrainConfig.eval_seed must be None or an integer >= 0, got {self.eval_seed!r}")
     _require(self.log_every >= 1, f"TrainConfig.log_every must be >= 1, got {self.log_every}")
     _require(self.eval_every >= 0, f"TrainConfig.eval_every must be >= 0, got {self.eval_every}")
     _require(self.eval_batches is None or self.eval_batches >= 1,

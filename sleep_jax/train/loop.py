@@ -64,15 +64,12 @@ class RunSpec:
       (e.g. ``windowed.WindowedLoss`` with a randomised ``N``), training step
       ``step`` uses the loss that returns instead; it must be hashable, and
       steps whose losses compare equal share one compiled step (compiled the
-      first time it is needed).
+      first time it is needed). Where it reports its compute (``aux["cost"]``,
+      from ``sleep_jax.cost``), the step logs it as ``sleep/*`` metrics.
     train_data: ``() -> iterator`` of this process's numpy batches; the
       iterator has ``get_state()`` / ``set_state()``.
     eval_data: ``() -> iterable`` of numpy eval batches, or ``None``.
     evaluator: ``() -> Evaluator`` (``update`` / ``result``), or ``None``.
-    sleep_cost: ``loss_mask -> dict`` of sleep-cost metrics, or ``None``
-      (host-side, fixed ``N``). Where the loss reports its compute (e.g.
-      ``windowed_loss``), the step's ``sleep/*`` metrics replace the ones that
-      depend on ``N``: ``sleep/relative_cost`` is then FLOPs over wake FLOPs.
     meta: JSON-able run description saved with every checkpoint.
   """
   model_factory: Callable
@@ -80,7 +77,6 @@ class RunSpec:
   train_data: Callable[[], Iterator[dict]]
   eval_data: Callable[[], Any] | None = None
   evaluator: Callable[[], Any] | None = None
-  sleep_cost: Callable[[np.ndarray], dict] | None = None
   meta: dict = dataclasses.field(default_factory=dict)
 
 
@@ -110,6 +106,227 @@ def make_eval_fn(loss_fn, graphdef, mesh) -> Callable[[Any, dict], dict]:
   return run
 
 
+class TrainSteps:
+  """A run's jitted train steps: ``steps(s)`` is step ``s``'s, one compiled step per distinct loss.
+
+  A loss with ``for_step(step, seed)`` (a randomised ``N``) gives each step its
+  loss; steps whose losses compare equal share one step, built on first use
+  with ``parallel.make_data_parallel_train_step``.
+  """
+
+  def __init__(self, loss_fn, opt, graphdef, mesh, seed: int):
+    self._loss_fn, self._opt, self._graphdef, self._mesh, self._seed = loss_fn, opt, graphdef, mesh, seed
+    self._for_step = getattr(loss_fn, "for_step", None)
+    self.compiled: dict[Any, Callable] = {}
+
+  def loss_for(self, s: int):
+    """The loss step ``s`` trains on."""
+    return self._loss_fn if self._for_step is None else self._for_step(s, self._seed)
+
+  def __call__(self, s: int) -> Callable:
+    loss_fn = self.loss_for(s)
+    if loss_fn not in self.compiled:
+      self.compiled[loss_fn] = parallel.make_data_parallel_train_step(loss_fn, self._opt, self._graphdef,
+                                                                      self._mesh)
+    return self.compiled[loss_fn]
+
+
+@dataclasses.dataclass
+class TrainSetup:
+  """What a run trains with before its first step: the mesh, optimizer, model and its steps.
+
+  Attributes:
+    mesh: the data mesh.
+    local_batch: this process's rows per batch.
+    opt: the optimizer (``tx`` and ``schedules``).
+    graphdef: the model's graph definition.
+    state: the freshly initialised train state (not yet replicated).
+    steps: the run's :class:`TrainSteps`.
+  """
+  mesh: Any
+  local_batch: int
+  opt: Any
+  graphdef: Any
+  state: Any
+  steps: TrainSteps
+
+
+def setup_training(spec: RunSpec, config: TrainConfig) -> TrainSetup:
+  """Assembles a run's mesh, optimizer, initial state and train steps, as :func:`train` runs them.
+
+  ``launch.paper_cost`` times the step this returns, so it measures the
+  trainer's own step.
+  """
+  mesh = parallel.make_data_mesh(config.num_devices)
+  local_batch = parallel.check_batch_size(config.batch_size, mesh)
+  opt = opt_lib.make_optimizer(config.optimizer, config.num_steps)
+  graphdef, state = state_lib.create_train_state(spec.model_factory, opt.tx, config.seed)
+  return TrainSetup(mesh=mesh, local_batch=local_batch, opt=opt, graphdef=graphdef, state=state,
+                    steps=TrainSteps(spec.loss_fn, opt, graphdef, mesh, config.seed))
+
+
+def restore_or_init(setup: TrainSetup, config: TrainConfig, checkpointer, data_iter):
+  """The run's starting state: the latest checkpoint that restores (and its data position), else a fresh one.
+
+  A fresh state takes ``config.init_from``'s parameters if given.
+
+  Returns:
+    ``(replicated state, restored checkpoint or None)``; ``data_iter`` is
+    moved to the checkpoint's data position.
+  """
+  state = setup.state
+  restored = checkpointer.restore_latest(_abstract_with_sharding(jax.eval_shape(lambda: state), setup.mesh))
+  if restored is None:
+    if config.init_from:
+      params = ckpt_lib.load_params(config.init_from, state.params)
+      state = dataclasses.replace(state, params=params, opt_state=setup.opt.tx.init(params))
+      log.info("initialised parameters from %s", config.init_from)
+    return parallel.replicate(state, setup.mesh), None
+  for s, reason in restored.skipped:
+    log.warning("skipped unreadable checkpoint step %d: %s", s, reason)
+  if restored.data_state is not None:
+    data_iter.set_state(restored.data_state)
+  else:
+    log.warning("checkpoint step %d has no data iterator state; the data stream restarts", restored.step)
+  log.info("resumed from step %d in %s", restored.step, checkpointer.directory)
+  return restored.state, restored
+
+
+def train_record(metrics: dict, *, step: int, tokens: int, steps_per_s: float, tokens_per_s: float) -> dict:
+  """The JSONL record of a logged training step, from its fetched metrics.
+
+  Where the loss reported its compute (``sleep/wake_flops`` > 0),
+  ``sleep/relative_cost`` is the step's FLOPs over its wake (``N = 1``)
+  FLOPs, whatever ``N`` was drawn or adaptive sleep chose; otherwise the
+  step's zero ``sleep/*`` placeholders are dropped. Per-example outputs are
+  not part of it.
+  """
+  rec = metrics_lib.to_python({k: v for k, v in metrics.items() if k not in step_lib.PER_EXAMPLE_OUTPUTS})
+  if rec.get("sleep/wake_flops"):
+    rec["sleep/relative_cost"] = 1.0 + rec["sleep/sleep_flops"] / rec["sleep/wake_flops"]
+  else:
+    rec = {k: v for k, v in rec.items() if k not in step_lib.COST_METRICS}
+  rec.update({"kind": "train", "step": step, "tokens": tokens, "steps_per_s": steps_per_s,
+              "tokens_per_s": tokens_per_s})
+  return rec
+
+
+class StepLog:
+  """The steps dispatched since the last sync, and what :meth:`flush` makes of them.
+
+  Dispatch is asynchronous: a step's metrics are device arrays until fetched.
+  ``flush`` fetches every pending step's scalars (so the host blocks at least
+  every ``sync_every`` steps), stops the run at the first non-finite one
+  (writing a ``stop`` record first), and on a logging step writes the last
+  step's :func:`train_record`, with the task evaluator's ``train/*`` accuracy
+  on its batch.
+
+  Attributes:
+    last: the last record written.
+  """
+
+  def __init__(self, writer, *, batch_size: int, evaluator=None, bar=None, clock=time.perf_counter):
+    self._writer, self._batch_size, self._evaluator, self._bar, self._clock = writer, batch_size, evaluator, bar, clock
+    self._pending: list[tuple[int, dict, dict]] = []
+    self._window_start, self._window_steps = clock(), 0
+    self.seq_len = 0
+    self.last: dict = {}
+
+  def tokens(self, step: int) -> int:
+    """Training tokens after ``step`` steps."""
+    return step * self._batch_size * self.seq_len
+
+  def __len__(self) -> int:
+    return len(self._pending)
+
+  def add(self, s: int, metrics: dict, batch: dict) -> None:
+    """Records dispatched step ``s`` (0-based) with its metrics and this process's batch."""
+    self.seq_len = self.seq_len or int(np.shape(batch["tokens"])[1])
+    self._pending.append((s, metrics, batch))
+    self._window_steps += 1
+
+  def flush(self, log_now: bool, last_checkpoint: int | None) -> None:
+    """Fetches the pending steps, checks them, and writes a record if ``log_now``.
+
+    Raises:
+      NonFiniteError: a pending step's loss or gradients were not finite.
+    """
+    if not self._pending:
+      return
+    scalars = lambda m: {k: v for k, v in m.items() if k not in step_lib.PER_EXAMPLE_OUTPUTS}
+    fetched = jax.device_get([scalars(m) for _, m, _ in self._pending])
+    for (s, _, _), m in zip(self._pending, fetched):
+      try:
+        metrics_lib.check_finite(s, m, last_checkpoint)
+      except metrics_lib.NonFiniteError as e:
+        self._writer.write({"kind": "stop", "step": s, "tokens": self.tokens(s), "reason": str(e),
+                            "quantity": e.quantity})
+        raise
+    if log_now:
+      self._log(fetched[-1])
+    if self._bar is not None:
+      self._bar.update(len(self._pending))  # advanced once the steps have actually run
+    self._pending.clear()
+
+  def close(self) -> None:
+    if self._bar is not None:
+      self._bar.close()
+
+  def _log(self, fetched: dict) -> None:
+    s, metrics, batch = self._pending[-1]
+    elapsed = max(self._clock() - self._window_start, 1e-9)
+    rec = train_record(fetched, step=s + 1, tokens=self.tokens(s + 1), steps_per_s=self._window_steps / elapsed,
+                       tokens_per_s=self._window_steps * self._batch_size * self.seq_len / elapsed)
+    if self._evaluator is not None and "predictions" in metrics:
+      ev = self._evaluator()
+      ev.update(batch, parallel.local_rows(metrics["predictions"]), parallel.local_rows(metrics["token_loss"]))
+      rec.update({f"train/{k}": float(v) for k, v in ev.result().items()})
+    self._writer.write(rec)
+    self.last = rec
+    if self._bar is not None:
+      post = {"loss": f"{rec['loss']:.4f}", "tok/s": f"{rec['tokens_per_s']:.0f}"}
+      if "train/accuracy" in rec:
+        post["acc"] = f"{rec['train/accuracy']:.3f}"
+      self._bar.set_postfix(post, refresh=False)
+    self._window_start, self._window_steps = self._clock(), 0
+
+
+def evaluate_and_log(spec: RunSpec, eval_fn, state, writer, *, step: int, tokens: int,
+                     max_batches: int | None) -> dict:
+  """Evaluates ``state`` on ``spec``'s eval split and writes an ``eval`` record.
+
+  Args:
+    spec: supplies ``eval_data`` and ``evaluator``.
+    eval_fn: ``(state, batch) -> outputs`` (:func:`make_eval_fn`).
+    state: the train state to evaluate.
+    writer: where the record goes (``write(dict)``).
+    step: the step the record is for.
+    tokens: training tokens at ``step``.
+    max_batches: eval batches (``None``: the whole split).
+
+  Returns:
+    The evaluator's result; ``{}`` (and no record) without eval data or an evaluator.
+  """
+  if spec.eval_data is None or spec.evaluator is None:
+    return {}
+  result = metrics_lib.evaluate(functools.partial(eval_fn, state), spec.eval_data(), spec.evaluator(),
+                                max_batches=max_batches)
+  writer.write({"kind": "eval", "step": step, "tokens": tokens, **result})
+  return result
+
+
+def _check_rows(batch: dict, local_batch: int, config: TrainConfig) -> None:
+  if np.shape(batch["tokens"])[0] != local_batch:
+    raise ValueError(f"the data iterator gave {np.shape(batch['tokens'])[0]} rows; this process expects "
+                     f"{local_batch} (batch_size {config.batch_size} over {jax.process_count()} processes)")
+
+
+def _write_eval_json(workdir: str, step: int, result: dict) -> None:
+  import json
+  with open(os.path.join(workdir, "eval.json"), "w") as f:
+    json.dump({"step": step, **result}, f, indent=1, sort_keys=True)
+
+
 def train(spec: RunSpec, config: TrainConfig, workdir: str) -> TrainResult:
   """Trains (or resumes) a run in ``workdir``.
 
@@ -137,155 +354,52 @@ def train(spec: RunSpec, config: TrainConfig, workdir: str) -> TrainResult:
     raise ValueError("workdir must be a non-empty path")
   is_main = jax.process_index() == 0
   os.makedirs(workdir, exist_ok=True)
-  mesh = parallel.make_data_mesh(config.num_devices)
-  local_batch = parallel.check_batch_size(config.batch_size, mesh)
-  opt = opt_lib.make_optimizer(config.optimizer, config.num_steps)
-  graphdef, state = state_lib.create_train_state(spec.model_factory, opt.tx, config.seed)
+  setup = setup_training(spec, config)
   if is_main:
-    groups = opt_lib.describe_param_groups(state.params, config.optimizer)
-    log.info("params: %d; %d tensors on muon, %d on adamw", state_lib.count_params(state.params),
+    groups = opt_lib.describe_param_groups(setup.state.params, config.optimizer)
+    log.info("params: %d; %d tensors on muon, %d on adamw", state_lib.count_params(setup.state.params),
              len(groups["muon"]), len(groups["adamw"]))
-    log.debug("param groups: %s", groups)
-
   checkpointer = ckpt_lib.Checkpointer(ckpt_lib.checkpoint_dir(workdir), max_to_keep=config.max_to_keep)
-  restored = checkpointer.restore_latest(_abstract_with_sharding(jax.eval_shape(lambda: state), mesh))
   data_iter = spec.train_data()
-  if restored is not None:
-    for s, reason in restored.skipped:
-      log.warning("skipped unreadable checkpoint step %d: %s", s, reason)
-    state = restored.state
-    if restored.data_state is not None:
-      data_iter.set_state(restored.data_state)
-    else:
-      log.warning("checkpoint step %d has no data iterator state; the data stream restarts", restored.step)
-    log.info("resumed from step %d in %s", restored.step, checkpointer.directory)
-  else:
-    if config.init_from:
-      params = ckpt_lib.load_params(config.init_from, state.params)
-      state = dataclasses.replace(state, params=params, opt_state=opt.tx.init(params))
-      log.info("initialised parameters from %s", config.init_from)
-    state = parallel.replicate(state, mesh)
+  state, restored = restore_or_init(setup, config, checkpointer, data_iter)
   start = int(jax.device_get(state.step))
   last_saved = restored.step if restored is not None else None
-
-  loss_for_step = getattr(spec.loss_fn, "for_step", None)
-  step_fns: dict[Any, Callable] = {}
-
-  def step_fn_for(s: int) -> Callable:
-    # One jitted step per distinct loss (e.g. per randomised N), built on first use.
-    loss_fn = spec.loss_fn if loss_for_step is None else loss_for_step(s, config.seed)
-    if loss_fn not in step_fns:
-      step_fns[loss_fn] = parallel.make_data_parallel_train_step(loss_fn, opt, graphdef, mesh)
-    return step_fns[loss_fn]
-
-  eval_fn = make_eval_fn(spec.loss_fn, graphdef, mesh)
+  eval_fn = make_eval_fn(spec.loss_fn, setup.graphdef, setup.mesh)
   # Every record goes to metrics.jsonl and to TensorBoard event files beside it.
   writer = tb_lib.FanOut(metrics_lib.JsonlWriter(os.path.join(workdir, "metrics.jsonl"), enabled=is_main),
                          tb_lib.run_writer(workdir, config, spec.meta, enabled=is_main))
   profiler = profiling.StepProfiler.for_run(workdir, config.profile_steps, enabled=is_main)
-  bar = _progress(config.num_steps, start, config.progress and is_main)
-
-  def run_eval(step: int) -> dict:
-    if spec.eval_data is None or spec.evaluator is None:
-      return {}
-    result = metrics_lib.evaluate(functools.partial(eval_fn, state), spec.eval_data(), spec.evaluator(),
-                                  max_batches=config.eval_batches)
-    writer.write({"kind": "eval", "step": step, "tokens": tokens_seen(step), **result})
-    return result
-
-  seq_len = None
-  tokens_seen = lambda step: step * config.batch_size * (seq_len or 0)
-  pending: list[tuple[int, dict, dict]] = []
-  window_start, window_steps = time.perf_counter(), 0
-  last_train: dict = {}
-
-  def flush(log_now: bool) -> None:
-    nonlocal window_start, window_steps, last_train
-    if not pending:
-      return
-    scalars = lambda m: {k: v for k, v in m.items() if k not in step_lib.PER_EXAMPLE_OUTPUTS}
-    fetched = jax.device_get([scalars(m) for _, m, _ in pending])
-    for (s, _, _), m in zip(pending, fetched):
-      try:
-        metrics_lib.check_finite(s, m, last_saved)
-      except metrics_lib.NonFiniteError as e:
-        writer.write({"kind": "stop", "step": s, "tokens": tokens_seen(s), "reason": str(e),
-                      "quantity": e.quantity})
-        raise
-    s, last_m, batch = pending[-1]
-    m = fetched[-1]
-    if log_now:
-      elapsed = max(time.perf_counter() - window_start, 1e-9)
-      rec = metrics_lib.to_python(m)
-      reported = bool(rec.get("sleep/wake_flops"))
-      if reported:
-        # The step's own accounting (what ran, whatever N was drawn or adaptive
-        # sleep chose) replaces the host-side fixed-N estimate: relative_cost
-        # becomes the step's FLOPs over its wake (N = 1) FLOPs.
-        rec["sleep/relative_cost"] = 1.0 + rec["sleep/sleep_flops"] / rec["sleep/wake_flops"]
-      else:  # the loss reports no compute
-        rec = {k: v for k, v in rec.items() if k not in step_lib.COST_METRICS}
-      if spec.sleep_cost is not None:
-        host = spec.sleep_cost(batch["loss_mask"])
-        if reported:
-          host.pop("sleep/block_passes", None)
-        rec = {**host, **rec}
-      rec.update({"kind": "train", "step": s + 1, "tokens": tokens_seen(s + 1),
-                  "steps_per_s": window_steps / elapsed,
-                  "tokens_per_s": window_steps * config.batch_size * seq_len / elapsed})
-      if spec.evaluator is not None and "predictions" in last_m:
-        ev = spec.evaluator()
-        ev.update(batch, parallel.local_rows(last_m["predictions"]), parallel.local_rows(last_m["token_loss"]))
-        rec.update({f"train/{k}": float(v) for k, v in ev.result().items()})
-      writer.write(rec)
-      last_train = rec
-      if bar is not None:
-        post = {"loss": f"{rec['loss']:.4f}", "tok/s": f"{rec['tokens_per_s']:.0f}"}
-        if "train/accuracy" in rec:
-          post["acc"] = f"{rec['train/accuracy']:.3f}"
-        bar.set_postfix(post, refresh=False)
-      window_start, window_steps = time.perf_counter(), 0
-    if bar is not None:
-      # Advanced when the steps have actually run (dispatch is asynchronous).
-      bar.update(len(pending))
-    pending.clear()
+  steps = StepLog(writer, batch_size=config.batch_size, evaluator=spec.evaluator,
+                  bar=_progress(config.num_steps, start, config.progress and is_main))
+  run_eval = lambda state, step: evaluate_and_log(spec, eval_fn, state, writer, step=step, tokens=steps.tokens(step),
+                                                  max_batches=config.eval_batches)
 
   try:
     for s in range(start, config.num_steps):
       batch = next(data_iter)
-      seq_len = seq_len or int(np.shape(batch["tokens"])[1])
-      if np.shape(batch["tokens"])[0] != local_batch:
-        raise ValueError(f"the data iterator gave {np.shape(batch['tokens'])[0]} rows; this process expects "
-                         f"{local_batch} (batch_size {config.batch_size} over {jax.process_count()} processes)")
-      state, m = profiler.run(s, step_fn_for(s), state, parallel.shard_batch(batch, mesh))
-      pending.append((s, m, batch))
-      window_steps += 1
+      _check_rows(batch, setup.local_batch, config)
+      state, m = profiler.run(s, setup.steps(s), state, parallel.shard_batch(batch, setup.mesh))
+      steps.add(s, m, batch)
       done = s + 1
       log_now = done % config.log_every == 0 or done == config.num_steps
       save_now = config.checkpoint_every and done % config.checkpoint_every == 0
-      if log_now or save_now or len(pending) >= config.sync_every:
-        flush(log_now)
+      if log_now or save_now or len(steps) >= config.sync_every:
+        steps.flush(log_now, last_saved)
       if save_now and done != config.num_steps:
         checkpointer.save(done, state, data_state=data_iter.get_state(), meta=spec.meta)
         last_saved = done
       if config.eval_every and done % config.eval_every == 0 and done != config.num_steps:
-        run_eval(done)
-    flush(True)
-    final = config.num_steps
-    if start < final or last_saved != final:
-      checkpointer.save(final, state, data_state=data_iter.get_state(), meta=spec.meta)
-    result = run_eval(final)
+        run_eval(state, done)
+    steps.flush(True, last_saved)
+    if start < config.num_steps or last_saved != config.num_steps:
+      checkpointer.save(config.num_steps, state, data_state=data_iter.get_state(), meta=spec.meta)
+    result = run_eval(state, config.num_steps)
     if is_main and result:
-      import json
-      with open(os.path.join(workdir, "eval.json"), "w") as f:
-        json.dump({"step": final, **result}, f, indent=1, sort_keys=True)
+      _write_eval_json(workdir, config.num_steps, result)
   finally:
-    if bar is not None:
-      bar.close()
-    profiler.close()
-    writer.close()
-    checkpointer.close()
-  return TrainResult(step=config.num_steps, state=state, graphdef=graphdef, last_train=last_train,
+    for closing in (steps, profiler, writer, checkpointer):
+      closing.close()
+  return TrainResult(step=config.num_steps, state=state, graphdef=setup.graphdef, last_train=steps.last,
                      eval=result, resumed_from=restored.step if restored is not None else None)
 
 

@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import collections
 import json
-import math
 import os
 from typing import Any, Callable, Iterable
 
@@ -38,50 +37,6 @@ def check_finite(step: int, metrics: dict, last_checkpoint: int | None) -> None:
     raise NonFiniteError(step, "loss", last_checkpoint)
   if not bool(metrics.get("grads_finite", True)):
     raise NonFiniteError(step, "gradients", last_checkpoint)
-
-
-def sleep_cost(loss_mask: np.ndarray, window: int, n_passes: int, *, model_config=None) -> dict[str, float]:
-  """Block-stack passes a batch costs under Algorithm 1, relative to ``N = 1``.
-
-  Counts what ``windowed.run_window`` runs for a fixed ``N``. Every window
-  runs one wake pass through the whole stack. A window whose loss mask is all
-  zero (across the batch) is a consolidation window and then sleeps: with
-  ``N >= 2`` the looped core runs ``N - 1`` more times and the coda once more;
-  ``N = 1`` runs nothing more; ``N = 0`` runs nothing more either (the fast
-  weights revert to their window-start value, but the wake pass has run). So
-  a sleeping window costs ``max(N, 1)`` stack passes without a prelude or
-  coda, and ``(prelude + max(N, 1) * core + (1 + [N >= 2]) * coda) / blocks``
-  with them. (The adaptive and per-step randomised ``N`` are reported by the
-  train step itself, from what ran: ``sleep/*`` metrics of ``step.py``.)
-
-  Args:
-    loss_mask: ``[B, T]``.
-    window: ``L``.
-    n_passes: ``N`` (the paper's: the wake pass counts).
-    model_config: the ``ModelConfig``, for its prelude and coda (``None``: the
-      whole stack loops, as in the paper).
-
-  Returns:
-    ``sleep/windows``, ``sleep/sleep_windows``, ``sleep/block_passes`` (per
-    sequence, in whole-stack passes) and ``sleep/relative_cost`` (block passes
-    over those of N=1).
-  """
-  mask = np.asarray(loss_mask)
-  t = mask.shape[-1]
-  n_windows = max(1, math.ceil(t / window))
-  per_window = [mask[..., i * window:(i + 1) * window] for i in range(n_windows)]
-  n_sleep = sum(1 for w in per_window if not np.any(w))
-  core_runs = max(n_passes, 1)
-  if model_config is None:
-    sleep_window = float(core_runs)
-  else:
-    c0, c1 = model_config.core_range
-    n_blocks = len(model_config.block_types)
-    coda = n_blocks - c1
-    sleep_window = (c0 + core_runs * (c1 - c0) + (2 if n_passes >= 2 else 1) * coda) / n_blocks
-  passes = n_sleep * sleep_window + (n_windows - n_sleep)
-  return {"sleep/windows": float(n_windows), "sleep/sleep_windows": float(n_sleep),
-          "sleep/block_passes": float(passes), "sleep/relative_cost": passes / n_windows}
 
 
 def to_python(metrics: dict) -> dict[str, Any]:

@@ -5,7 +5,7 @@ import numpy as np
 import pytest
 
 from sleep_jax.train import metrics as metrics_lib
-from sleep_jax.train import plotting
+from launch import plotting
 
 
 def _records(n, slope):
@@ -79,15 +79,6 @@ def test_seed_means_and_seed_figures(tmp_path):
     plotting.plot_depth_by_variant([{"variant": "n1", "seed": 0, "depth": "all", "accuracy": 0.5}])
   with pytest.raises(ValueError, match="no run"):
     plotting.plot_seed_curves({"n1": {0: []}}, xlabel="tokens")
-
-
-def test_sleep_cost_counts_consolidation_windows():
-  mask = np.zeros((2, 10), np.float32)
-  mask[:, 8] = 1.0  # windows of 4: [0,4) and [4,8) sleep, [8,10) predicts
-  cost = metrics_lib.sleep_cost(mask, window=4, n_passes=3)
-  assert cost == {"sleep/windows": 3.0, "sleep/sleep_windows": 2.0, "sleep/block_passes": 7.0,
-                  "sleep/relative_cost": 7.0 / 3.0}
-  assert metrics_lib.sleep_cost(mask, window=4, n_passes=1)["sleep/relative_cost"] == 1.0
 
 
 def test_evaluate_reduces_per_example_sleep_to_mean_passes_per_depth_and_relative_cost(tmp_path):

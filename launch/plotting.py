@@ -1,4 +1,7 @@
-"""Figures of runs and sweeps (matplotlib, Agg backend; PNG files).
+"""Figures of runs and sweeps (matplotlib, Agg backend; PNG files), for the launch tools.
+
+The library (``sleep_jax``) draws nothing: figures are the experiment tools'
+concern (``launch.plot``, ``launch.eval``, ``launch.sweep --report``).
 
 Shapes follow the paper: Fig. 2b plots accuracy against training tokens, one
 line per number of sleep passes ``N``; Fig. 3 plots accuracy (or loss)

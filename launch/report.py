@@ -1,0 +1,284 @@
+"""RESULTS.md's tables, generated from the committed result files under ``results/``.
+
+Every table in RESULTS.md sits between two markers and is written by this
+module, never by hand::
+
+    <!-- table: demo -->
+    | variant | t=4 | ...
+    <!-- /table: demo -->
+
+Commands (from the repository root)::
+
+    python3 -m launch.report            # rewrite every marked block of RESULTS.md
+    python3 -m launch.report --check    # compare only; exit 1 and show the drift
+    python3 -m launch.report --print=demo
+
+``tests/test_results_report.py`` runs the check in the default test suite, so
+RESULTS.md cannot disagree with the committed files.
+
+Adding a table (e.g. for a new task's sweep): commit its run directories under
+``results/<name>/`` (``config.json``, ``eval.json``, ``sweep_point.json``;
+evaluations over training as ``metrics.jsonl`` or ``evals.json``, never
+checkpoints), write a function ``() -> str`` below that reads them with the
+helpers here (:func:`runs`, :func:`demo_table`, :func:`runs_table`), register it
+with ``@table("<name>")``, put the two markers where it belongs in RESULTS.md
+and run ``python3 -m launch.report``.
+"""
+from __future__ import annotations
+
+import argparse
+import difflib
+import functools
+import json
+import os
+import re
+import sys
+from collections.abc import Callable, Sequence
+
+from launch import sweep_results as results_lib
+
+REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+RESULTS_MD = os.path.join(REPO, "RESULTS.md")
+DEMO = os.path.join(REPO, "results", "rule110_demo")
+TABLES: dict[str, Callable[[], str]] = {}
+_BLOCK = re.compile(r"(<!-- table: (?P<name>[\w-]+) -->\n)(?P<body>.*?)(<!-- /table: (?P=name) -->)", re.S)
+
+
+def table(name: str):
+  """Registers a ``() -> str`` table generator under ``name`` (its RESULTS.md markers)."""
+  def register(fn):
+    TABLES[name] = fn
+    return fn
+  return register
+
+
+@functools.cache
+def runs(root: str) -> dict[str, results_lib.RunRecord]:
+  """``{run name: record}`` of the sweep run directories under ``root``."""
+  return {r.name: r for r in results_lib.read_runs(root)}
+
+
+def _fmt(v, spec=".3f") -> str:
+  return results_lib._fmt(results_lib._number(v), spec)
+
+
+def _head(depths: Sequence, depth_name: str) -> list[str]:
+  return ["all" if d == "all" else f"{depth_name}={d}" for d in depths]
+
+
+def _acc(result: dict, d) -> float:
+  return result.get("accuracy" if d == "all" else f"accuracy/depth={d}")
+
+
+def demo_table(records: Sequence[results_lib.RunRecord], depths: Sequence) -> str:
+  """Mean over seeds ± its standard error [every seed] per variant, with one baseline row per eval set mean."""
+  rows = [row for r in records for row in results_lib.run_rows(r)]
+  lines = results_lib.accuracy_table(results_lib.summarize(rows), rows, depth_name=records[0].depth_name,
+                                     depths=depths)
+  return "\n".join(lines) + "\n"
+
+
+def runs_table(records: Sequence[results_lib.RunRecord], depths: Sequence, *,
+               extra: Sequence[tuple[str, Callable]] = ()) -> str:
+  """One row per run (its final evaluation), then the majority baseline of each eval set the runs used."""
+  depth_name = records[0].depth_name
+  cols = ["run", "eval seed", *(name for name, _ in extra), *_head(depths, depth_name)]
+  lines = ["| " + " | ".join(cols) + " |", "|---" * len(cols) + "|"]
+  for r in records:
+    lines.append("| " + " | ".join([r.name, str(r.eval_seed), *(fn(r) for _, fn in extra),
+                                     *(_fmt(_acc(r.result, d)) for d in depths)]) + " |")
+  for seed in dict.fromkeys(r.eval_seed for r in records):
+    res = next(r.result for r in records if r.eval_seed == seed)
+    lines.append(f"| *majority* | {seed} | " + "| " * len(extra)
+                 + " | ".join(_fmt(res.get("majority" if d == "all" else f"majority/depth={d}")) for d in depths)
+                 + " |")
+  return "\n".join(lines) + "\n"
+
+
+def parameter_count(workdir: str) -> int:
+  """Parameters of a run's model, from its ``config.json`` (shapes only; nothing is initialised)."""
+  import jax
+  from flax import nnx
+
+  from launch import experiment
+  from sleep_jax.model import HybridLM
+  with open(os.path.join(workdir, "config.json")) as f:
+    exp = experiment.experiment_from_config(json.load(f))
+  model = nnx.eval_shape(lambda: HybridLM(exp.model, rngs=nnx.Rngs(0)))
+  return sum(int(x.size) for x in jax.tree.leaves(nnx.state(model, nnx.Param)))
+
+
+def _select(root: str, names: Sequence[str]) -> list[results_lib.RunRecord]:
+  got = runs(root)
+  missing = [n for n in names if n not in got]
+  if missing:
+    raise FileNotFoundError(f"no committed run directories {missing} under {root}")
+  return [got[n] for n in names]
+
+
+# -- the Rule 110 demo -------------------------------------------------------------------------------
+DEMO_RUNS = os.path.join(DEMO, "runs")
+
+
+@table("demo")
+def _demo() -> str:
+  names = [f"n{n}_s{s}" for n in (1, 2, 4) for s in (0, 1, 2)]
+  return demo_table(_select(DEMO_RUNS, names), (4, 5, 6, "all"))
+
+
+@table("unseen_seeds")
+def _unseen_seeds() -> str:
+  return runs_table(_select(DEMO_RUNS, ["n1_s3", "n4_s3", "n1_s4", "n4_s4"]), (4, 5, 6, "all"))
+
+
+@table("controls")
+def _controls() -> str:
+  names = ["n4_s0", "n1_compute_s0", "replay2_s0", "n2_s0", "transformer_s0", "deep4_s0", "n1_s0"]
+  extra = [("steps", lambda r: f"{r.steps:,}"), ("training FLOPs (analytic)", lambda r: f"{r.train_flops:.3g}"),
+           ("parameters", lambda r: f"{parameter_count(r.workdir):,}")]
+  return runs_table(_select(DEMO_RUNS, names), (3, 4, 5, 6, "all"), extra=extra)
+
+
+def settings_table(variants: dict[str, str], seeds: Sequence[int], labels: Callable[[str], bool],
+                   depths: Sequence) -> str:
+  """Checkpoints evaluated at other sleep settings (``launch.eval``): mean over seeds [every seed].
+
+  Args:
+    variants: ``{variant: label}`` of the runs (``<variant>_s<seed>`` under the demo's runs).
+    seeds: the seeds.
+    labels: which settings (``N=<k>``, ``tol=<x>``; see ``sweep_results.sleep_settings``) to show.
+    depths: the accuracy columns.
+  """
+  cell = lambda vals, spec=".3f": (f"{_fmt(sum(vals) / len(vals), spec)} [{' '.join(_fmt(v, spec) for v in vals)}]"
+                                   if vals else "-")
+  cols = ["trained", "setting", "mean passes", *_head(depths, "t")]
+  lines = ["| " + " | ".join(cols) + " |", "|---" * len(cols) + "|"]
+  for variant, label in variants.items():
+    per_seed = [results_lib.sleep_settings(os.path.join(DEMO_RUNS, f"{variant}_s{s}")) for s in seeds]
+    for setting in [k for k in per_seed[0] if labels(k)]:
+      got = [st[setting] for st in per_seed if setting in st]
+      lines.append(f"| {label} | {setting} | {cell([g['sleep/passes'] for g in got], '.2f')} | "
+                   + " | ".join(cell([_acc(g, d) for g in got]) for d in depths) + " |")
+  # The baselines depend on the eval examples only: any setting of each seed's run has them.
+  first = next(iter(variants))
+  base = [next(iter(results_lib.sleep_settings(os.path.join(DEMO_RUNS, f"{first}_s{s}")).values())) for s in seeds]
+  majority = lambda d: sum(b["majority" if d == "all" else f"majority/depth={d}"] for b in base) / len(base)
+  lines.append(f"| *majority* (mean of {len(seeds)} eval sets) | | | "
+               + " | ".join(_fmt(majority(d)) for d in depths) + " |")
+  return "\n".join(lines) + "\n"
+
+
+_TRAINED = {"n4": "fixed N = 4", "nrand4": "randomised N in {1,2,3,4}"}
+
+
+@table("test_time_n")
+def _test_time_n() -> str:
+  return settings_table(_TRAINED, (0, 1, 2), lambda k: k.startswith("N="), (5, 6, "all"))
+
+
+@table("adaptive")
+def _adaptive() -> str:
+  return settings_table(_TRAINED, (0, 1, 2), lambda k: k in ("N=4", "N=8") or k.startswith("tol="), (6, "all"))
+
+
+@table("retrofit_continue")
+def _retrofit_continue() -> str:
+  return runs_table(_select(DEMO_RUNS, ["n1_s0", "retro_n1_s0", "retro_n4_s0"]), (4, 5, 6, "all"),
+                    extra=[("steps", lambda r: f"{r.steps:,}"), ("N", lambda r: str(r.n_passes))])
+
+
+@table("retrofit_insert")
+def _retrofit_insert() -> str:
+  root = os.path.join(DEMO, "retrofit_insert")
+  read = lambda *p: json.load(open(os.path.join(root, *p)))
+  evals = [("inserted, before training (`base`)", read("base", "eval_step0.json")),
+           ("N = 1 continuation (`n1`)", read("n1", "eval.json")), ("N = 4 continuation (`n4`)", read("n4", "eval.json"))]
+  depths = (1, 2, 3, 4, 5, 6, "all")
+  lines = ["| model | step | " + " | ".join(_head(depths, "t")) + " |", "|---|---|" + "---|" * len(depths)]
+  for label, res in evals:
+    lines.append(f"| {label} | {res['step']:,} | " + " | ".join(_fmt(_acc(res, d)) for d in depths) + " |")
+  res = evals[0][1]
+  lines.append("| *majority* | | " + " | ".join(_fmt(res.get("majority" if d == "all" else f"majority/depth={d}"))
+                                             for d in depths) + " |")
+  return "\n".join(lines) + "\n"
+
+
+def evals_table(root: str, runs_: dict[str, str], depths: Sequence, depth_name: str) -> str:
+  """Accuracy over training: per run, its evaluations (``evals.json``: a list of eval records) ``a / b / ...``."""
+  lines = ["| run | steps | " + " | ".join(_head(depths, depth_name)) + " |", "|---|---|" + "---|" * len(depths)]
+  for name, label in runs_.items():
+    with open(os.path.join(root, name, "evals.json")) as f:
+      evals = sorted(json.load(f), key=lambda r: r["step"])
+    cell = lambda d: (" / ".join(_fmt(_acc(r, d)) for r in evals) if any(_acc(r, d) is not None for r in evals)
+                      else "")
+    lines.append(f"| {label} | " + " / ".join(f"{r['step']:,}" for r in evals) + " | "
+                 + " | ".join(cell(d) for d in depths) + " |")
+  return "\n".join(lines) + "\n"
+
+
+# -- the Depo small search ----------------------------------------------------------------------------
+@table("depo_search")
+def _depo_search() -> str:
+  runs_ = {"depo_lr3e3": "default decay init (`depo_lr3e3`)",
+           "depo_lr3e3_slowdecay": "`--config.model.gdn_decay_init=(0.02,0.2)` (`depo_lr3e3_slowdecay`)",
+           "depo_k1": "`--config.task_config.k_max=1`, k = 1 only (`depo_k1`)",
+           "depo_kw_n1": "`k_weights=(8,4,3,2,2,1,1,1)` (`depo_kw_n1`)"}
+  return evals_table(os.path.join(REPO, "results", "depo_small_search"), runs_, (1, 2, 4, 8), "k")
+
+
+# -- the paper configs' cost ---------------------------------------------------------------------------
+PAPER_COST_FILES = ("paper_cost.json", "paper_cost_n1.json", "paper_cost_gsm_hard_b1.json")
+
+
+@table("paper_cost")
+def _paper_cost() -> str:
+  from launch import paper_cost
+  docs = [json.load(open(os.path.join(REPO, "results", "paper_cost", f))) for f in PAPER_COST_FILES]
+  return "```text\n" + paper_cost.report(paper_cost.merge_reports(docs)) + "\n```\n"
+
+
+# -- RESULTS.md --------------------------------------------------------------------------------------
+def render(text: str, tables: dict[str, Callable[[], str]] | None = None) -> str:
+  """``text`` with every marked block replaced by its generated table.
+
+  Raises:
+    KeyError: a block names no registered table.
+  """
+  tables = TABLES if tables is None else tables
+  return _BLOCK.sub(lambda m: m.group(1) + tables[m.group("name")]() + m.group(4), text)
+
+
+def blocks(text: str) -> list[str]:
+  """The table names marked in ``text``, in order."""
+  return [m.group("name") for m in _BLOCK.finditer(text)]
+
+
+def main(argv=None) -> int:
+  p = argparse.ArgumentParser(prog="python3 -m launch.report", description=__doc__.split("\n")[0])
+  p.add_argument("--results", default=RESULTS_MD, help="the Markdown file with marked blocks")
+  p.add_argument("--check", action="store_true", help="compare only: exit 1 and print a diff on drift")
+  p.add_argument("--print", dest="name", default="", help=f"print one table: {', '.join(TABLES)}")
+  args = p.parse_args(argv)
+  if args.name:
+    print(TABLES[args.name](), end="")
+    return 0
+  with open(args.results) as f:
+    text = f.read()
+  unused = sorted(set(TABLES) - set(blocks(text)))
+  new = render(text)
+  if args.check:
+    if new != text:
+      sys.stdout.writelines(difflib.unified_diff(text.splitlines(True), new.splitlines(True), args.results,
+                                                 "generated"))
+      return 1
+    print(f"{args.results}: {len(blocks(text))} tables match the committed results")
+    return 0
+  if new != text:
+    with open(args.results, "w") as f:
+      f.write(new)
+  print(f"{args.results}: {len(blocks(text))} tables written" + (f"; not placed: {unused}" if unused else ""))
+  return 0
+
+
+if __name__ == "__main__":
+  sys.exit(main())
