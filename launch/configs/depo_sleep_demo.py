@@ -48,8 +48,9 @@ def get_config():
   c.task_config.update(n_min=9, n_max=12, pool_size=16, context_len=48, window=48, n_queries=2, k_max=4,
                        eval_ks=(1, 2, 3, 4), num_eval_examples=2048)
   c.model.layout = "gdn,attn"
+  # eval_seed: every variant and seed is scored on the same eval examples.
   c.train.update(num_steps=3000, batch_size=128, log_every=100, eval_every=500, eval_batches=16,
-                 checkpoint_every=1000)
+                 checkpoint_every=1000, eval_seed=0)
   c.optimizer.update(kind="adamw", lr=1e-3, warmup_steps=100)
   c.sleep.update(remat_windows=False, remat_passes=False, unroll=True)
   return c
