@@ -226,6 +226,64 @@ def _depo_search() -> str:
   return evals_table(os.path.join(REPO, "results", "depo_small_search"), runs_, (1, 2, 4, 8), "k")
 
 
+@table("depo_search_one_window")
+def _depo_search_one_window() -> str:
+  runs_ = {"depo_1win_kw": "one window (`context_len=64 window=64`), `k_weights=(8,4,3,2,2,1,1,1)`, lr 3e-3",
+           "depo_1win_k2": "one window, `k_max=2` (half the queries k = 2), lr 3e-3",
+           "depo_1win_k2_gdnfirst": "the same, `layout=gdn,attn,gdn,attn`"}
+  return evals_table(os.path.join(REPO, "results", "depo_small_search"), runs_, (1, 2, 4, 8), "k")
+
+
+# -- the Depo sleep demo -------------------------------------------------------------------------------
+DEPO_DEMO = os.path.join(REPO, "results", "depo_demo_search")
+DEPO_DEPTHS = (1, 2, 3, 4, "all")
+
+
+def final_evals_table(root: str, runs_: dict[str, str], depths: Sequence, depth_name: str) -> str:
+  """One row per run (its last evaluation in ``evals.json``), then majority and chance of the first run's eval set."""
+  lines = ["| run | step | " + " | ".join(_head(depths, depth_name)) + " |", "|---|---|" + "---|" * len(depths)]
+  last = {}
+  for name, label in runs_.items():
+    with open(os.path.join(root, name, "evals.json")) as f:
+      last[name] = max(json.load(f), key=lambda r: r["step"])
+    lines.append(f"| {label} | {last[name]['step']:,} | " + " | ".join(_fmt(_acc(last[name], d)) for d in depths)
+                 + " |")
+  first = last[next(iter(runs_))]
+  for base in ("majority", "chance"):
+    lines.append(f"| *{base}* | | " + " | ".join(_fmt(first.get(base if d == "all" else f"{base}/depth={d}"))
+                                                for d in depths) + " |")
+  return "\n".join(lines) + "\n"
+
+
+@table("depo_demo_v1")
+def _depo_demo_v1() -> str:
+  runs_ = {"v1_n1_s0": "N = 1, seed 0", "v1_n4_s0": "N = 4, seed 0"}
+  return (final_evals_table(DEPO_DEMO, runs_, DEPO_DEPTHS, "k") + "\nOver training (every 500 steps):\n\n"
+          + evals_table(DEPO_DEMO, runs_, DEPO_DEPTHS[:-1], "k"))
+
+
+@table("depo_passes_v1")
+def _depo_passes_v1() -> str:
+  from launch import tables
+  with open(os.path.join(DEPO_DEMO, "v1_n4_s0", "eval_n_passes.json")) as f:
+    doc = json.load(f)
+  results_ = {int(n): r for n, r in doc["results"].items()}
+  answered = ", ".join(f"N={n}: {tables.depth_answered(r)}" for n, r in results_.items())
+  return ("```\n" + tables.passes_table(results_, "k") + "\n```\n\nDeepest k answered (accuracy >= (1 + majority) / 2 "
+          f"there and at every shallower k): {answered}.\n")
+
+
+@table("depo_demo_v2")
+def _depo_demo_v2() -> str:
+  present = [name for name in ("v2_n1_s0", "v2_n4_s0", "v2_n1_s1", "v2_n4_s1", "v2_n2_s0")
+             if os.path.exists(os.path.join(DEPO_DEMO, name, "evals.json"))]
+  labels = {name: f"N = {name[4]}, seed {name[-1]}" for name in present}
+  if not present:
+    return "No D2 run has finished yet.\n"
+  return (final_evals_table(DEPO_DEMO, labels, DEPO_DEPTHS, "k") + "\nOver training (every 500 steps):\n\n"
+          + evals_table(DEPO_DEMO, labels, DEPO_DEPTHS[:-1], "k"))
+
+
 # -- the paper configs' cost ---------------------------------------------------------------------------
 PAPER_COST_FILES = ("paper_cost.json", "paper_cost_n1.json", "paper_cost_gsm_hard_b1.json")
 
