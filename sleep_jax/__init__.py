@@ -9,7 +9,8 @@ Public API:
   * ``ModelConfig``, ``SleepConfig``: frozen, validated configuration.
   * ``ops.gated_delta_rule`` / ``ops.gated_delta_step``: the fast-weight update.
   * ``HybridLM``: the Flax NNX model; ``FastWeights`` / ``init_fast_weights``.
-  * ``sleep_consolidate``: N passes as one ``lax.scan`` over any blocks function.
+  * ``sleep_consolidate``: N passes as one ``lax.scan`` over any blocks function (NNX
+    modules with RNG streams included); returns a ``SleepResult``.
   * ``windowed_forward`` / ``windowed_loss``: training through eviction
     (Algorithm 1 of the paper), hard or sliding.
   * ``SleepSession``: wake-time streaming inference with constant latency.
@@ -20,7 +21,7 @@ Public API:
 """
 from sleep_jax import array_typing, ops
 from sleep_jax.config import ModelConfig, SleepConfig
-from sleep_jax.consolidate import sleep_consolidate
+from sleep_jax.consolidate import SleepResult, sleep_consolidate
 from sleep_jax.fast_weights import FastWeights, init_fast_weights
 from sleep_jax.model import HybridLM
 from sleep_jax.retrofit import insert_gdn_blocks, with_passes
@@ -36,6 +37,7 @@ __all__ = [
     "SessionState",
     "SessionStats",
     "SleepConfig",
+    "SleepResult",
     "SleepSession",
     "WindowedLoss",
     "WindowedOutput",

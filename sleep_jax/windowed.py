@@ -263,9 +263,10 @@ def run_window(model, tokens, positions, fast_weights: FastWeights, prefixes, sl
       grad_passes = None
     # A core without GDN blocks has nothing to consolidate: halt at once.
     measure = None if core_slots else (lambda old, new: jnp.zeros((b,), jnp.float32))
-    states, (h_last, kv_last), n_run = sleep_consolidate(
+    slept = sleep_consolidate(
         core_pass, carry, states, n_sleep, remat=sleep.remat_passes, grad_passes=grad_passes, return_hidden=True,
         halt_tol=sleep.halt_tol, halt_measure=measure, return_passes=True, unroll=sleep.unroll)
+    states, (h_last, kv_last), n_run = slept.fast_weights, slept.hidden, slept.passes
     kv_last = {i: dataclasses.replace(kv_core[i], k=k, v=v) for i, (k, v) in kv_last.items()}
     # The coda restarts from its window-start states (fw_core's coda slots).
     _, fw_out, kv_coda_n = run(h_last, fw_core.replace(states), start=c1, stop=n_blocks)
