@@ -42,9 +42,10 @@ from flax import nnx
 
 from sleep_jax.array_typing import Array, ArrayLike, Float, Int32, NextLogits, typed
 from sleep_jax.config import SleepConfig
-from sleep_jax.cost import decode_flops, window_flops
+from sleep_jax.array_typing import PyTree
+from sleep_jax.cost import WindowFlops, model_flops
 from sleep_jax.fast_weights import FastWeights
-from sleep_jax.nn.attention import KVCache
+from sleep_jax.protocol import check_sleepable
 from sleep_jax.windowed import run_window
 
 
@@ -53,21 +54,26 @@ from sleep_jax.windowed import run_window
 class SessionState:
   """Everything a streaming session carries (a pytree of arrays).
 
+  The attention memory and per-window decode state are the model's own
+  pytrees (``sleep_jax.protocol``: ``init_kv``, ``init_decode_state``); the
+  descriptions below are ``HybridLM``'s.
+
   Attributes:
     fast_weights: current GDN states.
     kv_caches: one ring ``KVCache`` of ``L`` slots per attention block.
-    conv_histories: one short-conv history per GDN block (zero at window start).
+    conv_histories: the model's per-window decode state: one short-conv
+      history per GDN block (zero at window start).
     window_fast_weights: fast weights when the current window began.
     window_prefix: the kept caches when the current window began (sliding).
     window_tokens: ``[B, L]`` int32 tokens of the current window so far.
     position: scalar int32, tokens consumed so far.
     last_logits: ``[B, V]`` float32 logits after the last consumed token.
   """
-  fast_weights: FastWeights
-  kv_caches: tuple[KVCache, ...]
-  conv_histories: tuple[jax.Array, ...]
-  window_fast_weights: FastWeights
-  window_prefix: tuple[KVCache, ...]
+  fast_weights: FastWeights | PyTree
+  kv_caches: PyTree
+  conv_histories: PyTree
+  window_fast_weights: FastWeights | PyTree
+  window_prefix: PyTree
   window_tokens: jax.Array
   position: jax.Array
   last_logits: jax.Array
@@ -111,19 +117,19 @@ class SessionStats:
 def init_session_state(model, sleep: SleepConfig, batch_size: int) -> SessionState:
   """The state of a fresh session (position 0, empty caches, zero fast weights)."""
   fw = model.init_fast_weights(batch_size)
-  kv = model.init_kv_caches(batch_size, sleep.window)
-  return SessionState(fast_weights=fw, kv_caches=kv, conv_histories=model.init_conv_histories(batch_size),
+  kv = model.init_kv(batch_size, sleep.window)
+  return SessionState(fast_weights=fw, kv_caches=kv, conv_histories=model.init_decode_state(batch_size),
                       window_fast_weights=fw, window_prefix=kv,
                       window_tokens=jnp.zeros((batch_size, sleep.window), jnp.int32),
                       position=jnp.zeros((), jnp.int32),
-                      last_logits=jnp.zeros((batch_size, model.config.vocab_size), jnp.float32))
+                      last_logits=jnp.zeros((batch_size, model.vocab_size), jnp.float32))
 
 
 # -- pure functions (jitted by the session) -------------------------------------------------------
 def decode_token(model, sleep: SleepConfig, state: SessionState, tokens: jax.Array):
   """One wake-time token (no window bookkeeping): ``(logits [B, V], state)``."""
-  logits, fw, kvs, convs = model.decode_step(tokens, state.position, state.fast_weights, state.kv_caches,
-                                             state.conv_histories, window=sleep.window)
+  logits, fw, kvs, convs = model.decode(tokens, state.position, state.fast_weights, state.kv_caches,
+                                        state.conv_histories, window=sleep.window)
   slot = state.position % sleep.window
   window_tokens = jax.lax.dynamic_update_index_in_dim(state.window_tokens, tokens.astype(jnp.int32), slot, axis=1)
   return logits, dataclasses.replace(state, fast_weights=fw, kv_caches=kvs, conv_histories=convs,
@@ -172,10 +178,11 @@ def run_full_window(model, sleep: SleepConfig, state: SessionState, tokens: jax.
 def begin_window(model, sleep: SleepConfig, state: SessionState) -> SessionState:
   """Evicts and snapshots at a window boundary."""
   kvs = state.kv_caches
-  if sleep.eviction == "hard":
-    kvs = tuple(kv.cleared() for kv in kvs)
   batch = state.window_tokens.shape[0]
-  return dataclasses.replace(state, kv_caches=kvs, conv_histories=model.init_conv_histories(batch),
+  if sleep.eviction == "hard":
+    clear = getattr(model, "clear_kv", None)
+    kvs = clear(kvs) if callable(clear) else model.init_kv(batch, sleep.window)
+  return dataclasses.replace(state, kv_caches=kvs, conv_histories=model.init_decode_state(batch),
                              window_fast_weights=state.fast_weights, window_prefix=kvs)
 
 
@@ -197,7 +204,11 @@ _begin_jit = _jit_pure(begin_window)
 
 # -- the session ------------------------------------------------------------------------------------
 class SleepSession:
-  """A streaming session over a ``HybridLM`` that sleeps before each eviction.
+  """A streaming session over a sleepable model that sleeps before each eviction.
+
+  The model is a ``HybridLM`` or any model meeting the sleepable-model
+  protocol with its streaming methods (``sleep_jax.protocol``). Serve a model
+  with dropout in evaluation mode (``model.eval()``).
 
   Example::
 
@@ -216,9 +227,10 @@ class SleepSession:
       raise ValueError(f"sleep must be a SleepConfig, got {type(sleep).__name__}")
     if not isinstance(batch_size, int) or batch_size < 1:
       raise ValueError(f"batch_size must be an integer >= 1, got {batch_size!r}")
+    check_sleepable(model, serving=True)
     self.sleep = sleep
     self.batch_size = batch_size
-    self.vocab_size = model.config.vocab_size
+    self.vocab_size = model.vocab_size
     self._graphdef, self._params = nnx.split(model)
     self._template = init_session_state(model, sleep, batch_size)
     self.state = self._template if state is None else state
@@ -231,8 +243,11 @@ class SleepSession:
 
     # Compute accounting (see `stats`): host counters, plus the per-row pass
     # counts of each sleep kept on the device (no sync per sleep).
-    self._token_flops = decode_flops(model.config, sleep)
-    self._window_flops = window_flops(model.config, sleep, sleep.window)
+    # A model that cannot count its FLOPs (cost.model_flops) reports NaN.
+    flops_of_window, token_flops = model_flops(model, sleep)
+    self._token_flops = float("nan") if token_flops is None else token_flops
+    self._window_flops = (WindowFlops(sleep.window, *(float("nan"),) * 4) if flops_of_window is None
+                          else flops_of_window(sleep.window))
     self._counts = {"tokens": 0, "sleeps": 0, "wake_flops": 0.0, "rerun_flops": 0.0}
     self._pass_counts: list = []
 
@@ -266,7 +281,7 @@ class SleepSession:
 
   @property
   @typed
-  def fast_weights(self) -> FastWeights:
+  def fast_weights(self) -> FastWeights | PyTree:
     """The current fast weights (``b h k v`` states, ``b`` the session's rows)."""
     return self.state.fast_weights
 

@@ -1,0 +1,133 @@
+"""A sleepable model that is not HybridLM (sleep_jax.examples.own_model): windowed forward against a
+hand-written loop of its parts, dropout inside the sleep scan, serving, and the protocol's errors."""
+import functools
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+from flax import nnx
+
+from sleep_jax import SleepConfig, SleepSession, windowed_forward, windowed_loss
+from sleep_jax.examples.own_model import OwnConfig, OwnLM
+from sleep_jax.testing import assert_close
+
+CFG = OwnConfig(vocab_size=11, d_model=16, n_blocks=2, n_heads=2, head_dim=8, mlp_width=32, dropout=0.25)
+
+
+def _tokens(b, t, seed=0):
+  return jax.random.randint(jax.random.key(seed), (b, t), 0, CFG.vocab_size, dtype=jnp.int32)
+
+
+def _loop(model, tokens, sleep, schedule):
+  """Algorithm 1 written out by hand from the model's parts, window by window and pass by pass."""
+  b, t = tokens.shape
+  L = sleep.window
+  fw, prefix, logits = model.init_fast_weights(b), None, []
+  if sleep.eviction == "sliding":
+    prefix = model.init_kv(b, L)
+  for w, a in enumerate(range(0, t, L)):
+    positions = jnp.arange(a, min(a + L, t), dtype=jnp.int32)
+    h0 = model.embed_tokens(tokens[:, a:a + L])
+    h, fw, kv = model.core(h0, fw, positions, prefix, window=L)
+    logits.append(model.unembed(h))
+    if schedule[w]:
+      for _ in range(sleep.n_passes - 1):
+        h, fw, kv = model.core(h, fw, positions, prefix, window=L)
+    if sleep.eviction == "sliding":
+      prefix = kv
+  return jnp.concatenate(logits, axis=1), fw
+
+
+@pytest.mark.parametrize("eviction", ["hard", "sliding"])
+def test_windowed_forward_equals_a_loop_of_its_parts_with_dropout_on(eviction):
+  sleep = SleepConfig(window=4, n_passes=3, eviction=eviction)
+  tokens = _tokens(2, 10)
+  schedule = (True, True, False)
+  model, ref = OwnLM(CFG, rngs=nnx.Rngs(0)), OwnLM(CFG, rngs=nnx.Rngs(0))
+  out = nnx.jit(lambda m, t: windowed_forward(m, t, None, sleep, sleep_schedule=schedule))(model, tokens)
+  want_logits, want_fw = _loop(ref, tokens, sleep, schedule)
+  assert_close(want_logits, out.logits, what="logits")
+  assert_close(want_fw, out.fast_weights, what="fast weights")
+  np.testing.assert_array_equal(np.asarray(out.passes), [[3, 3, 0]] * 2)
+  # Every dropout call drew a fresh mask, and the model's RNG count advanced as the loop's did.
+  count = lambda m: int(m.blocks[0].drop.rngs.count[...])
+  assert count(model) == count(ref) > 0
+  model.eval()
+  quiet = windowed_forward(model, tokens, None, sleep, sleep_schedule=schedule)
+  assert float(jnp.max(jnp.abs(quiet.logits - out.logits))) > 1e-3  # dropout was on in training mode
+
+
+def test_training_gradients_are_deterministic_per_seed():
+  sleep = SleepConfig(window=4, n_passes=2, grad_passes=1)
+  tokens = _tokens(2, 8, seed=1)
+  batch = {"tokens": tokens, "targets": jnp.roll(tokens, -1, axis=1),
+           "loss_mask": jnp.concatenate([jnp.zeros((2, 4)), jnp.ones((2, 4))], axis=1)}
+
+  graphdef, state = nnx.split(OwnLM(CFG, rngs=nnx.Rngs(3)))
+
+  @jax.jit
+  def grads(state):
+    return nnx.grad(lambda m: windowed_loss(m, batch, sleep)[0])(nnx.merge(graphdef, state))
+
+  g1, g2 = grads(state), grads(nnx.split(OwnLM(CFG, rngs=nnx.Rngs(3)))[1])
+  for a, b in zip(jax.tree.leaves(g1), jax.tree.leaves(g2)):
+    np.testing.assert_array_equal(np.asarray(a), np.asarray(b))
+  assert float(optax_norm(g1)) > 0
+
+
+def optax_norm(tree):
+  return jnp.sqrt(sum(jnp.sum(jnp.square(x)) for x in jax.tree.leaves(tree)))
+
+
+@pytest.mark.parametrize("eviction", ["hard", "sliding"])
+def test_serving_streams_the_windowed_forward(eviction):
+  sleep = SleepConfig(window=4, n_passes=3, eviction=eviction)
+  model = OwnLM(CFG, rngs=nnx.Rngs(0))
+  model.eval()
+  tokens = _tokens(2, 11, seed=2)
+  ref = windowed_forward(model, tokens, None, sleep)
+  session = SleepSession(model, sleep, batch_size=2)
+  pieces = [session.feed(tokens[:, :3]), session.feed(tokens[:, 3:9]), session.feed(tokens[:, 9:])]
+  assert_close(ref.logits, jnp.concatenate(pieces, axis=1), what="streamed logits")
+  assert_close(ref.fast_weights, session.fast_weights, what="fast weights")
+  assert session.stats.sleeps == 2 and np.isnan(session.stats.wake_flops)  # OwnLM does not count FLOPs
+  np.testing.assert_array_equal(session.generate(3), _greedy(model, sleep, tokens, 3))
+
+
+def _greedy(model, sleep, tokens, n):
+  """Greedy continuation by re-running the windowed forward on the growing sequence."""
+  out = []
+  for _ in range(n):
+    nxt = jnp.argmax(windowed_forward(model, tokens, None, sleep).logits[:, -1], axis=-1).astype(jnp.int32)
+    out.append(nxt)
+    tokens = jnp.concatenate([tokens, nxt[:, None]], axis=1)
+  return np.asarray(jnp.stack(out, axis=1))
+
+
+class _NoCore(nnx.Module):
+  vocab_size = 5
+
+  def __init__(self):
+    self.lin = nnx.Linear(2, 2, rngs=nnx.Rngs(0))
+
+  def init_fast_weights(self, b):
+    return ()
+
+  def init_kv(self, b, size):
+    return ()
+
+  def embed_tokens(self, tokens):
+    return tokens
+
+  def unembed(self, h):
+    return h
+
+
+def test_a_model_missing_a_method_is_named():
+  with pytest.raises(ValueError, match="missing core"):
+    windowed_forward(_NoCore(), _tokens(1, 4) % 5, None, SleepConfig(window=4))
+  with pytest.raises(ValueError, match="missing core, init_decode_state, decode"):
+    SleepSession(_NoCore(), SleepConfig(window=4))
+  with pytest.raises(ValueError, match="nnx.Module"):
+    windowed_forward(functools.partial(int), _tokens(1, 4), None, SleepConfig(window=4))
