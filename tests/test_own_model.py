@@ -131,3 +131,25 @@ def test_a_model_missing_a_method_is_named():
     SleepSession(_NoCore(), SleepConfig(window=4))
   with pytest.raises(ValueError, match="nnx.Module"):
     windowed_forward(functools.partial(int), _tokens(1, 4), None, SleepConfig(window=4))
+
+
+def test_trains_through_eviction_in_the_launch_trainer_deterministically(tmp_path):
+  import dataclasses
+  import importlib
+
+  from launch import experiment
+
+  cfg = importlib.import_module("launch.configs.rule110_small").get_config()  # T = 17, L = 16: one window sleeps
+  cfg.sleep.n_passes = 2
+  cfg.train.update(num_steps=2, batch_size=4, eval_batches=1, progress=False, log_every=1)
+
+  def factory(exp, rngs):
+    return OwnLM(dataclasses.replace(CFG, vocab_size=exp.model.vocab_size), rngs=rngs)
+
+  runs = [experiment.run(cfg, str(tmp_path / name), model_factory=factory) for name in ("a", "b")]
+  a, b = runs
+  assert a.step == 2 and np.isfinite(a.last_train["loss"]) and 0.0 <= a.eval["accuracy"] <= 1.0
+  assert a.last_train["sleep/passes"] == 2.0 and a.last_train["sleep/sleep_windows"] == 1.0  # slept with N = 2
+  assert type(nnx.merge(a.graphdef, a.state.params, a.state.model_state)) is OwnLM
+  for x, y in zip(jax.tree.leaves(a.state.params), jax.tree.leaves(b.state.params)):  # the same seed, the same run
+    np.testing.assert_array_equal(np.asarray(x), np.asarray(y))

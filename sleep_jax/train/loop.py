@@ -223,6 +223,9 @@ def train(spec: RunSpec, config: TrainConfig, workdir: str) -> TrainResult:
         # sleep chose) replaces the host-side fixed-N estimate: relative_cost
         # becomes the step's FLOPs over its wake (N = 1) FLOPs.
         rec["sleep/relative_cost"] = 1.0 + rec["sleep/sleep_flops"] / rec["sleep/wake_flops"]
+      elif rec.get("sleep/n_passes") or rec.get("sleep/sleep_windows"):
+        # The loss reports its passes but not their FLOPs (a model that cannot count them, cost.model_flops).
+        rec = {k: v for k, v in rec.items() if k not in ("sleep/wake_flops", "sleep/sleep_flops")}
       else:  # the loss reports no compute
         rec = {k: v for k, v in rec.items() if k not in step_lib.COST_METRICS}
       if spec.sleep_cost is not None:
