@@ -216,26 +216,35 @@ def _where_rows(mask, new, old):
   return jax.tree.map(lambda n, o: jnp.where(mask.reshape(mask.shape + (1,) * (n.ndim - 1)), n, o), new, old)
 
 
-def decode_rows(model, sleep: SleepConfig, states: SessionState, tokens: jax.Array, active: jax.Array):
+# The model is merged (copied) inside the vmapped function, so that a module with state (RNG counts) is
+# updated at the trace level its variables were made at.
+def decode_rows(graphdef, params, sleep: SleepConfig, states: SessionState, tokens: jax.Array, active: jax.Array):
   """One wake token for the ``active`` rows of a row-stacked state: ``(logits [R, V], states)``."""
   def one(state, token):
-    logits, state = decode_token(model, sleep, state, token[None])
+    logits, state = decode_token(nnx.merge(graphdef, params, copy=True), sleep, state, token[None])
     return logits[0], state
   logits, new = jax.vmap(one)(states, tokens)
   return logits, _where_rows(active, new, states)
 
 
-def sleep_rows(model, sleep: SleepConfig, states: SessionState, due: jax.Array):
+def sleep_rows(graphdef, params, sleep: SleepConfig, states: SessionState, due: jax.Array):
   """Sleeps and starts a new window in the ``due`` rows (their window just filled): ``(states, passes [R])``."""
   def one(state):
+    model = nnx.merge(graphdef, params, copy=True)
     state, passes = sleep_window(model, sleep, state)
     return begin_window(model, sleep, state), passes[0]
   new, passes = jax.vmap(one)(states)
   return _where_rows(due, new, states), jnp.where(due, passes, 0)
 
 
-_decode_rows_jit = _jit_pure(decode_rows)
-_sleep_rows_jit = _jit_pure(sleep_rows)
+def _jit_rows(fn):
+  def wrapped(graphdef, sleep, params, *args):
+    return fn(graphdef, params, sleep, *args)
+  return jax.jit(wrapped, static_argnums=(0, 1))
+
+
+_decode_rows_jit = _jit_rows(decode_rows)
+_sleep_rows_jit = _jit_rows(sleep_rows)
 
 
 def sample_tokens(logits: jax.Array, key: jax.Array | None, *, temperature: float = 0.0, top_k: int | None = None,
