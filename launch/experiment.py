@@ -354,7 +354,8 @@ def run(cfg, workdir: str, *, on_first_step=None, model_factory=None):
   return loop.train(spec, exp.train, workdir)
 
 
-def evaluate_run(workdir: str, *, cfg=None, overrides=(), step=None, eval_batches=None) -> tuple[int, dict]:
+def evaluate_run(workdir: str, *, cfg=None, overrides=(), step=None, eval_batches=None,
+                 model_factory=None) -> tuple[int, dict]:
   """Evaluates ``workdir``'s checkpoint; returns ``(step, result)``.
 
   Args:
@@ -363,6 +364,8 @@ def evaluate_run(workdir: str, *, cfg=None, overrides=(), step=None, eval_batche
     overrides: ``a.b=value`` strings applied on top (see :func:`apply_overrides`).
     step: the checkpoint step (default: the newest that restores).
     eval_batches: eval batches (default: the whole eval split).
+    model_factory: ``(exp, rngs) -> model``, the one the run was trained with
+      (see :func:`build_run_spec`; default ``HybridLM``).
 
   Raises:
     ValueError: a bad workdir, config or override.
@@ -376,5 +379,5 @@ def evaluate_run(workdir: str, *, cfg=None, overrides=(), step=None, eval_batche
     cfg = load_run_config(workdir)
   cfg = apply_overrides(cfg.to_dict() if isinstance(cfg, config_dict.ConfigDict) else dict(cfg), list(overrides))
   exp = experiment_from_config(cfg)
-  spec = build_run_spec(exp)
+  spec = build_run_spec(exp, model_factory=model_factory)
   return loop.evaluate_checkpoint(spec, exp.train, workdir, step=step, max_batches=eval_batches)

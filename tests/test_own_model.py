@@ -144,6 +144,8 @@ def test_trains_through_eviction_in_the_launch_trainer_deterministically(tmp_pat
   assert type(nnx.merge(a.graphdef, a.state.params, a.state.model_state)) is OwnLM
   for x, y in zip(jax.tree.leaves(a.state.params), jax.tree.leaves(b.state.params)):  # the same seed, the same run
     np.testing.assert_array_equal(np.asarray(x), np.asarray(y))
+  step, result = experiment.evaluate_run(str(tmp_path / "a"), eval_batches=1, model_factory=factory)
+  assert step == 2 and result["accuracy"] == a.eval["accuracy"]  # the checkpoint restores into OwnLM
 
 
 class _OnlyTheProtocol(nnx.Module):
