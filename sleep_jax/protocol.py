@@ -32,7 +32,10 @@ The methods, with ``B`` the batch and ``L`` the window:
   to its ``L - 1`` most recent entries); ``kv`` is this window's own keys and
   values, with the structure of ``init_kv(B, W)``. It must return ``h`` and
   ``fast_weights`` with the shapes and dtypes it was given (the sleep scan
-  feeds them back in).
+  feeds them back in). Under adaptive sleep (``SleepConfig.halt_tol``) every
+  leaf of ``h``, ``kv`` and ``fast_weights`` needs the batch as its leading
+  axis (halted rows are masked); ``sleep_jax.nn.KVCache``'s ``pos`` has
+  none, so a model built on it sleeps a fixed ``N``.
 * ``unembed(h) -> logits [B, W, V]`` float32.
 * ``init_decode_state(batch_size) -> state``: per-window streaming state
   other than the fast weights and the attention ring (``HybridLM``: the
