@@ -8,6 +8,7 @@ step was compiled for is ``sleep_jax.windowed.CheckedSchedule``.
 from __future__ import annotations
 
 import dataclasses
+import functools
 import os
 from typing import Any
 
@@ -267,8 +268,18 @@ def check_sleep_happens(exp: Experiment, schedule: tuple[bool, ...]) -> None:
                    "set config.sleep.n_passes=1 or change the task config")
 
 
-def build_run_spec(exp: Experiment, *, meta: dict | None = None):
+def build_run_spec(exp: Experiment, *, meta: dict | None = None, model_factory=None):
   """The model factory, loss, data and evaluator of an experiment (a ``RunSpec``).
+
+  Args:
+    exp: the experiment.
+    meta: JSON-able run description saved with the checkpoints.
+    model_factory: ``(exp, rngs) -> model`` to train a model of your own in
+      place of ``HybridLM(exp.model)``: any NNX model meeting the
+      sleepable-model protocol (``sleep_jax.protocol``), e.g.
+      ``sleep_jax.examples.own_model.OwnLM``. ``exp.model.vocab_size`` is the
+      task's vocabulary. Its dropout draws new masks every step
+      (``sleep_jax.train.step.step_rngs``) and is off in evaluation.
 
   Every train and eval batch is checked on the host before it reaches the
   jitted step: its consolidation windows against the compiled schedule and
@@ -304,7 +315,8 @@ def build_run_spec(exp: Experiment, *, meta: dict | None = None):
     return CheckedSchedule(iter(ds), schedule, exp.sleep.window, vocab)
 
   return loop.RunSpec(
-      model_factory=lambda rngs: HybridLM(exp.model, rngs=rngs),
+      model_factory=((lambda rngs: HybridLM(exp.model, rngs=rngs)) if model_factory is None
+                     else functools.partial(model_factory, exp)),
       loss_fn=WindowedLoss(exp.sleep, sleep_schedule=schedule),  # draws N per step if n_passes_train
       train_data=train_data, eval_data=eval_data,
       evaluator=lambda: task.evaluator(exp.task_config),
@@ -339,7 +351,7 @@ class _FirstStepHook:
     self.it.set_state(state)
 
 
-def run(cfg, workdir: str, *, on_first_step=None):
+def run(cfg, workdir: str, *, on_first_step=None, model_factory=None):
   """Trains the experiment of ``cfg`` in ``workdir`` (creating it); returns the ``TrainResult``.
 
   Args:
@@ -348,6 +360,9 @@ def run(cfg, workdir: str, *, on_first_step=None):
     on_first_step: called with no arguments once this process's first train
       step has been compiled and dispatched (not at all for runs of under two
       remaining steps).
+    model_factory: ``(exp, rngs) -> model``: train a sleepable model of your
+      own instead of ``HybridLM`` (see :func:`build_run_spec`); ``cfg.model``
+      then only supplies the vocabulary.
 
   Raises:
     ValueError: a bad config (see :func:`experiment_from_config`) or run.
@@ -364,14 +379,15 @@ def run(cfg, workdir: str, *, on_first_step=None):
     run_config.write_run_config(workdir, cfg)
   meta = {"task": exp.task_name, "n_passes": exp.sleep.n_passes, "window": exp.sleep.window,
           "plain_transformer": exp.plain_transformer, "config": run_config.to_json_dict(cfg)}
-  spec = build_run_spec(exp, meta=meta)
+  spec = build_run_spec(exp, meta=meta, model_factory=model_factory)
   if on_first_step is not None:
     train_data = spec.train_data
     spec = dataclasses.replace(spec, train_data=lambda: _FirstStepHook(train_data(), on_first_step))
   return loop.train(spec, exp.train, workdir)
 
 
-def evaluate_run(workdir: str, *, cfg=None, overrides=(), step=None, eval_batches=None) -> tuple[int, dict]:
+def evaluate_run(workdir: str, *, cfg=None, overrides=(), step=None, eval_batches=None,
+                 model_factory=None) -> tuple[int, dict]:
   """Evaluates ``workdir``'s checkpoint; returns ``(step, result)``.
 
   Args:
@@ -380,6 +396,8 @@ def evaluate_run(workdir: str, *, cfg=None, overrides=(), step=None, eval_batche
     overrides: ``a.b=value`` strings applied on top (see :func:`apply_overrides`).
     step: the checkpoint step (default: the newest that restores).
     eval_batches: eval batches (default: the whole eval split).
+    model_factory: ``(exp, rngs) -> model``, the one the run was trained with
+      (see :func:`build_run_spec`; default ``HybridLM``).
 
   Raises:
     ValueError: a bad workdir, config or override.
@@ -393,5 +411,5 @@ def evaluate_run(workdir: str, *, cfg=None, overrides=(), step=None, eval_batche
     cfg = load_run_config(workdir)
   cfg = apply_overrides(cfg.to_dict() if isinstance(cfg, config_dict.ConfigDict) else dict(cfg), list(overrides))
   exp = experiment_from_config(cfg)
-  spec = build_run_spec(exp)
+  spec = build_run_spec(exp, model_factory=model_factory)
   return loop.evaluate_checkpoint(spec, exp.train, workdir, step=step, max_batches=eval_batches)

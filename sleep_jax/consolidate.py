@@ -3,7 +3,17 @@
 The transform is model-agnostic: ``blocks_fn(h, fast_weights) -> (h,
 fast_weights)`` may be a bound NNX method, a function that merges a
 ``(graphdef, state)`` pair, a Linen ``apply`` or a plain function; the fast
-weights may be any pytree. Pass ``n + 1`` consumes pass ``n``'s hidden states
+weights may be any pytree. It returns a :class:`SleepResult` (fast weights,
+plus the last hidden states and the passes run when asked).
+
+NNX modules with state. A bound method of an ``nnx.Module`` (or
+``module=``) is run by explicit split and merge: the module's parameters are
+closed over, and its other variables (RNG stream counts of ``nnx.Dropout``,
+batch statistics, ...) travel in the scan's carry and through the
+checkpointed pass, and are written back into the module afterwards. A plain
+``lax.scan`` over the bound method would mutate the module's RNG count from
+inside the scan's trace, which NNX refuses (``TraceContextError: Cannot
+mutate RngCount from a different trace level``). Pass ``n + 1`` consumes pass ``n``'s hidden states
 (no re-injection of the embedding) and continues from its fast weights. The
 passes are a ``jax.lax.scan`` (one trace of ``blocks_fn`` whatever their
 number), so the transform composes with ``jit``, ``vmap``, ``grad`` and
@@ -32,16 +42,76 @@ decision itself carries no gradient (it is a comparison).
 """
 from __future__ import annotations
 
+import dataclasses
+import functools
+import inspect
 from collections.abc import Callable
 from typing import Any
 
 import jax
 import jax.numpy as jnp
+from flax import nnx
 
 from sleep_jax.array_typing import ArrayLike, PyTree, typed
 
 BlocksFn = Callable[[Any, Any], tuple[Any, Any]]
 HaltMeasure = Callable[[Any, Any], jax.Array]
+
+
+@jax.tree_util.register_dataclass
+@dataclasses.dataclass(frozen=True)
+class SleepResult:
+  """What :func:`sleep_consolidate` returns (a pytree).
+
+  Attributes:
+    fast_weights: the fast weights after the last pass (the pytree given).
+    hidden: the hidden states after the last pass when ``return_hidden``,
+      else None.
+    passes: ``[B]`` (``b``) int32 passes each example ran when
+      ``return_passes``, else None.
+  """
+  fast_weights: Any
+  hidden: Any = None
+  passes: Any = None
+
+
+def _split_bound(blocks_fn, module):
+  """``(function of (module, h, fw), module)`` for a bound NNX method, a partial of one, or ``module=``."""
+  if module is not None:
+    if not isinstance(module, nnx.Module):
+      raise ValueError(f"module must be an nnx.Module, got {type(module).__name__}")
+    return blocks_fn, module
+  if inspect.ismethod(blocks_fn) and isinstance(blocks_fn.__self__, nnx.Module):
+    return blocks_fn.__func__, blocks_fn.__self__
+  if isinstance(blocks_fn, functools.partial) and inspect.ismethod(blocks_fn.func) \
+      and isinstance(blocks_fn.func.__self__, nnx.Module):
+    bound = blocks_fn.func
+    return functools.partial(bound.__func__, *blocks_fn.args, **blocks_fn.keywords), bound.__self__
+  return None, None
+
+
+def _lift(fn, module):
+  """A pure ``(h, fw, rest) -> (h, fw, rest)`` over ``module``'s non-parameter state ``rest``.
+
+  Parameters are closed over (their gradients flow as for any closed-over
+  array); every other variable (RNG counts, statistics) is an explicit input
+  and output, so it can cross ``lax.scan`` and ``jax.checkpoint``.
+  """
+  graphdef, params, rest = nnx.split(module, nnx.Param, ...)
+
+  def pure(h, fw, rest):
+    m = nnx.merge(graphdef, params, rest)
+    h, fw = _check_pair(fn(m, h, fw))
+    return h, fw, nnx.split(m, nnx.Param, ...)[2]
+
+  return pure, rest
+
+
+def _check_pair(out):
+  if not isinstance(out, (tuple, list)) or len(out) != 2:
+    raise ValueError(f"blocks_fn must return a pair (h, fast_weights), got {type(out).__name__}"
+                     f"{f' of length {len(out)}' if isinstance(out, (tuple, list)) else ''}")
+  return out
 
 
 def _abstract(tree):
@@ -55,17 +125,14 @@ def _describe(tree) -> str:
   return shown or "no leaves"
 
 
-def _check_blocks_fn(blocks_fn, h, fast_weights) -> None:
-  """Traces ``blocks_fn`` abstractly once and checks it returns ``(h, fast_weights)`` as it was given them.
+def _check_blocks_fn(fn, h, fast_weights, extra) -> None:
+  """Traces ``fn`` abstractly once and checks it returns ``(h, fast_weights)`` as it was given them.
 
   ``lax.scan`` would refuse a changed carry too, but in terms of its own
   carry ("carry component c[0]"), not the caller's ``h`` / ``fast_weights``.
   """
   ins = (_abstract(h), _abstract(fast_weights))
-  out = jax.eval_shape(blocks_fn, *ins)
-  if not isinstance(out, (tuple, list)) or len(out) != 2:
-    raise ValueError(f"blocks_fn must return a pair (h, fast_weights), got {type(out).__name__}"
-                     f"{f' of length {len(out)}' if isinstance(out, (tuple, list)) else ''}")
+  out = jax.eval_shape(lambda h, fw, extra: fn(h, fw, extra)[:2], *ins, extra)
   for name, a, b in (("h", ins[0], out[0]), ("fast_weights", ins[1], out[1])):
     same_tree = jax.tree.structure(a) == jax.tree.structure(b)
     if not same_tree or any(x.shape != y.shape or x.dtype != y.dtype
@@ -76,11 +143,12 @@ def _check_blocks_fn(blocks_fn, h, fast_weights) -> None:
 
 
 def _run_passes(fn, carry, n: int, unroll: bool = False):
+  """``n`` passes over ``carry = (h, fast_weights, extra)``."""
   if n == 0:
     return carry
 
   def body(c, _):
-    return fn(*c), None
+    return tuple(fn(*c)), None
 
   carry, _ = jax.lax.scan(body, carry, None, length=n, unroll=n if unroll else 1)
   return carry
@@ -118,21 +186,25 @@ def _select(active, new, old):
 
 
 def _run_adaptive(fn, carry, n: int, halt_tol: float, measure: HaltMeasure):
-  """``n`` masked passes over ``carry = (h, fast_weights, active [B], passes [B])``."""
+  """``n`` masked passes over ``carry = (h, fast_weights, extra, active [B], passes [B])``.
+
+  ``extra`` (a module's RNG counts and statistics) advances with every pass
+  that runs; it has no batch axis to mask.
+  """
   if n == 0:
     return carry
 
   def one_pass(c):
-    h, fw, active, passes = c
-    h_new, fw_new = fn(h, fw)
+    h, fw, extra, active, passes = c
+    h_new, fw_new, extra = fn(h, fw, extra)
     change = measure(jax.lax.stop_gradient(fw), jax.lax.stop_gradient(fw_new))
     h, fw = _select(active, (h_new, fw_new), (h, fw))
     passes = passes + active.astype(jnp.int32)
     # `change < tol` is False for a NaN change: such an example keeps sleeping.
-    return h, fw, jnp.logical_and(active, jnp.logical_not(change < halt_tol)), passes
+    return h, fw, extra, jnp.logical_and(active, jnp.logical_not(change < halt_tol)), passes
 
   def body(c, _):
-    return jax.lax.cond(jnp.any(c[2]), one_pass, lambda c: c, c), None
+    return jax.lax.cond(jnp.any(c[3]), one_pass, lambda c: c, c), None
 
   carry, _ = jax.lax.scan(body, carry, None, length=n)
   return carry
@@ -143,16 +215,25 @@ def sleep_consolidate(blocks_fn: BlocksFn, h: PyTree[ArrayLike], fast_weights: P
                       n_sleep_passes: int, *, remat: bool = True, grad_passes: int | None = None,
                       return_hidden: bool = False, halt_tol: float | None = None,
                       halt_measure: HaltMeasure | None = None,
-                      return_passes: bool = False, unroll: bool = False) -> PyTree[ArrayLike] | tuple[PyTree[ArrayLike], ...]:
+                      return_passes: bool = False, unroll: bool = False,
+                      module: nnx.Module | None = None) -> SleepResult:
   """Runs ``blocks_fn`` ``n_sleep_passes`` times, threading hidden states and fast weights.
 
   Model-agnostic, so ``h`` and ``fast_weights`` are annotated as any pytrees
   of arrays; in the model they are ``[B, T, D]`` hidden states (``b t d``,
   with the attention keys and values of the pass) and ``FastWeights``.
 
+  Example::
+
+      out = sleep_consolidate(layer.sleep_pass, h, fw, 3, return_hidden=True)
+      out.fast_weights, out.hidden
+
   Args:
     blocks_fn: ``(h, fast_weights) -> (h, fast_weights)``; outputs must have the
-      inputs' shapes and dtypes.
+      inputs' shapes and dtypes. A bound method of an ``nnx.Module`` (or a
+      ``functools.partial`` of one) may hold RNG streams (``nnx.Dropout``) or
+      other non-parameter state: it is threaded through the passes and
+      written back into the module (see the module docstring).
     h: hidden states entering the first pass (any pytree, usually ``[B, T, D]``,
       ``b t d``).
     fast_weights: fast-weight pytree at the start of the first pass.
@@ -166,7 +247,8 @@ def sleep_consolidate(blocks_fn: BlocksFn, h: PyTree[ArrayLike], fast_weights: P
       (truncated backprop; ``stop_gradient`` on ``(h, fast_weights)`` before
       them, which also cuts the gradient reaching earlier windows through the
       fast weights). ``None`` or ``k >= n_sleep_passes``: through every pass.
-    return_hidden: also return the last pass's hidden states.
+    return_hidden: fill :attr:`SleepResult.hidden` with the last pass's hidden
+      states.
     halt_tol: adaptive sleep (``None``: every pass runs). An example halts
       after the first pass whose ``halt_measure`` is below ``halt_tol``, so
       each runs between 1 and ``n_sleep_passes`` passes; ``0`` never halts
@@ -176,16 +258,18 @@ def sleep_consolidate(blocks_fn: BlocksFn, h: PyTree[ArrayLike], fast_weights: P
       ``k`` positions), whether or not an example has halted by then.
     halt_measure: ``(fast_weights_before, fast_weights_after) -> [B]`` change
       of one pass (default :func:`relative_change` over every leaf).
-    return_passes: also return the ``[B]`` (``b``) int32 passes each example ran.
+    return_passes: fill :attr:`SleepResult.passes` with the ``[B]`` (``b``)
+      int32 passes each example ran.
     unroll: unroll the fixed-length scan over passes (one copy of
       ``blocks_fn`` per pass in the program: compile time grows with ``N``;
       the loop's per-iteration carry copies and fusion barriers go away).
       Adaptive sleep's masked scan is not unrolled.
+    module: an ``nnx.Module`` to call ``blocks_fn(module, h, fast_weights)``
+      on, with its non-parameter state threaded as for a bound method.
 
   Returns:
-    ``fast_weights`` after the last pass, followed by ``h`` when
-    ``return_hidden`` and by the passes run when ``return_passes`` (a tuple
-    when either is set).
+    :class:`SleepResult` ``(fast_weights, hidden, passes)``; ``hidden`` and
+    ``passes`` are None unless asked for.
 
   Raises:
     ValueError: if ``n_sleep_passes`` is not an integer >= 0, ``grad_passes``
@@ -204,7 +288,13 @@ def sleep_consolidate(blocks_fn: BlocksFn, h: PyTree[ArrayLike], fast_weights: P
     raise ValueError(f"grad_passes must be None or an integer >= 1, got {grad_passes!r}")
   if halt_tol is not None and not halt_tol >= 0:
     raise ValueError(f"halt_tol must be None or >= 0, got {halt_tol!r}")
-  fn = jax.checkpoint(blocks_fn) if remat else blocks_fn
+  fn_of_module, owner = _split_bound(blocks_fn, module)
+  if owner is not None:
+    pure, extra = _lift(fn_of_module, owner)
+  else:
+    pure = lambda h, fw, extra: (*_check_pair(blocks_fn(h, fw)), extra)
+    extra = ()
+  fn = jax.checkpoint(pure) if remat else pure
   b = None
   if halt_tol is not None or return_passes:
     leaves = jax.tree.leaves(h) or jax.tree.leaves(fast_weights)
@@ -213,25 +303,25 @@ def sleep_consolidate(blocks_fn: BlocksFn, h: PyTree[ArrayLike], fast_weights: P
     b = jnp.shape(leaves[0])[0]
   if halt_tol is None:
     run = lambda c, n: _run_passes(fn, c, n, unroll)
-    carry = (h, fast_weights)
+    carry = (h, fast_weights, extra)
   else:
     _leading_axis(h, b, "h")
     _leading_axis(fast_weights, b, "fast_weights")
     measure = relative_change if halt_measure is None else halt_measure
     run = lambda c, n: _run_adaptive(fn, c, n, float(halt_tol), measure)
-    carry = (h, fast_weights, jnp.ones((b,), bool), jnp.zeros((b,), jnp.int32))
+    carry = (h, fast_weights, extra, jnp.ones((b,), bool), jnp.zeros((b,), jnp.int32))
   if n_sleep_passes > 0:
-    _check_blocks_fn(blocks_fn, h, fast_weights)
+    _check_blocks_fn(pure, h, fast_weights, extra)
   if grad_passes is None or grad_passes >= n_sleep_passes:
     carry = run(carry, n_sleep_passes)
   else:
     carry = run(carry, n_sleep_passes - grad_passes)
     carry = jax.lax.stop_gradient(carry)
     carry = run(carry, grad_passes)
-  h, fast_weights = carry[:2]
-  out = (fast_weights,)
-  if return_hidden:
-    out += (h,)
+  h, fast_weights, extra = carry[:3]
+  if owner is not None and n_sleep_passes > 0:
+    nnx.update(owner, extra)
+  passes = None
   if return_passes:
-    out += (carry[3] if halt_tol is not None else jnp.full((b,), n_sleep_passes, jnp.int32),)
-  return out[0] if len(out) == 1 else out
+    passes = carry[4] if halt_tol is not None else jnp.full((b,), n_sleep_passes, jnp.int32)
+  return SleepResult(fast_weights=fast_weights, hidden=h if return_hidden else None, passes=passes)

@@ -172,21 +172,57 @@ def sequence_cost(config: ModelConfig, sleep: SleepConfig, length: int, passes, 
     (passes summed over the windows that slept), ``sleep_windows`` (windows
     that slept) and ``n_passes`` (the configured ``N``, or the adaptive cap).
   """
+  return _sequence_cost(lambda width: window_flops(config, sleep, width, matmul_only=matmul_only), sleep, length,
+                        passes, with_logits=with_logits)
+
+
+def _sequence_cost(flops_of_window, sleep: SleepConfig, length: int, passes, *, with_logits: bool):
   passes = jnp.asarray(passes)
   spans = window_spans(length, sleep.window)
   if passes.shape[-1] != len(spans):
     raise ValueError(f"passes must have one column per window ({len(spans)}), got shape {passes.shape}")
   b = passes.shape[0]
+  f32 = lambda x: jnp.asarray(x, jnp.float32)
+  out = {"sleep_passes": f32(jnp.sum(passes, axis=1)), "sleep_windows": f32(jnp.sum(passes > 0, axis=1)),
+         "n_passes": jnp.full((b,), sleep.max_n_passes, jnp.float32)}
+  if flops_of_window is None:
+    return out
   wake = 0.0
   slept = jnp.zeros((b,), jnp.float32)
   for w, (a, z) in enumerate(spans):
-    wf = window_flops(config, sleep, z - a, matmul_only=matmul_only)
+    wf = flops_of_window(z - a)
     wake += wf.wake if with_logits else wf.stack
     slept = slept + wf.sleep(passes[:, w].astype(jnp.float32))
-  f32 = lambda x: jnp.asarray(x, jnp.float32)
-  return {"wake_flops": jnp.full((b,), wake, jnp.float32), "sleep_flops": slept,
-          "sleep_passes": f32(jnp.sum(passes, axis=1)), "sleep_windows": f32(jnp.sum(passes > 0, axis=1)),
-          "n_passes": jnp.full((b,), sleep.max_n_passes, jnp.float32)}
+  return {"wake_flops": jnp.full((b,), wake, jnp.float32), "sleep_flops": slept, **out}
+
+
+def model_flops(model, sleep: SleepConfig):
+  """``(window_flops(width), decode_flops)`` of a sleepable model, or ``(None, None)`` if it cannot count.
+
+  A model counts with its ``ModelConfig`` (``HybridLM``), or with methods
+  ``window_flops(sleep, width) -> WindowFlops`` and ``decode_flops(sleep) ->
+  float`` of its own (``sleep_jax.protocol``).
+  """
+  config = getattr(model, "config", None)
+  if isinstance(config, ModelConfig):
+    return (lambda width: window_flops(config, sleep, width)), decode_flops(config, sleep)
+  wf, df = getattr(model, "window_flops", None), getattr(model, "decode_flops", None)
+  if callable(wf) and callable(df):
+    return (lambda width: wf(sleep, width)), float(df(sleep))
+  return None, None
+
+
+def model_sequence_cost(model, sleep: SleepConfig, length: int, passes, *,
+                        with_logits: bool = True) -> dict[str, jax.Array]:
+  """:func:`sequence_cost` of any sleepable model (``sleep_jax.protocol``).
+
+  Returns:
+    The same ``[B]`` arrays; without a way to count FLOPs (see
+    :func:`model_flops`) only ``sleep_passes``, ``sleep_windows`` and
+    ``n_passes`` (the trainer then reports zero FLOPs).
+  """
+  flops_of_window, _ = model_flops(model, sleep)
+  return _sequence_cost(flops_of_window, sleep, length, passes, with_logits=with_logits)
 
 
 @dataclasses.dataclass(frozen=True)

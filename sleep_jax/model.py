@@ -11,6 +11,12 @@ The model exposes the pieces that the windowed forward (``windowed.py``), sleep
 (prelude ``[0, p)``, looped core ``[p, n - c)``, coda ``[n - c, n)``),
 :meth:`HybridLM.unembed`, and :meth:`HybridLM.decode_step` for one token. Fast
 weights are explicit inputs and outputs, never module attributes.
+
+``HybridLM`` meets the sleepable-model protocol (``sleep_jax.protocol``):
+``core``, ``init_kv``, ``init_decode_state`` and ``decode`` are those pieces
+under the protocol's names. The windowed forward runs it on its own path, which
+also knows the prelude and coda and fuses the windows of an ``N = 1`` forward;
+for a layout without prelude or coda that path equals the protocol's.
 """
 from __future__ import annotations
 
@@ -173,6 +179,10 @@ class HybridLM(nnx.Module):
   def n_attn(self) -> int:
     return sum(1 for kind in self.config.block_types if kind == "attn")
 
+  @property
+  def vocab_size(self) -> int:
+    return self.config.vocab_size
+
   def init_fast_weights(self, batch_size: int) -> FastWeights:
     return init_fast_weights(self.config, batch_size)
 
@@ -255,6 +265,48 @@ class HybridLM(nnx.Module):
       positions = jnp.arange(tokens.shape[1], dtype=jnp.int32)
     h, fast_weights, _ = self.run_blocks(self.embed_tokens(tokens), fast_weights, positions)
     return self.unembed(h), fast_weights
+
+  # -- the sleepable-model protocol (sleep_jax.protocol) -------------------------------------------
+  def core(self, h: jax.Array, fast_weights: FastWeights, positions: jax.Array, prefix=None, *,
+           window: int | None = None):
+    """One pass of the looped core (blocks ``core_range``) over a window.
+
+    Returns:
+      ``(h, fast_weights, kv)`` with ``kv`` the core's attention blocks' own
+      ``KVCache`` (the whole model's, as ``prefix`` is, when there is no
+      prelude or coda).
+    """
+    c0, c1 = self.config.core_range
+    h, fast_weights, kvs = self.run_blocks(h, fast_weights, positions, start=c0, stop=c1, prefixes=prefix,
+                                           window=window)
+    return h, fast_weights, tuple(kvs[i] for i in sorted(kvs))
+
+  def init_kv(self, batch_size: int, size: int) -> tuple[KVCache, ...]:
+    """Empty ring caches of ``size`` slots, one per attention block (``init_kv_caches``)."""
+    return self.init_kv_caches(batch_size, size)
+
+  def clear_kv(self, kv: tuple[KVCache, ...]) -> tuple[KVCache, ...]:
+    """Hard eviction: every slot marked empty (the buffers are kept)."""
+    return tuple(c.cleared() for c in kv)
+
+  def init_decode_state(self, batch_size: int) -> tuple[jax.Array, ...]:
+    """The short-conv histories (``init_conv_histories``), reset at each window start."""
+    return self.init_conv_histories(batch_size)
+
+  def decode(self, tokens: jax.Array, position: jax.Array, fast_weights: FastWeights, kv, decode_state, *,
+             window: int | None = None):
+    """:meth:`decode_step` under the protocol's name."""
+    return self.decode_step(tokens, position, fast_weights, kv, decode_state, window=window)
+
+  def window_flops(self, sleep, width: int):
+    """``cost.window_flops`` of this model."""
+    from sleep_jax.cost import window_flops
+    return window_flops(self.config, sleep, width)
+
+  def decode_flops(self, sleep) -> float:
+    """``cost.decode_flops`` of this model."""
+    from sleep_jax.cost import decode_flops
+    return decode_flops(self.config, sleep)
 
   # -- decoding ----------------------------------------------------------------------------------
   def init_conv_histories(self, batch_size: int) -> tuple[jax.Array, ...]:

@@ -1,5 +1,9 @@
 """Algorithm 1: the forward pass with eviction every ``L`` tokens, and its loss.
 
+Any model meeting the sleepable-model protocol (``sleep_jax.protocol``) runs
+here; ``HybridLM`` takes its own path, which adds the prelude and coda below
+and fuses the windows of an unslept forward.
+
 A sequence of ``T`` tokens is cut into windows of ``L`` (the last may be
 shorter). Each window:
 
@@ -55,12 +59,13 @@ import jax.numpy as jnp
 import numpy as np
 from flax import nnx
 
-from sleep_jax.array_typing import Array, Float, Int32, Logits, Mask, Tokens, WindowPasses, typed
+from sleep_jax.array_typing import Array, Float, Int32, Logits, Mask, PyTree, Tokens, WindowPasses, typed
 from sleep_jax.config import SleepConfig
 from sleep_jax.consolidate import sleep_consolidate
-from sleep_jax.cost import sequence_cost, window_spans
-from sleep_jax.fast_weights import FastWeights, init_fast_weights
-from sleep_jax.model import check_token_ids
+from sleep_jax.cost import model_sequence_cost, window_spans
+from sleep_jax.fast_weights import FastWeights
+from sleep_jax.model import HybridLM, check_token_ids
+from sleep_jax.protocol import check_sleepable
 
 
 @jax.tree_util.register_dataclass
@@ -71,13 +76,14 @@ class WindowedOutput:
   Attributes:
     logits: ``[B, T, V]`` (``b t vocab``) float32 wake-pass logits (None if
       not requested).
-    fast_weights: fast weights after the last window.
+    fast_weights: fast weights after the last window (``FastWeights`` for
+      ``HybridLM``; the model's own pytree for another sleepable model).
     passes: ``[B, n_windows]`` (``b w``) int32: the looped core's passes over
       each window that slept, wake pass included (the paper's ``N``, per
       example under adaptive sleep), 0 for windows that did not sleep.
   """
   logits: Logits | None
-  fast_weights: FastWeights
+  fast_weights: FastWeights | PyTree
   passes: WindowPasses
 
 
@@ -102,7 +108,7 @@ class LossAux:
   token_loss: Float[Array, "b t"]
   n_tokens: Float[Array, ""]
   predictions: Int32[Array, "b t"]
-  fast_weights: FastWeights
+  fast_weights: FastWeights | PyTree
   passes: WindowPasses
   cost: dict
 
@@ -189,28 +195,114 @@ def _warn_window_never_fills(window: int, length: int, n_passes: int, *, traced_
 
 
 # -- one window ---------------------------------------------------------------------------------------
-def run_window(model, tokens, positions, fast_weights: FastWeights, prefixes, sleep: SleepConfig,
-               consolidate, *, want_logits: bool = True):
+def run_window(model, tokens, positions, fast_weights, prefixes, sleep: SleepConfig, consolidate, *,
+               want_logits: bool = True):
   """Wake pass over one window, then (if ``consolidate``) sleep on it.
 
   Args:
-    model: a ``HybridLM``.
+    model: a sleepable model (``sleep_jax.protocol``), e.g. a ``HybridLM``.
     tokens: ``[B, W]`` int32, ``W <= L``.
     positions: ``[W]`` int32 absolute positions.
     fast_weights: states at the window start.
-    prefixes: None, or one kept ``KVCache`` per attention block (sliding).
+    prefixes: None (hard eviction), or the kept keys/values (sliding): for
+      ``HybridLM`` one ``KVCache`` per attention block, for another model the
+      previous window's ``kv``.
     sleep: the ``SleepConfig``.
     consolidate: Python bool, or a traced boolean scalar (``lax.cond``).
     want_logits: compute the wake-pass logits.
 
   Returns:
-    ``(logits [B, W, V] or None, fast_weights, kvs, passes)`` with ``kvs`` a
-    tuple of this window's ``KVCache`` per attention block, from the last
-    pass, and ``passes`` ``[B]`` int32: the looped core's passes over the
-    window counting the wake pass (the paper's ``N``; per example when
-    adaptive) if it slept, else 0. ``N = 0`` and ``N = 1`` report 1 (the wake
-    pass ran, nothing more).
+    ``(logits [B, W, V] or None, fast_weights, kvs, passes)`` with ``kvs``
+    this window's keys/values from the last pass (``HybridLM``: a tuple of
+    ``KVCache``, one per attention block), and ``passes`` ``[B]`` int32: the
+    looped core's passes over the window counting the wake pass (the paper's
+    ``N``; per example when adaptive) if it slept, else 0. ``N = 0`` and
+    ``N = 1`` report 1 (the wake pass ran, nothing more).
   """
+  if isinstance(model, HybridLM):
+    return _run_hybrid_window(model, tokens, positions, fast_weights, prefixes, sleep, consolidate,
+                              want_logits=want_logits)
+  return _run_protocol_window(model, tokens, positions, fast_weights, prefixes, sleep, consolidate,
+                              want_logits=want_logits)
+
+
+def _grad_passes(sleep: SleepConfig):
+  """``(grad_passes for sleep_consolidate, whether to cut the gradient before the first sleep pass)``.
+
+  Truncation counts the wake pass as pass 1 of N: ``k = N - 1`` cuts it off.
+  """
+  grad_passes = sleep.grad_passes
+  if grad_passes is not None and grad_passes >= sleep.max_n_passes:
+    return None, False
+  if grad_passes is not None and grad_passes == sleep.n_sleep_passes:
+    return None, True
+  return grad_passes, False
+
+
+def _run_protocol_window(model, tokens, positions, fast_weights, prefix, sleep: SleepConfig, consolidate, *,
+                         want_logits: bool = True):
+  """:func:`run_window` for any sleepable model: the looped core is the whole stack between embed and head."""
+  L = sleep.window
+  h = model.embed_tokens(tokens)
+  h_core, fw_wake, kv_wake = model.core(h, fast_weights, positions, prefix, window=L)
+  logits = model.unembed(h_core) if want_logits else None
+  b = tokens.shape[0]
+  n_max = sleep.max_n_passes
+
+  def awake(m):
+    return fw_wake, kv_wake, jnp.zeros((b,), jnp.int32)
+
+  def asleep(m):
+    if n_max == 0:  # forget the window (its wake pass has run)
+      return fast_weights, kv_wake, jnp.ones((b,), jnp.int32)
+    if n_max == 1:
+      return fw_wake, kv_wake, jnp.ones((b,), jnp.int32)
+
+    def core_pass(m, carry, fw):
+      hh, _ = carry
+      hh, fw, kv = m.core(h if sleep.replay else hh, fw, positions, prefix, window=L)
+      return (hh, kv), fw
+
+    carry, states = (h_core, kv_wake), fw_wake
+    grad_passes, cut = _grad_passes(sleep)
+    if cut:
+      carry, states = jax.lax.stop_gradient((carry, states))
+    # module=model: the model's RNG streams (dropout) and other state advance pass by pass.
+    slept = sleep_consolidate(core_pass, carry, states, sleep.n_sleep_passes, remat=sleep.remat_passes,
+                              grad_passes=grad_passes, return_hidden=True, halt_tol=sleep.halt_tol,
+                              return_passes=True, unroll=sleep.unroll, module=m)
+    return slept.fast_weights, slept.hidden[1], 1 + slept.passes
+
+  if isinstance(consolidate, (bool, np.bool_)):
+    fw_out, kv_out, passes = asleep(model) if consolidate else awake(model)
+  elif n_max == 1:
+    fw_out, kv_out, _ = awake(model)
+    passes = jnp.full((b,), consolidate, jnp.int32)
+  else:
+    fw_out, kv_out, passes = _cond_with_module(model, consolidate, asleep, awake)
+  return logits, fw_out, kv_out, passes
+
+
+def _cond_with_module(model, pred, true_fn, false_fn):
+  """``lax.cond`` whose branches may advance ``model``'s non-parameter state (RNG counts)."""
+  graphdef, params, rest = nnx.split(model, nnx.Param, ...)
+
+  def branch(fn):
+    def run(rest):
+      m = nnx.merge(graphdef, params, rest)
+      out = fn(m)
+      return out, nnx.split(m, nnx.Param, ...)[2]
+    return run
+
+  out, rest = jax.lax.cond(pred, branch(true_fn), branch(false_fn), rest)
+  if jax.tree.leaves(rest):
+    nnx.update(model, rest)
+  return out
+
+
+def _run_hybrid_window(model, tokens, positions, fast_weights: FastWeights, prefixes, sleep: SleepConfig,
+                       consolidate, *, want_logits: bool = True):
+  """:func:`run_window` for ``HybridLM``: prelude, looped core, coda."""
   cfg = model.config
   n_blocks = len(cfg.block_types)
   c0, c1 = cfg.core_range
@@ -256,9 +348,10 @@ def run_window(model, tokens, positions, fast_weights: FastWeights, prefixes, sl
       grad_passes = None
     # A core without GDN blocks has nothing to consolidate: halt at once.
     measure = None if core_slots else (lambda old, new: jnp.zeros((b,), jnp.float32))
-    states, (h_last, kv_last), n_run = sleep_consolidate(
+    slept = sleep_consolidate(
         core_pass, carry, states, n_sleep, remat=sleep.remat_passes, grad_passes=grad_passes, return_hidden=True,
         halt_tol=sleep.halt_tol, halt_measure=measure, return_passes=True, unroll=sleep.unroll)
+    states, (h_last, kv_last), n_run = slept.fast_weights, slept.hidden, slept.passes
     kv_last = {i: dataclasses.replace(kv_core[i], k=k, v=v) for i, (k, v) in kv_last.items()}
     # The coda restarts from its window-start states (fw_core's coda slots).
     _, fw_out, kv_coda_n = run(h_last, fw_core.replace(states), start=c1, stop=n_blocks)
@@ -304,6 +397,7 @@ def forward_unslept(model, tokens, fast_weights: FastWeights, sleep: SleepConfig
 
 
 def _validate(model, tokens, loss_mask, sleep, sleep_schedule, return_logits):
+  check_sleepable(model)
   if not isinstance(sleep, SleepConfig):
     raise ValueError(f"sleep must be a SleepConfig, got {type(sleep).__name__}")
   if return_logits not in ("all", "none"):
@@ -316,7 +410,7 @@ def _validate(model, tokens, loss_mask, sleep, sleep_schedule, return_logits):
     raise ValueError("tokens must hold at least one position (T >= 1)")
   if loss_mask is not None and tuple(loss_mask.shape) != tuple(tokens.shape):
     raise ValueError(f"loss_mask must have the tokens' shape {tuple(tokens.shape)}, got {tuple(loss_mask.shape)}")
-  check_token_ids(tokens, model.config.vocab_size)
+  check_token_ids(tokens, model.vocab_size)
   spans = window_spans(tokens.shape[1], sleep.window)
   n_windows = len(spans)
   if sleep_schedule is not None:
@@ -343,7 +437,7 @@ def _validate(model, tokens, loss_mask, sleep, sleep_schedule, return_logits):
 
 @typed
 def windowed_forward(model, tokens: Tokens, loss_mask: Mask | None, sleep: SleepConfig, *,
-                     fast_weights: FastWeights | None = None, return_logits: str = "all",
+                     fast_weights: FastWeights | PyTree | None = None, return_logits: str = "all",
                      sleep_schedule: tuple[bool, ...] | None = None) -> WindowedOutput:
   """Runs Algorithm 1 over a batch (see the module docstring).
 
@@ -353,7 +447,9 @@ def windowed_forward(model, tokens: Tokens, loss_mask: Mask | None, sleep: Sleep
   ``array_typing.enable_runtime_checks()`` is on.
 
   Args:
-    model: a ``HybridLM``.
+    model: a sleepable model (``sleep_jax.protocol``), e.g. a ``HybridLM``.
+      Its RNG streams (dropout) and other non-parameter variables advance
+      window by window and pass by pass, and are written back.
     tokens: ``[B, T]`` (``b t``) int token ids in ``[0, vocab_size)``,
       checked when concrete. Under ``jit`` (traced tokens) they cannot be
       checked: an id ``>= vocab_size`` gives NaN logits and a negative one
@@ -374,7 +470,8 @@ def windowed_forward(model, tokens: Tokens, loss_mask: Mask | None, sleep: Sleep
     ``WindowedOutput(logits, fast_weights)``.
 
   Raises:
-    ValueError: on a bad argument (tokens outside the vocabulary when concrete,
+    ValueError: on a bad argument (a model that does not meet the protocol,
+      naming the missing method; tokens outside the vocabulary when concrete,
       a mask of the wrong shape, a schedule of the wrong length, a concrete
       mask whose rows would sleep on different windows without a
       ``sleep_schedule``, ...).
@@ -398,10 +495,11 @@ def windowed_forward(model, tokens: Tokens, loss_mask: Mask | None, sleep: Sleep
   else:
     preds = [None] * len(spans)
   if fast_weights is None:
-    fast_weights = init_fast_weights(model.config, b)
+    fast_weights = model.init_fast_weights(b)
   want_logits = return_logits == "all"
   n_max = sleep.max_n_passes
-  if sleep.fuse_unslept and (n_max == 1 or (schedule is not None and not any(schedule))):
+  hybrid = isinstance(model, HybridLM)
+  if hybrid and sleep.fuse_unslept and (n_max == 1 or (schedule is not None and not any(schedule))):
     # A window that "sleeps" at N = 1 keeps its wake pass's fast weights: reported as 1 pass.
     if schedule is not None:
       slept = jnp.asarray([[n_max == 1 and s for s in schedule]], jnp.int32)
@@ -409,22 +507,23 @@ def windowed_forward(model, tokens: Tokens, loss_mask: Mask | None, sleep: Sleep
       slept = jnp.stack(preds).astype(jnp.int32)[None]
     logits, fast_weights = forward_unslept(model, tokens, fast_weights, sleep, want_logits=want_logits)
     return WindowedOutput(logits=logits, fast_weights=fast_weights, passes=jnp.broadcast_to(slept, (b, len(spans))))
-  graphdef, state = nnx.split(model)
+  # Parameters are closed over; the other variables (a model's RNG counts) are carried from window to window.
+  graphdef, params, rest = nnx.split(model, nnx.Param, ...)
   prefixes = None
   if sleep.eviction == "sliding":
-    prefixes = model.init_kv_caches(b, L)
+    prefixes = model.init_kv(b, L)
 
-  def window_fn(width, consolidate_static, state, carry, xs):
-    fw, prefixes = carry
+  def window_fn(width, consolidate_static, params, carry, xs):
+    fw, prefixes, rest = carry
     start, tokens_w, pred = xs
-    m = nnx.merge(graphdef, state)
+    m = nnx.merge(graphdef, params, rest)
     positions = start + jnp.arange(width, dtype=jnp.int32)
     consolidate = pred if consolidate_static is None else consolidate_static
     lg, fw, kvs, passes = run_window(m, tokens_w, positions, fw, prefixes, sleep, consolidate,
                                      want_logits=want_logits)
     if sleep.eviction == "sliding":
       prefixes = kvs
-    return (fw, prefixes), (lg, passes)
+    return (fw, prefixes, nnx.split(m, nnx.Param, ...)[2]), (lg, passes)
 
   # Consecutive windows of the same width and static schedule share one scanned
   # (so once-compiled) window body.
@@ -436,9 +535,9 @@ def windowed_forward(model, tokens: Tokens, loss_mask: Mask | None, sleep: Sleep
     else:
       groups.append((key, [w]))
 
-  carry, logits, passes = (fast_weights, prefixes), [], []
+  carry, logits, passes = (fast_weights, prefixes, rest), [], []
   for (width, static), ws in groups:
-    fn = functools.partial(window_fn, width, static, state)
+    fn = functools.partial(window_fn, width, static, params)
     if sleep.remat_windows:
       fn = jax.checkpoint(fn)
     starts = jnp.asarray([spans[w][0] for w in ws], jnp.int32)
@@ -453,6 +552,8 @@ def windowed_forward(model, tokens: Tokens, loss_mask: Mask | None, sleep: Sleep
     if want_logits:
       logits.append(jnp.moveaxis(lg, 0, 1).reshape(b, len(ws) * width, -1))
   out = jnp.concatenate(logits, axis=1) if want_logits else None
+  if jax.tree.leaves(carry[2]):
+    nnx.update(model, carry[2])
   return WindowedOutput(logits=out, fast_weights=carry[0], passes=jnp.concatenate(passes, axis=0).T)
 
 
@@ -462,7 +563,7 @@ def windowed_loss(model, batch: dict, sleep: SleepConfig, *,
   """Mean masked cross-entropy of :func:`windowed_forward`.
 
   Args:
-    model: a ``HybridLM``.
+    model: a sleepable model (``sleep_jax.protocol``), e.g. a ``HybridLM``.
     batch: dict with ``tokens`` ``[B, T]`` (``b t``) int, ``targets``
       ``[B, T]`` int and ``loss_mask`` ``[B, T]`` float (other keys are
       ignored). With runtime checks on, the ``LossAux`` fields must agree on
@@ -493,7 +594,7 @@ def windowed_loss(model, batch: dict, sleep: SleepConfig, *,
   loss = jnp.sum(token_loss) / jnp.maximum(n_tokens, 1.0)
   aux = LossAux(logits=logits, token_loss=token_loss, n_tokens=n_tokens,
                 predictions=jnp.argmax(logits, axis=-1).astype(jnp.int32), fast_weights=out.fast_weights,
-                passes=out.passes, cost=sequence_cost(model.config, sleep, tokens.shape[1], out.passes))
+                passes=out.passes, cost=model_sequence_cost(model, sleep, tokens.shape[1], out.passes))
   return loss, aux
 
 

@@ -43,7 +43,8 @@ def test_constructed_examples_halt_at_their_own_pass():
   rates, h, fw = _toy()
   fn = functools.partial(_geometric_pass, rates)
   # tol 0.05: 0.5^5, 0.1^2 are the first changes below it; 0.9^k stays above for k <= 6.
-  out_fw, out_h, passes = sleep_consolidate(fn, h, fw, 6, halt_tol=0.05, return_hidden=True, return_passes=True)
+  out = sleep_consolidate(fn, h, fw, 6, halt_tol=0.05, return_hidden=True, return_passes=True)
+  out_fw, out_h, passes = out.fast_weights, out.hidden, out.passes
   np.testing.assert_array_equal(np.asarray(passes), [5, 2, 6])
   for i, n in enumerate([5, 2, 6]):  # each example equals its own fixed-length loop
     ref_fw, ref_h = _loop(fn, h, fw, n)
@@ -63,8 +64,8 @@ def test_zero_tol_is_fixed_and_huge_tol_is_one_pass():
     np.testing.assert_array_equal(np.asarray(a), np.asarray(b))
   once = sleep_consolidate(fn, h, fw, 4, halt_tol=float("inf"), return_hidden=True, return_passes=True)
   one = sleep_consolidate(fn, h, fw, 1, return_hidden=True, return_passes=True)
-  np.testing.assert_array_equal(np.asarray(once[2]), [1, 1, 1])
-  for a, b in zip(jax.tree.leaves(one[:2]), jax.tree.leaves(once[:2])):
+  np.testing.assert_array_equal(np.asarray(once.passes), [1, 1, 1])
+  for a, b in zip(jax.tree.leaves((one.fast_weights, one.hidden)), jax.tree.leaves((once.fast_weights, once.hidden))):
     np.testing.assert_array_equal(np.asarray(a), np.asarray(b))
 
 
@@ -74,7 +75,7 @@ def test_grad_and_vmap_match_per_example_loops():
 
   def adaptive(s, rates):
     out = sleep_consolidate(functools.partial(_geometric_pass, rates), h, {"S": s}, 6, halt_tol=0.05)
-    return jnp.sum(jnp.sin(out["S"]))
+    return jnp.sum(jnp.sin(out.fast_weights["S"]))
 
   g = jax.jit(jax.grad(adaptive))(fw["S"], rates)
   for i, n in enumerate(counts):
@@ -85,11 +86,11 @@ def test_grad_and_vmap_match_per_example_loops():
   def single(s1, r1):  # vmap over examples of a batch-of-one adaptive sleep (cond becomes a select)
     out = sleep_consolidate(functools.partial(_geometric_pass, r1[None]), jnp.zeros((1,)), {"S": s1[None]}, 6,
                             halt_tol=0.05, return_passes=True)
-    return out[0]["S"][0], out[1][0]
+    return out.fast_weights["S"][0], out.passes[0]
 
   s_v, n_v = jax.jit(jax.vmap(single))(fw["S"], rates)
   np.testing.assert_array_equal(np.asarray(n_v), counts)
-  batched = sleep_consolidate(functools.partial(_geometric_pass, rates), h, fw, 6, halt_tol=0.05)
+  batched = sleep_consolidate(functools.partial(_geometric_pass, rates), h, fw, 6, halt_tol=0.05).fast_weights
   assert_close(batched["S"], s_v, what="vmap vs batch")
 
 

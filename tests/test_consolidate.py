@@ -50,14 +50,15 @@ def test_values_and_grads_match_loop(n, remat):
   params, h, fw = _inputs()
 
   def ours(params, h, fw):
-    return _objective(*sleep_consolidate(functools.partial(_blocks_fn, params), h, fw, n, remat=remat,
-                                         return_hidden=True))
+    out = sleep_consolidate(functools.partial(_blocks_fn, params), h, fw, n, remat=remat, return_hidden=True)
+    return _objective(out.fast_weights, out.hidden)
 
   def loop(params, h, fw):
     return _objective(*_loop(params, h, fw, n))
 
-  out_fw, out_h = sleep_consolidate(functools.partial(_blocks_fn, params), h, fw, n, remat=remat,
-                                    return_hidden=True)
+  out = sleep_consolidate(functools.partial(_blocks_fn, params), h, fw, n, remat=remat, return_hidden=True)
+  out_fw, out_h = out.fast_weights, out.hidden
+  assert out.passes is None
   ref_fw, ref_h = _loop(params, h, fw, n)
   assert_close(ref_fw, out_fw, what="fast weights")
   assert_close(ref_h, out_h, what="hidden")
@@ -69,9 +70,10 @@ def test_values_and_grads_match_loop(n, remat):
 
 def test_zero_passes_is_identity():
   params, h, fw = _inputs()
-  out_fw, out_h = sleep_consolidate(functools.partial(_blocks_fn, params), h, fw, 0, return_hidden=True)
+  out = sleep_consolidate(functools.partial(_blocks_fn, params), h, fw, 0, return_hidden=True)
+  out_fw, out_h = out.fast_weights, out.hidden
   assert out_h is h and out_fw is fw
-  assert sleep_consolidate(functools.partial(_blocks_fn, params), h, fw, 0) is fw
+  assert sleep_consolidate(functools.partial(_blocks_fn, params), h, fw, 0).fast_weights is fw
 
 
 @pytest.mark.parametrize("k", [1, 2, 4, 7])
@@ -80,8 +82,8 @@ def test_grad_passes_equals_stop_gradient_loop(k):
   n = 4
 
   def ours(params, h, fw):
-    return _objective(*sleep_consolidate(functools.partial(_blocks_fn, params), h, fw, n, grad_passes=k,
-                                         return_hidden=True))
+    out = sleep_consolidate(functools.partial(_blocks_fn, params), h, fw, n, grad_passes=k, return_hidden=True)
+    return _objective(out.fast_weights, out.hidden)
 
   def loop(params, h, fw):
     return _objective(*_loop(params, h, fw, n, grad_passes=k if k < n else None))
@@ -102,7 +104,7 @@ def test_jit_vmap_grad_compose():
 
   def single(params, h1, s1):
     fw1 = {"S": s1[None], "count": jnp.zeros(())}
-    out = sleep_consolidate(functools.partial(_blocks_fn, params), h1[None], fw1, n)
+    out = sleep_consolidate(functools.partial(_blocks_fn, params), h1[None], fw1, n).fast_weights
     return jnp.sum(out["S"] ** 2)
 
   batched = jax.jit(jax.vmap(jax.grad(single, argnums=(1, 2)), in_axes=(None, 0, 0)))
@@ -124,7 +126,7 @@ def test_inside_shard_map_two_devices():
 
   def local(params, h, s):
     out = sleep_consolidate(functools.partial(_blocks_fn, params), h, {"S": s, "count": jnp.zeros(())}, n)
-    return out["S"]
+    return out.fast_weights["S"]
 
   sharded = jax.jit(jax.shard_map(local, mesh=mesh, in_specs=(P(), P("data"), P("data")), out_specs=P("data")))
   out = sharded(params, h, fw["S"])
@@ -160,7 +162,8 @@ def test_nnx_model_through_split_merge():
   @jax.jit
   def ours(state):
     h = nnx.merge(graphdef, state).embed_tokens(tokens)
-    return sleep_consolidate(functools.partial(blocks_fn, state), h, fw0, n, return_hidden=True)
+    out = sleep_consolidate(functools.partial(blocks_fn, state), h, fw0, n, return_hidden=True)
+    return out.fast_weights, out.hidden
 
   out_fw, out_h = ours(state)
   @jax.jit
@@ -185,3 +188,42 @@ def test_bad_arguments(bad):
   kwargs.update(bad)
   with pytest.raises(ValueError, match="n_sleep_passes|grad_passes|blocks_fn"):
     sleep_consolidate(**kwargs)
+
+
+class _DropoutPass(nnx.Module):
+  """A toy pass with an RNG stream: dropout on the hidden update, a fast-weight write."""
+
+  def __init__(self, d, *, rngs):
+    self.proj = nnx.Linear(d, d, rngs=rngs)
+    self.drop = nnx.Dropout(0.5, rngs=rngs)
+
+  def __call__(self, h, fw):
+    h = jnp.tanh(self.drop(self.proj(h)) + jnp.einsum("bd,bde->be", h, fw["S"]))
+    return h, {"S": 0.9 * fw["S"] + 0.1 * jnp.einsum("bd,be->bde", h, h), "count": fw["count"] + 1.0}
+
+
+@pytest.mark.parametrize("remat", [True, False])
+def test_nnx_module_with_dropout_runs_inside_the_scan(remat):
+  # A plain lax.scan over the bound method raised "Cannot mutate RngCount from a different trace level".
+  _, h, fw = _inputs()
+  n = 3
+
+  def ours(layer, h, fw):
+    out = sleep_consolidate(layer.__call__, h, fw, n, remat=remat, return_hidden=True)
+    return _objective(out.fast_weights, out.hidden), out
+
+  def loop(layer, h, fw):
+    for _ in range(n):
+      h, fw = layer(h, fw)
+    return _objective(fw, h), (fw, h)
+
+  layer, ref_layer = _DropoutPass(5, rngs=nnx.Rngs(0)), _DropoutPass(5, rngs=nnx.Rngs(0))
+  (value, out), grads = nnx.jit(nnx.value_and_grad(ours, has_aux=True))(layer, h, fw)
+  (ref_value, (ref_fw, ref_h)), ref_grads = nnx.value_and_grad(loop, has_aux=True)(ref_layer, h, fw)
+  assert_close(ref_fw, out.fast_weights, what="fast weights")
+  assert_close(ref_h, out.hidden, what="hidden")
+  assert_close(ref_grads, grads, "float32_grad", what="parameter grads")
+  # The passes drew three different masks, and the module's RNG count advanced as the loop's did.
+  assert int(layer.drop.rngs.count[...]) == int(ref_layer.drop.rngs.count[...]) == n
+  again = nnx.jit(ours)(_DropoutPass(5, rngs=nnx.Rngs(0)), h, fw)[1]
+  np.testing.assert_array_equal(np.asarray(again.hidden), np.asarray(out.hidden))  # deterministic per seed

@@ -88,7 +88,8 @@ class SleepConsolidateTest(chex.TestCase):
       return fw, h
 
     def scanned(h, fw):
-      return sleep_jax.sleep_consolidate(_blocks_fn, h, fw, n, return_hidden=True)
+      out = sleep_jax.sleep_consolidate(_blocks_fn, h, fw, n, return_hidden=True)
+      return out.fast_weights, out.hidden
 
     got = self.variant(scanned)(h0, fw0)
     want = looped(h0, fw0)

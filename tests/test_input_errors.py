@@ -247,4 +247,4 @@ def test_a_blocks_fn_is_checked_under_jit_and_only_when_a_pass_runs():
     jax.jit(lambda h: _sleep(lambda hh, fw: grow(hh + h.sum(), fw)))(jnp.float32(1))
   import sleep_jax
   fw = {"S": jnp.zeros((2, 4, 4))}
-  assert sleep_jax.sleep_consolidate(grow, jnp.ones((2, 3, 4)), fw, 0) is fw  # no pass: nothing traced
+  assert sleep_jax.sleep_consolidate(grow, jnp.ones((2, 3, 4)), fw, 0).fast_weights is fw  # no pass: nothing traced

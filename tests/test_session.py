@@ -114,3 +114,59 @@ def test_bad_inputs(model, tmp_path):
   session.save(tmp_path / "s")
   with pytest.raises(ValueError, match="does not match"):
     SleepSession.restore(tmp_path / "s", model, SleepConfig(window=4))
+
+
+# -- sampling and prompts of different lengths ------------------------------------------------------
+def test_temperature_zero_is_greedy_and_sampling_is_keyed(model):
+  sleep = SleepConfig(window=4, n_passes=2)
+  prompt = jax.random.randint(jax.random.key(7), (2, 6), 0, VOCAB, dtype=jnp.int32)
+  base = SleepSession(model, sleep, batch_size=2)
+  base.feed(prompt)
+  greedy = base.fork().generate(6)
+  np.testing.assert_array_equal(greedy, base.fork().generate(6, temperature=0.0, key=jax.random.key(1)))
+  np.testing.assert_array_equal(greedy, base.fork().generate(6, temperature=1.0, top_k=1, key=jax.random.key(1)))
+  np.testing.assert_array_equal(greedy, base.fork().generate(6, temperature=1.0, top_p=1e-6, key=jax.random.key(2)))
+  a = base.fork().generate(6, temperature=5.0, key=jax.random.key(3))
+  np.testing.assert_array_equal(a, base.fork().generate(6, temperature=5.0, key=jax.random.key(3)))
+  assert not np.array_equal(a, base.fork().generate(6, temperature=5.0, key=jax.random.key(4)))
+  with pytest.raises(ValueError, match="needs a PRNG key"):
+    base.fork().generate(1, temperature=1.0)
+  with pytest.raises(ValueError, match="top_p"):
+    base.fork().generate(1, temperature=1.0, top_p=0.0, key=jax.random.key(0))
+
+
+def test_sample_tokens_keeps_the_top_k_and_the_nucleus():
+  from sleep_jax.session import sample_tokens
+  logits = jnp.log(jnp.asarray([[0.5, 0.3, 0.15, 0.05]] * 2000))
+  keys = jax.random.key(0)
+  top2 = np.asarray(sample_tokens(logits, keys, temperature=1.0, top_k=2))
+  nucleus = np.asarray(sample_tokens(logits, keys, temperature=1.0, top_p=0.8))  # 0.5 + 0.3 reaches 0.8
+  assert set(top2.tolist()) == set(nucleus.tolist()) == {0, 1}
+  np.testing.assert_allclose(np.mean(top2 == 0), 0.5 / 0.8, atol=0.05)
+  everything = np.asarray(sample_tokens(logits, keys, temperature=1.0))
+  assert set(everything.tolist()) == {0, 1, 2, 3}
+
+
+@pytest.mark.parametrize("eviction", ["hard", pytest.param("sliding", marks=pytest.mark.slow)])
+def test_prompts_of_different_lengths_equal_each_served_alone(model, eviction):
+  sleep = SleepConfig(window=4, n_passes=2, eviction=eviction)
+  lengths = [3, 9, 6]  # rows fill their windows (and sleep) at different steps
+  prompts = [jax.random.randint(jax.random.key(10 + i), (n,), 0, VOCAB, dtype=jnp.int32) for i, n in
+             enumerate(lengths)]
+  padded = np.zeros((3, max(lengths)), np.int32)
+  for i, p in enumerate(prompts):
+    padded[i, :len(p)] = np.asarray(p)
+  batch = SleepSession(model, sleep, batch_size=3, per_row=True)
+  logits = batch.feed(padded, lengths=lengths)
+  got = batch.generate(5)
+  np.testing.assert_array_equal(batch.positions, [n + 5 for n in lengths])
+  for i, p in enumerate(prompts):
+    alone = SleepSession(model, sleep)
+    assert_close(alone.feed(p)[0], logits[i, :lengths[i]], what=f"row {i} prompt logits")
+    np.testing.assert_array_equal(alone.generate(5)[0], got[i])
+    assert_close(alone.fast_weights, jax.tree.map(lambda x: x[i:i + 1], batch.fast_weights), what=f"row {i} memory")
+  assert batch.stats.sleeps == sum((n + 5) // 4 for n in lengths)  # every row's own full windows
+  with pytest.raises(ValueError, match="per_row=True"):
+    SleepSession(model, sleep, batch_size=3).feed(padded, lengths=lengths)
+  with pytest.raises(ValueError, match="lengths must be"):
+    SleepSession(model, sleep, batch_size=3, per_row=True).feed(padded, lengths=[3, 10, 6])

@@ -154,10 +154,29 @@ def windowed_attention(q, k, v, positions, window: int, eviction: str):
 
 
 class Attention(nnx.Module):
-  """Causal multi-head self-attention with RoPE.
+  """Causal multi-head self-attention with RoPE. A public building block.
+
+  The attention block of ``HybridLM``, usable in a model of your own
+  (``sleep_jax.protocol``): a window's call returns its own keys and values
+  (a :class:`KVCache`), which is what sliding eviction keeps as the next
+  window's ``prefix``, and :meth:`step` decodes one token into a ring of
+  ``L`` slots::
+
+      attn = Attention(d_model=64, n_heads=2, head_dim=32, rngs=nnx.Rngs(0))
+      y, kv = attn(x, positions, prefix=None, window=L)     # a window: x [B, W, 64], positions [W]
+      ring = KVCache.empty(batch, L, 2, 32)
+      y1, ring = attn.step(x1, position, ring, window=L)    # one token: x1 [B, 1, 64]
 
   Params are float32; projections and scores run in ``dtype`` with float32
   softmax.
+
+  Args:
+    d_model: input and output width.
+    n_heads: heads.
+    head_dim: width per head.
+    rope_theta: RoPE base.
+    dtype: compute dtype.
+    rngs: parameter initialisation.
   """
 
   def __init__(self, d_model: int, n_heads: int, head_dim: int, *, rope_theta: float = 10_000.0,

@@ -68,7 +68,31 @@ def _l2_normalize(x: jax.Array, eps: float = 1e-6) -> jax.Array:
 
 
 class GatedDeltaNet(nnx.Module):
-  """Gated DeltaNet mixer; see the module docstring for the math."""
+  """Gated DeltaNet mixer; see the module docstring for the math. A public building block.
+
+  The fast-weight sequence mixer of ``HybridLM``, usable in a model of your
+  own (``sleep_jax.protocol``): its state is an explicit input and output, so
+  the model's ``core`` threads it and sleep consolidates it::
+
+      gdn = GatedDeltaNet(d_model=64, n_heads=2, head_dim=32, value_dim=32, rngs=nnx.Rngs(0))
+      state = jnp.zeros((batch, 2, 32, 32), jnp.float32)
+      y, state = gdn(x, state)                         # a window: x [B, T, 64]
+      history = gdn.init_conv_history(batch)            # streaming, reset at each window start
+      y1, state, history = gdn.step(x1, state, history)  # one token: x1 [B, 1, 64]
+
+  Args:
+    d_model: input and output width ``D``.
+    n_heads: heads ``H``.
+    head_dim: key width per head ``Dk``.
+    value_dim: value width per head ``Dv``.
+    conv_size: short causal convolution width (restarts from zeros every call).
+    norm_eps: epsilon of the gated output norm.
+    dtype: compute dtype (parameters and the state are float32).
+    impl: the update rule's implementation (``ops.gated_delta_rule``).
+    chunk_size: chunk of the chunked / Pallas forms.
+    decay_init: range of the forget rates ``A`` at initialisation.
+    rngs: parameter initialisation.
+  """
 
   def __init__(self, d_model: int, n_heads: int, head_dim: int, value_dim: int, *, conv_size: int = 4,
                norm_eps: float = 1e-6, dtype=jnp.float32, impl: str = "auto", chunk_size: int = 64,

@@ -197,14 +197,18 @@ def train_record(metrics: dict, *, step: int, tokens: int, steps_per_s: float, t
 
   Where the loss reported its compute (``sleep/wake_flops`` > 0),
   ``sleep/relative_cost`` is the step's FLOPs over its wake (``N = 1``)
-  FLOPs, whatever ``N`` was drawn or adaptive sleep chose; otherwise the
-  step's zero ``sleep/*`` placeholders are dropped. Per-example outputs are
+  FLOPs, whatever ``N`` was drawn or adaptive sleep chose; where it reported
+  passes but no FLOPs (a model ``cost.model_flops`` cannot count), only the
+  zero FLOP entries are dropped; otherwise every zero ``sleep/*`` placeholder is. Per-example outputs are
   not part of it.
   """
   rec = metrics_lib.to_python({k: v for k, v in metrics.items() if k not in step_lib.PER_EXAMPLE_OUTPUTS})
   if rec.get("sleep/wake_flops"):
     rec["sleep/relative_cost"] = 1.0 + rec["sleep/sleep_flops"] / rec["sleep/wake_flops"]
-  else:
+  elif rec.get("sleep/n_passes") or rec.get("sleep/sleep_windows"):
+    # The loss reports its passes but not their FLOPs (a model that cannot count them, cost.model_flops).
+    rec = {k: v for k, v in rec.items() if k not in ("sleep/wake_flops", "sleep/sleep_flops")}
+  else:  # the loss reports no compute
     rec = {k: v for k, v in rec.items() if k not in step_lib.COST_METRICS}
   rec.update({"kind": "train", "step": step, "tokens": tokens, "steps_per_s": steps_per_s,
               "tokens_per_s": tokens_per_s})

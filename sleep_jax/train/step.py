@@ -70,6 +70,21 @@ def _cost_metrics(aux, batch, axis_name) -> dict:
           "sleep/sleep_windows": sums["sleep_windows"] / examples, "sleep/n_passes": sums["n_passes"] / examples}
 
 
+def step_rngs(model_state, step):
+  """``model_state`` with the step folded into every RNG key (an NNX stream's, e.g. dropout's).
+
+  The train state carries the model's non-parameter variables unchanged
+  (``TrainState.model_state``), so without this every step would draw the same
+  dropout masks; with it step ``s`` draws from ``fold_in(key, s)``:
+  different masks per step, the same per seed. Other leaves are returned as
+  they are (a model without RNG streams is untouched).
+  """
+  def fold(x):
+    is_key = jnp.issubdtype(getattr(x, "dtype", None), jax.dtypes.prng_key)
+    return jax.random.fold_in(x, step) if is_key else x
+  return jax.tree.map(fold, model_state)
+
+
 def make_train_step(loss_fn: LossFn, tx: optax.GradientTransformation, graphdef, *,
                     schedules: dict[str, Callable] | None = None, axis_name: str | None = None,
                     with_rng: bool = False) -> Callable[[TrainState, dict], tuple[TrainState, dict]]:
@@ -102,7 +117,8 @@ def make_train_step(loss_fn: LossFn, tx: optax.GradientTransformation, graphdef,
     n_total = lax.psum(n_local, axis_name) if axis_name else n_local
 
     def objective(params):
-      model = merge_model(graphdef, TrainState(state.step, params, None, state.rng, state.model_state))
+      model = merge_model(graphdef, TrainState(state.step, params, None, state.rng,
+                                               step_rngs(state.model_state, state.step)))
       loss, aux = loss_fn(model, batch, rng) if with_rng else loss_fn(model, batch)
       if axis_name:
         # This shard's share of the global masked mean: re-weighting by token
@@ -157,6 +173,7 @@ def make_eval_step(loss_fn: LossFn, graphdef) -> Callable[[TrainState, dict], di
 
   def eval_step(state: TrainState, batch: dict) -> dict:
     model = merge_model(graphdef, state)
+    model.eval()  # dropout off (deterministic=True where a module has the attribute)
     loss, aux = loss_fn(model, batch)
     out = {"loss": loss, "n_tokens": jnp.sum(batch["loss_mask"]).astype(jnp.float32)}
     out.update(_per_example(aux, batch))
