@@ -102,9 +102,14 @@ def test_train_record_prices_the_step_from_its_reported_flops():
   assert rec["kind"] == "train" and (rec["step"], rec["tokens"], rec["steps_per_s"]) == (4, 40, 2.0)
   assert "predictions" not in rec and "token_loss" not in rec
   # A loss that reports no compute leaves zero placeholders: they are dropped, not logged as a cost of 1.
-  quiet = loop.train_record({**m, "sleep/wake_flops": np.float32(0), "sleep/sleep_flops": np.float32(0)}, step=1,
-                            tokens=0, steps_per_s=1.0, tokens_per_s=1.0)
+  zeros = {k: np.float32(0) for k in m if k.startswith("sleep/")}
+  quiet = loop.train_record({**m, **zeros}, step=1, tokens=0, steps_per_s=1.0, tokens_per_s=1.0)
   assert not any(k.startswith("sleep/") for k in quiet) and quiet["loss"] == 0.5
+  # A model whose FLOPs cannot be counted reports its passes: they are kept, the zero FLOPs dropped.
+  passes_only = loop.train_record({**m, "sleep/wake_flops": np.float32(0), "sleep/sleep_flops": np.float32(0)},
+                                  step=1, tokens=0, steps_per_s=1.0, tokens_per_s=1.0)
+  assert passes_only["sleep/n_passes"] == 4.0 and passes_only["sleep/passes"] == 3.5
+  assert not any(k in passes_only for k in ("sleep/wake_flops", "sleep/sleep_flops", "sleep/relative_cost"))
 
 
 class _ListWriter:
