@@ -13,6 +13,8 @@ Public API:
   * ``windowed_forward`` / ``windowed_loss``: training through eviction
     (Algorithm 1 of the paper), hard or sliding.
   * ``SleepSession``: wake-time streaming inference with constant latency.
+  * ``load_pretrained``: a Hugging Face Qwen3-Next-style hybrid as a
+    ``HybridLM`` (``sleep_jax.pretrained``).
   * ``array_typing``: the axis legend and jaxtyping aliases the API is
     annotated with; ``array_typing.enable_runtime_checks()`` (or
     ``SLEEP_JAX_TYPECHECK=1``) checks the annotations at run time.
@@ -23,6 +25,7 @@ from sleep_jax.config import ModelConfig, SleepConfig
 from sleep_jax.consolidate import sleep_consolidate
 from sleep_jax.fast_weights import FastWeights, init_fast_weights
 from sleep_jax.model import HybridLM
+from sleep_jax.pretrained import load_pretrained
 from sleep_jax.retrofit import insert_gdn_blocks, with_passes
 from sleep_jax.session import SessionState, SessionStats, SleepSession
 from sleep_jax.windowed import (LossAux, WindowedLoss, WindowedOutput, schedule_from_mask, serving_schedule,
@@ -42,6 +45,7 @@ __all__ = [
     "array_typing",
     "init_fast_weights",
     "insert_gdn_blocks",
+    "load_pretrained",
     "ops",
     "schedule_from_mask",
     "serving_schedule",
