@@ -156,8 +156,11 @@ def experiment_from_config(cfg) -> Experiment:
   for key in ("gdn_n_heads", "gdn_value_dim", "mlp_hidden"):  # 0 (older config.json): unset
     if m.get(key) == 0:
       m[key] = None
-  m["vocab_size"] = _task_defined(task, "vocab_size", m.get("vocab_size"), task.vocab_size(task_config),
-                                  unset=(0, None))
+  task_vocab = task.vocab_size(task_config)
+  if cfg.get("pretrained") and (m.get("vocab_size") or 0) >= task_vocab:
+    pass  # an imported model (launch.retrofit --from_hf) keeps its vocabulary; the task's ids are its first rows
+  else:
+    m["vocab_size"] = _task_defined(task, "vocab_size", m.get("vocab_size"), task_vocab, unset=(0, None))
   model = _build(ModelConfig, "model", {**m, "layout": layout})
 
   s = _section(cfg, "sleep")

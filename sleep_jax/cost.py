@@ -17,12 +17,14 @@ What runs (``windowed.run_window``, ``session.SleepSession``):
 Conventions (those of the launch sweep's compute axis): forward FLOPs, a
 multiply-add is 2 FLOPs; per token and block:
 
-* attention: projections ``8 d H Dh``; scores and values ``4 H Dh S`` over the
+* attention: projections ``8 d H Dh`` (``2 d Dh (2 H + 2 Hkv)`` with
+  ``Hkv`` grouped key/value heads, plus ``2 d H Dh`` for an output gate); scores and values ``4 H Dh S`` over the
   ``S`` key slots the dense kernel computes, masked ones included (the
   window's width, plus the kept prefix of ``L`` slots under sliding eviction;
   ``L`` ring slots when decoding);
 * Gated DeltaNet: projections ``2 d H (2 Dk + 3 Dv + 2)`` (q, k, v, g, o, a,
-  b), short convolution ``2 K H (2 Dk + Dv)``, recurrence ``8 H Dk Dv`` (decay,
+  b; with ``Hk`` grouped key heads ``2 d (2 Hk Dk + H (3 Dv + 2))``), short
+  convolution ``2 K H (2 Dk + Dv)`` (``2 K (2 Hk Dk + H Dv)``), recurrence ``8 H Dk Dv`` (decay,
   read ``S k``, rank-one write, read ``S q``: the per-token form; the chunked
   kernels spend somewhat more);
 * SwiGLU ``6 d F``; output projection ``2 d V`` per token.
@@ -68,13 +70,16 @@ def block_flops(config: ModelConfig, kind: str, keys: int, *, matmul_only: bool 
   mlp = 6 * d * config.mlp_width
   if kind == "attn":
     hd = config.n_heads * config.head_dim
-    return float(8 * d * hd + 4 * hd * keys + mlp)
+    kv = config.num_kv_heads * config.head_dim  # grouped-query heads project fewer keys and values
+    proj = 2 * d * (2 * hd + 2 * kv) + (2 * d * hd if config.attn_output_gate else 0)
+    return float(proj + 4 * hd * keys + mlp)
   if kind == "gdn":
     h, dk, dv = config.num_gdn_heads, config.gdn_head_dim, config.gdn_v_dim
-    proj = 2 * d * h * (2 * dk + 3 * dv + 2)
+    hk = config.num_gdn_key_heads  # grouped value heads: q and k have hk heads
+    proj = 2 * d * (2 * hk * dk + 3 * h * dv + 2 * h)
     if matmul_only:
       return float(proj + 6 * h * dk * dv + mlp)
-    conv = 2 * config.conv_size * h * (2 * dk + dv)
+    conv = 2 * config.conv_size * (2 * hk * dk + h * dv)
     return float(proj + conv + 8 * h * dk * dv + mlp)
   raise ValueError(f"unknown block kind {kind!r}")
 

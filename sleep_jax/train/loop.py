@@ -84,7 +84,10 @@ class RunSpec:
   meta: dict = dataclasses.field(default_factory=dict)
 
 
-def _abstract_with_sharding(tree, mesh):
+def _abstract_with_sharding(tree, mesh, fsdp: bool = False):
+  if fsdp:
+    return jax.tree.map(lambda x, s: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=s), tree,
+                        parallel.fsdp_shardings(tree, mesh))
   sharding = NamedSharding(mesh, P())
   return jax.tree.map(lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=sharding), tree)
 
@@ -148,7 +151,8 @@ def train(spec: RunSpec, config: TrainConfig, workdir: str) -> TrainResult:
     log.debug("param groups: %s", groups)
 
   checkpointer = ckpt_lib.Checkpointer(ckpt_lib.checkpoint_dir(workdir), max_to_keep=config.max_to_keep)
-  restored = checkpointer.restore_latest(_abstract_with_sharding(jax.eval_shape(lambda: state), mesh))
+  abstract_state = jax.eval_shape(lambda: state)
+  restored = checkpointer.restore_latest(_abstract_with_sharding(abstract_state, mesh, config.fsdp))
   data_iter = spec.train_data()
   if restored is not None:
     for s, reason in restored.skipped:
@@ -164,7 +168,10 @@ def train(spec: RunSpec, config: TrainConfig, workdir: str) -> TrainResult:
       params = ckpt_lib.load_params(config.init_from, state.params)
       state = dataclasses.replace(state, params=params, opt_state=opt.tx.init(params))
       log.info("initialised parameters from %s", config.init_from)
-    state = parallel.replicate(state, mesh)
+    state = parallel.shard_fsdp(state, mesh) if config.fsdp else parallel.replicate(state, mesh)
+  if is_main:
+    log.info("train state: %d bytes on device 0 (%s)", parallel.bytes_per_device(state),
+             "parameters and optimizer state sharded, fsdp" if config.fsdp else "replicated")
   start = int(jax.device_get(state.step))
   last_saved = restored.step if restored is not None else None
 
@@ -175,7 +182,10 @@ def train(spec: RunSpec, config: TrainConfig, workdir: str) -> TrainResult:
     # One jitted step per distinct loss (e.g. per randomised N), built on first use.
     loss_fn = spec.loss_fn if loss_for_step is None else loss_for_step(s, config.seed)
     if loss_fn not in step_fns:
-      step_fns[loss_fn] = parallel.make_data_parallel_train_step(loss_fn, opt, graphdef, mesh)
+      if config.fsdp:
+        step_fns[loss_fn] = parallel.make_fsdp_train_step(loss_fn, opt, graphdef, mesh, abstract_state)
+      else:
+        step_fns[loss_fn] = parallel.make_data_parallel_train_step(loss_fn, opt, graphdef, mesh)
     return step_fns[loss_fn]
 
   eval_fn = make_eval_fn(spec.loss_fn, graphdef, mesh)
