@@ -206,3 +206,78 @@ def jaxpr_matmul_flops(jaxpr) -> float:
           total += jaxpr_matmul_flops(sub)
           break
   return total
+
+
+# -- memory of the train state -----------------------------------------------------------------------------
+@dataclasses.dataclass(frozen=True)
+class StateMemory:
+  """Bytes of a training run's parameters, gradients and optimizer moments on one device (float32).
+
+  Attributes:
+    params: the parameters held between steps (all of them, or this device's
+      split under FSDP).
+    params_full: all parameters (what a step gathers under FSDP).
+    grads: the gradient, whole on each device until it is reduced.
+    optimizer: the optimizer moments held (AdamW two per parameter, Muon one).
+    n_devices: devices in the data mesh.
+    fsdp: parameters and optimizer state split over the devices
+      (``TrainConfig.fsdp``); otherwise replicated on each.
+  """
+  params: int
+  params_full: int
+  grads: int
+  optimizer: int
+  n_devices: int = 1
+  fsdp: bool = False
+
+  @property
+  def at_rest(self) -> int:
+    """Between steps: parameters and optimizer state."""
+    return self.params + self.optimizer
+
+  @property
+  def peak(self) -> int:
+    """During a step, activations aside: the at-rest state plus the whole gradient and, under FSDP, the
+    gathered parameters (the forward and backward pass read them whole)."""
+    return self.at_rest + self.grads + (self.params_full if self.fsdp else 0)
+
+
+def state_memory(config: ModelConfig, *, optimizer: str = "muon_adamw", n_devices: int = 1,
+                 fsdp: bool = False) -> StateMemory:
+  """Per-device bytes of the parameters, gradients and optimizer moments of a ``HybridLM``.
+
+  Exact for the shapes (the model is built abstractly, ``nnx.eval_shape``) and
+  the optimizer's routing (``sleep_jax.train.optimizer``: Muon for hidden 2-D
+  matrices with one moment, AdamW with two for the rest); under ``fsdp`` a
+  leaf splits as ``train.parallel.fsdp_spec`` splits it. Activations are not
+  included: they depend on the batch, the window and the remat settings (the
+  compiled step's memory analysis measures them, ``launch.paper_cost``).
+
+  Args:
+    config: the model.
+    optimizer: ``"muon_adamw"`` or ``"adamw"`` (``OptimizerConfig.kind``).
+    n_devices: devices in the data mesh.
+    fsdp: parameters and optimizer state split over the devices.
+
+  Returns:
+    A :class:`StateMemory`.
+  """
+  from flax import nnx
+
+  from sleep_jax.model import HybridLM
+  from sleep_jax.train import optimizer as opt_lib
+  from sleep_jax.train import parallel
+  from sleep_jax.train.config import OptimizerConfig
+
+  abstract = nnx.eval_shape(lambda: HybridLM(config, rngs=nnx.Rngs(0)))
+  params = nnx.split(abstract, nnx.Param, ...)[1]
+  leaves = jax.tree.leaves(params)
+  labels = jax.tree.leaves(opt_lib.param_labels(params, OptimizerConfig(kind=optimizer)))
+  full = lambda x: 4 * math.prod(x.shape)
+  split = lambda x: parallel.DATA_AXIS in tuple(parallel.fsdp_spec(x.shape, n_devices))
+  held = lambda x: full(x) // n_devices if fsdp and split(x) else full(x)
+  moments = lambda label: 1 if optimizer == "muon_adamw" and label == opt_lib.MUON else 2
+  total = sum(full(x) for x in leaves)
+  return StateMemory(params=sum(held(x) for x in leaves), params_full=total, grads=total,
+                     optimizer=sum(held(x) * moments(lab) for x, lab in zip(leaves, labels)),
+                     n_devices=n_devices, fsdp=fsdp)
