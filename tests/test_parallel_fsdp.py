@@ -14,6 +14,7 @@ import pytest
 from jax.sharding import PartitionSpec as P
 
 from sleep_jax import HybridLM, ModelConfig, SleepConfig
+from sleep_jax.cost import state_memory
 from sleep_jax.testing import assert_close
 from sleep_jax.train import optimizer as opt_lib
 from sleep_jax.train import parallel
@@ -61,6 +62,11 @@ def test_fsdp_step_equals_replicated_step(kind):
   assert fsdp_bytes < 0.4 * rep_bytes
   sharded = [x for x in jax.tree.leaves(fs.params) if "data" in tuple(x.sharding.spec)]
   assert len(sharded) >= 10
+  # The cost model's per-device state bytes are these arrays' (the optimizer's step counters aside).
+  for placed, fsdp in ((rep, False), (fs, True)):
+    mem = state_memory(cfg, optimizer=kind, n_devices=4, fsdp=fsdp)
+    assert mem.params == parallel.bytes_per_device(placed.params)
+    assert 0 <= parallel.bytes_per_device(placed.opt_state) - mem.optimizer <= 64
 
   for batch in _batches(2):
     batch = parallel.shard_batch(batch, mesh)
