@@ -116,6 +116,21 @@ def test_session_decodes_after_prompt(loaded):
   assert_close(ref["decode_logits"], got[:, p:], "float32", what=f"{name} session vs reference decode")
 
 
+@pytest.mark.slow  # compiles the sleep program twice per fixture (about 30 s of CPU)
+def test_session_sleeps_on_the_import(loaded):
+  """With a window shorter than the batch the session sleeps (N = 2) on every full window; at N = 1 the same
+  windows give the window-by-window forward without sleep (the first window's logits: the plain forward's)."""
+  name, model, ref, full = loaded.name, loaded.model, loaded.ref, loaded.logits
+  tokens, window = ref["tokens"], 8
+  one = SleepSession(model, SleepConfig(window=window, n_passes=1), batch_size=tokens.shape[0])
+  two = SleepSession(model, SleepConfig(window=window, n_passes=2), batch_size=tokens.shape[0])
+  l1, l2 = np.asarray(one.feed(tokens)), np.asarray(two.feed(tokens))
+  assert_close(np.asarray(full)[:, :window], l1[:, :window], "float32", what=f"{name} first window")
+  assert_close(l1[:, :window], l2[:, :window], "float32", what=f"{name} first window, N = 2")
+  assert two.stats.sleeps == tokens.shape[1] // window and np.all(np.isfinite(l2))
+  assert not np.allclose(l1[:, window:], l2[:, window:])  # sleep changed what the later windows see
+
+
 def test_config_fields_map():
   cfg = model_config_from_hf(read_hf_config(os.path.join(DATA, "qwen3_next_gqa")))
   assert cfg.block_types == ("gdn", "attn", "gdn", "attn")
