@@ -83,3 +83,30 @@ def test_fsdp_step_equals_replicated_step(kind):
   # Still sharded after the steps (the jit's out_shardings).
   assert all(x.sharding.spec == y.sharding.spec for x, y in zip(jax.tree.leaves(fs.params),
                                                                   jax.tree.leaves(parallel.shard_fsdp(state, mesh).params)))
+
+
+@pytest.mark.slow  # three trainer runs on 4 devices (about 30 s of CPU); the step itself is tested above
+def test_trainer_with_fsdp_resumes_and_matches_the_replicated_run(tmp_path):
+  """loop.train with TrainConfig.fsdp: stopped at step 5 and resumed (the checkpoint restores into the sharded
+  layout), it ends where the replicated run of 8 steps does."""
+  from train_helpers import TinyLM, make_grain_iter, tiny_loss
+
+  from sleep_jax.train import config as tcfg
+  from sleep_jax.train import loop
+
+  spec = loop.RunSpec(model_factory=lambda r: TinyLM(r, width=64), loss_fn=tiny_loss,
+                      train_data=lambda: make_grain_iter(8, seed=3))
+
+  def config(steps, fsdp):
+    opt = tcfg.OptimizerConfig(kind="adamw", adamw_lr=1e-2, warmup_steps=2, decay_steps=8)
+    return tcfg.TrainConfig(num_steps=steps, batch_size=8, optimizer=opt, log_every=2, checkpoint_every=3,
+                            progress=False, num_devices=4, fsdp=fsdp)
+
+  replicated = loop.train(spec, config(8, False), str(tmp_path / "replicated"))
+  loop.train(spec, config(5, True), str(tmp_path / "fsdp"))
+  resumed = loop.train(spec, config(8, True), str(tmp_path / "fsdp"))
+  assert resumed.resumed_from == 5
+  hidden = resumed.state.params["hidden"]["kernel"]
+  assert "data" in tuple(hidden.sharding.spec)
+  assert_close(replicated.state.params, resumed.state.params, "float32", what="params after 8 steps")
+  assert_close(replicated.state.opt_state, resumed.state.opt_state, "float32", what="optimizer state")
