@@ -207,7 +207,11 @@ def experiment_from_config(cfg) -> Experiment:
   layout = tuple(layout) if layout else None
   if plain:
     layout = ("attn",) * (len(layout) if layout else int(m.get("n_layers", 4)))
-  m["vocab_size"] = _task_defined(task, "vocab_size", m.get("vocab_size"), task.vocab_size(task_config))
+  task_vocab = task.vocab_size(task_config)
+  if cfg.get("pretrained") and (m.get("vocab_size") or 0) >= task_vocab:
+    pass  # an imported model (launch.retrofit --from_hf) keeps its vocabulary; the task's ids are its first rows
+  else:
+    m["vocab_size"] = _task_defined(task, "vocab_size", m.get("vocab_size"), task_vocab)
   model = _build(ModelConfig, "model", {**m, "layout": layout})
 
   s = _section(cfg, "sleep")

@@ -4,6 +4,14 @@ r"""Brings sleep to a model trained without it: inserts Gated DeltaNet blocks in
   python -m launch.train --config=/tmp/rule110_retrofit/config.py --workdir=/tmp/rule110_sleep \
       --config.sleep.n_passes=4
 
+A Hugging Face hybrid (``sleep_jax.load_pretrained``: a Qwen3-Next-style
+``config.json`` + ``*.safetensors`` directory) is a source too; ``--insert`` is
+then optional and ``--task`` / ``--task_preset`` name the task the run
+directory trains on (the model's vocabulary may be larger than the task's;
+the task's ids index its first rows)::
+
+  python -m launch.retrofit --from_hf=~/models/my-hybrid --task=rule110 --out=/tmp/hf_rule110 [--insert=2]
+
 The source is any ``launch/train.py`` workdir: an all-attention run
 (``plain_transformer``, which saw the whole sequence) or a hybrid one. Its
 ``config.json`` rebuilds the model, the newest checkpoint that restores (or
@@ -42,7 +50,7 @@ from typing import Sequence
 
 from absl import app, flags
 
-from launch import cli, experiment
+from launch import cli, experiment, run_config
 
 RETROFIT_JSON = "retrofit.json"
 CONFIG_PY = "config.py"
@@ -75,6 +83,7 @@ class Retrofitted:
     prelude: the new model's prelude blocks.
     coda: the new model's coda blocks.
     flags: ``launch.train`` flags to add to the source run's own command.
+    source_format: ``"run"`` (a ``launch.train`` workdir) or ``"huggingface"``.
   """
   out: str
   source: str
@@ -86,6 +95,7 @@ class Retrofitted:
   prelude: int
   coda: int
   flags: tuple[str, ...]
+  source_format: str = "run"
 
   @property
   def config_file(self) -> str:
@@ -250,10 +260,110 @@ def retrofit_run(source: str, positions: Sequence[int], out: str, *, step: int |
                      prelude=ncfg.prelude, coda=ncfg.coda, flags=tuple(train_flags))
 
 
+def hf_run_config(model_config, task: str, task_preset: str, hf_path: str, init_from: str) -> dict:
+  """A run config (``config.json`` dict) training ``model_config`` (an imported model) on ``task``.
+
+  Every ``ModelConfig`` field is written out (the imported block options
+  included), the task's window and eviction apply, ``N = 1``; ``pretrained``
+  records the Hugging Face directory and lets the model's vocabulary exceed
+  the task's.
+  """
+  from launch.configs import common
+
+  cfg = run_config.to_json_dict(common.base_config(task, task_preset))
+  m = {f.name: getattr(model_config, f.name) for f in dataclasses.fields(model_config)}
+  m["layout"] = ",".join(model_config.block_types)
+  cfg["model"].update(json.loads(json.dumps(m, default=list)))
+  cfg["pretrained"] = hf_path
+  cfg["train"]["init_from"] = init_from
+  return cfg
+
+
+def retrofit_hf(hf_path: str, out: str, *, task: str = "rule110", task_preset: str = "small",
+                positions: Sequence[int] = (), seed: int = 0, positions_text: str | None = None) -> Retrofitted:
+  """Imports a Hugging Face hybrid, optionally inserts GDN blocks, and writes a run directory ``out``.
+
+  Args:
+    hf_path: a Hugging Face model directory (see ``sleep_jax.load_pretrained``).
+    out: the directory to write (must not hold a checkpoint yet).
+    task: the registry name of the task the run trains on.
+    task_preset: that task's preset.
+    positions: GDN block indices in the new layout (empty: none inserted).
+    seed: initialises inserted blocks' parameters other than the zeroed output projections.
+    positions_text: the ``--insert`` text, for error messages.
+
+  Returns:
+    A :class:`Retrofitted` describing what was written (``source_step`` 0).
+
+  Raises:
+    ValueError: (one line) an unsupported or unreadable checkpoint, an unknown
+      task, a vocabulary smaller than the task's, bad positions, or an ``out``
+      that already holds a checkpoint.
+  """
+  import tasks
+  from flax import nnx
+
+  from sleep_jax import load_pretrained
+  from sleep_jax.retrofit import insert_gdn_blocks
+  from sleep_jax.train import checkpoint as ckpt_lib
+
+  hf_path = os.path.abspath(os.path.expanduser(hf_path))
+  out = os.path.abspath(os.path.expanduser(out))
+  if out == hf_path:
+    raise ValueError("--out must be a new directory, not the Hugging Face model directory")
+  if os.path.isdir(ckpt_lib.checkpoint_dir(out)) and os.listdir(ckpt_lib.checkpoint_dir(out)):
+    raise ValueError(f"--out={out} already holds a checkpoint; choose a new directory")
+  t = tasks.get_task(task)
+  task_vocab = t.vocab_size(t.preset(task_preset))
+  model = load_pretrained(hf_path)
+  old_layout = model.config.block_types
+  if model.config.vocab_size < task_vocab:
+    raise ValueError(f"--from_hf={hf_path}: the model's vocabulary ({model.config.vocab_size}) is smaller than "
+                     f"task {task}'s ({task_vocab} token ids)")
+  pos = check_positions(positions, len(old_layout), positions_text) if positions else ()
+  new = insert_gdn_blocks(model, pos, rngs=nnx.Rngs(seed)) if pos else model
+  ncfg = new.config
+  cfg = hf_run_config(ncfg, task, task_preset, hf_path, out)
+  exp_new = experiment.experiment_from_config(cfg)
+  if exp_new.model != ncfg:
+    raise AssertionError(f"the run config builds {exp_new.model}, not the imported {ncfg}")
+
+  new_params = nnx.split(new, nnx.Param, ...)[1]
+  meta = {"source": hf_path, "source_step": 0, "source_format": "huggingface", "source_layout": ",".join(old_layout),
+          "source_plain_transformer": False, "layout": ",".join(ncfg.block_types), "positions": list(pos),
+          "prelude": ncfg.prelude, "coda": ncfg.coda, "seed": int(seed), "task": task, "task_preset": task_preset}
+  os.makedirs(out, exist_ok=True)
+  ckpt = ckpt_lib.Checkpointer(ckpt_lib.checkpoint_dir(out), max_to_keep=1)
+  try:
+    ckpt.save(0, {"params": new_params}, meta={"retrofit": meta, "config": cfg})
+  finally:
+    ckpt.close()
+  with open(os.path.join(out, "config.json"), "w") as f:
+    json.dump(cfg, f, indent=1, sort_keys=True)
+  with open(os.path.join(out, CONFIG_PY), "w") as f:
+    f.write(_CONFIG_PY_TEXT)
+  with open(os.path.join(out, RETROFIT_JSON), "w") as f:
+    json.dump(meta, f, indent=1, sort_keys=True)
+  return Retrofitted(out=out, source=hf_path, source_step=0, source_layout=old_layout, source_plain_transformer=False,
+                     layout=ncfg.block_types, positions=pos, prelude=ncfg.prelude, coda=ncfg.coda,
+                     flags=(f"--config.train.init_from={out}",), source_format="huggingface")
+
+
 def describe(r: Retrofitted) -> str:
   """The console report: the new layout and the ``launch.train`` commands."""
-  kind = "plain transformer over the whole sequence" if r.source_plain_transformer else "windowed"
   c0, c1 = r.prelude, len(r.layout) - r.coda
+  if r.source_format == "huggingface":
+    inserted = (f"GDN blocks inserted at {','.join(map(str, r.positions))}, outputs zero-initialised"
+                if r.positions else "no blocks inserted")
+    return "\n".join([
+        f"source: {r.source} (Hugging Face): {','.join(r.source_layout)}",
+        f"layout: {','.join(r.layout)} ({inserted}; looped core: blocks {c0}..{c1 - 1})",
+        f"wrote {r.out} (checkpoints/0, config.json, {CONFIG_PY}, {RETROFIT_JSON})",
+        "train it (add --config.sleep.n_passes=N to sleep; the parameters do not depend on N):",
+        f"  python -m launch.train --config={r.config_file} --workdir=<new run dir>",
+        f"the imported model before training: python -m launch.eval --workdir={r.out}",
+    ])
+  kind = "plain transformer over the whole sequence" if r.source_plain_transformer else "windowed"
   outside = [p for p in r.positions if not c0 <= p < c1]
   note = []
   if outside:  # insert_gdn_blocks keeps the old prelude / coda; blocks beyond them join those
@@ -276,7 +386,11 @@ def describe(r: Retrofitted) -> str:
 def define_flags() -> None:
   """The command-line flags (defined by the entry point only, so importing this module defines none)."""
   cli.define_path("from_workdir", None, "The trained run's directory (config.json and checkpoints/).")
-  flags.DEFINE_string("insert", None, "GDN block positions in the NEW layout, e.g. 1,3.")
+  cli.define_path("from_hf", None, "A Hugging Face model directory (config.json and *.safetensors) to import "
+                  "instead of a run (sleep_jax.load_pretrained).")
+  flags.DEFINE_string("task", "rule110", "With --from_hf: the task the run directory trains on.")
+  flags.DEFINE_string("task_preset", "small", "With --from_hf: the task's preset.")
+  flags.DEFINE_string("insert", None, "GDN block positions in the NEW layout, e.g. 1,3 (optional with --from_hf).")
   cli.define_path("out", None, "Directory to write the retrofitted checkpoint and config to.")
   flags.DEFINE_integer("step", None, "Source checkpoint step (default: the newest that restores).")
   flags.DEFINE_integer("seed", 0, "Initialises the new blocks' parameters (their output projections are zero).")
@@ -293,10 +407,32 @@ def run(from_workdir: str, insert: str, out: str, *, step: int | None = None, se
   return 0
 
 
+def run_hf(from_hf: str, out: str, *, task: str = "rule110", task_preset: str = "small", insert: str | None = None,
+           seed: int = 0) -> int:
+  """``--from_hf`` without absl: imports, prints the report (or a one-line ``error:``); returns the exit status."""
+  try:
+    positions = parse_positions(insert) if insert else ()
+    result = retrofit_hf(from_hf, out, task=task, task_preset=task_preset, positions=positions, seed=seed,
+                         positions_text=insert)
+  except ValueError as e:  # PretrainedError and CheckpointError are ones
+    print(f"error: {e}", file=sys.stderr)
+    return 1
+  print(describe(result))
+  return 0
+
+
 def main(argv):
   if len(argv) > 1:
     raise app.UsageError(f"unexpected arguments: {argv[1:]}")
   fv = flags.FLAGS
+  if fv.from_hf:
+    if fv.from_workdir:
+      raise app.UsageError("give one source: --from_workdir or --from_hf")
+    if not fv.out:
+      raise app.UsageError("--out is required, e.g. --from_hf=~/models/hybrid --out=/tmp/hf_run")
+    cli.setup_compilation_cache()
+    cli.quiet_logging()
+    return run_hf(fv.from_hf, fv.out, task=fv.task, task_preset=fv.task_preset, insert=fv.insert, seed=fv.seed)
   for name in ("from_workdir", "insert", "out"):
     if not fv[name].value:
       raise app.UsageError(f"--{name} is required, e.g. --from_workdir=/tmp/run --insert=1,3 --out=/tmp/run_gdn")

@@ -20,6 +20,8 @@ Public API:
     (Algorithm 1 of the paper), hard or sliding.
   * ``SleepSession``: wake-time streaming inference with constant latency;
     greedy or sampled (``sample_tokens``), prompts of different lengths.
+  * ``load_pretrained``: a Hugging Face Qwen3-Next-style hybrid as a
+    ``HybridLM`` (``sleep_jax.pretrained``).
   * ``array_typing``: the axis legend and jaxtyping aliases the API is
     annotated with; ``array_typing.enable_runtime_checks()`` (or
     ``SLEEP_JAX_TYPECHECK=1``) checks the annotations at run time.
@@ -30,6 +32,7 @@ from sleep_jax.config import ModelConfig, SleepConfig
 from sleep_jax.consolidate import SleepResult, sleep_consolidate
 from sleep_jax.fast_weights import FastWeights, init_fast_weights
 from sleep_jax.model import HybridLM
+from sleep_jax.pretrained import load_pretrained
 from sleep_jax.retrofit import insert_gdn_blocks, with_passes
 from sleep_jax.protocol import SleepableModel, check_sleepable
 from sleep_jax.session import SessionState, SessionStats, SleepSession, sample_tokens
@@ -53,6 +56,7 @@ __all__ = [
     "check_sleepable",
     "init_fast_weights",
     "insert_gdn_blocks",
+    "load_pretrained",
     "nn",
     "ops",
     "protocol",

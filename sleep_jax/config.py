@@ -119,6 +119,25 @@ class ModelConfig:
       in this range (the forget gate is ``exp(-A * softplus(.))`` per token).
       The default ``(1, 16)`` is Mamba's; a lower range remembers longer at
       initialisation.
+    n_kv_heads: attention key/value heads (grouped-query attention: query
+      head ``i`` reads key/value head ``i // (n_heads // n_kv_heads)``);
+      ``None``: ``n_heads``. Must divide ``n_heads``.
+    attn_output_gate: attention output gate: a second query-sized projection
+      ``g`` of the block input, and the attention output (before ``o_proj``)
+      is multiplied by ``sigmoid(g)`` per head and channel (Qwen3-Next).
+    attn_qk_norm: RMSNorm (learned scale over ``head_dim``, shared by the
+      heads) on every query and key head before RoPE (Qwen3 / Qwen3-Next).
+    rope_fraction: fraction of each attention head's dimensions that RoPE
+      rotates (partial rotary): the first ``rope_dim = int(head_dim *
+      rope_fraction)`` dimensions, half-split, the rest pass unrotated. 1.0:
+      the whole head.
+    norm_zero_centered: every RMSNorm but the GDN output norm stores its scale
+      as an offset from one: ``y = norm(x) * (1 + scale)``, scale initialised
+      to zero (Qwen3-Next). The function at initialisation is the same.
+    gdn_n_key_heads: GDN query / key heads (``None``: ``gdn_n_heads``). Fewer
+      key than value heads: each query / key head serves ``gdn_n_heads //
+      gdn_n_key_heads`` consecutive value heads (Qwen3-Next's grouped value
+      heads); the fast weights keep one state per value head.
   """
   vocab_size: int
   d_model: int = 256
@@ -141,6 +160,12 @@ class ModelConfig:
   gdn_impl: str = "auto"
   gdn_chunk_size: int = 64
   gdn_decay_init: tuple[float, float] = (1.0, 16.0)
+  n_kv_heads: int | None = None
+  attn_output_gate: bool = False
+  attn_qk_norm: bool = False
+  rope_fraction: float = 1.0
+  norm_zero_centered: bool = False
+  gdn_n_key_heads: int | None = None
 
   def __post_init__(self):
     M = "ModelConfig"
@@ -148,8 +173,16 @@ class ModelConfig:
                 gdn_chunk_size=1)
     for name, minimum in ints.items():
       object.__setattr__(self, name, _integer(M, name, getattr(self, name), minimum))
-    for name in ("gdn_n_heads", "gdn_value_dim", "mlp_hidden"):
+    for name in ("gdn_n_heads", "gdn_value_dim", "mlp_hidden", "n_kv_heads", "gdn_n_key_heads"):
       object.__setattr__(self, name, _integer(M, name, getattr(self, name), 1, optional=True))
+    for name in ("attn_output_gate", "attn_qk_norm", "norm_zero_centered"):
+      object.__setattr__(self, name, _boolean(M, name, getattr(self, name)))
+    object.__setattr__(self, "rope_fraction", _real(M, "rope_fraction", self.rope_fraction, positive=True))
+    _require(self.rope_fraction <= 1, f"ModelConfig.rope_fraction must lie in (0, 1], got {self.rope_fraction!r}")
+    _require(self.n_heads % self.num_kv_heads == 0,
+             f"ModelConfig.n_kv_heads={self.num_kv_heads} must divide n_heads={self.n_heads}")
+    _require(self.num_gdn_heads % self.num_gdn_key_heads == 0,
+             f"ModelConfig.gdn_n_key_heads={self.num_gdn_key_heads} must divide gdn_n_heads={self.num_gdn_heads}")
     # n_layers is ignored when layout is given, but is still an integer.
     object.__setattr__(self, "n_layers", _integer(M, "n_layers", self.n_layers, 1 if self.layout is None else 0))
     for name, positive in (("rope_theta", True), ("norm_eps", False), ("embed_init_std", True)):
@@ -165,7 +198,9 @@ class ModelConfig:
              and 0 < decay[0] <= decay[1] and math.isfinite(decay[1]),
              f"ModelConfig.gdn_decay_init must be (low, high) with 0 < low <= high, got {self.gdn_decay_init!r}")
     object.__setattr__(self, "gdn_decay_init", tuple(float(x) for x in decay))
-    _require(self.head_dim % 2 == 0, f"ModelConfig.head_dim must be even for RoPE, got {self.head_dim}")
+    _require(self.rope_dim % 2 == 0 and self.rope_dim >= 2,
+             f"ModelConfig.head_dim * rope_fraction (the rotated dimensions) must be even and >= 2 for RoPE, got "
+             f"int({self.head_dim} * {self.rope_fraction}) = {self.rope_dim}")
     _require(self.gdn_impl in GDN_IMPLS, f"ModelConfig.gdn_impl must be one of {GDN_IMPLS}, got {self.gdn_impl!r}")
     if self.layout is not None:
       _require(len(self.layout) >= 1, "ModelConfig.layout must name at least one block")
@@ -185,6 +220,19 @@ class ModelConfig:
   @property
   def num_gdn_heads(self) -> int:
     return self.gdn_n_heads if self.gdn_n_heads is not None else self.n_heads
+
+  @property
+  def num_kv_heads(self) -> int:
+    return self.n_kv_heads if self.n_kv_heads is not None else self.n_heads
+
+  @property
+  def num_gdn_key_heads(self) -> int:
+    return self.gdn_n_key_heads if self.gdn_n_key_heads is not None else self.num_gdn_heads
+
+  @property
+  def rope_dim(self) -> int:
+    """Dimensions of each attention head that RoPE rotates."""
+    return int(self.head_dim * self.rope_fraction)
 
   @property
   def gdn_v_dim(self) -> int:

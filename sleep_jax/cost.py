@@ -21,12 +21,14 @@ read it.
 
 Conventions: forward FLOPs, a multiply-add is 2 FLOPs; per token and block:
 
-* attention: projections ``8 d H Dh``; scores and values ``4 H Dh S`` over the
+* attention: projections ``8 d H Dh`` (``2 d Dh (2 H + 2 Hkv)`` with
+  ``Hkv`` grouped key/value heads, plus ``2 d H Dh`` for an output gate); scores and values ``4 H Dh S`` over the
   ``S`` key slots the dense kernel computes, masked ones included (the
   window's width, plus the kept prefix of ``L`` slots under sliding eviction;
   ``L`` ring slots when decoding);
 * Gated DeltaNet: projections ``2 d H (2 Dk + 3 Dv + 2)`` (q, k, v, g, o, a,
-  b), short convolution ``2 K H (2 Dk + Dv)``, recurrence ``8 H Dk Dv`` (decay,
+  b; with ``Hk`` grouped key heads ``2 d (2 Hk Dk + H (3 Dv + 2))``), short
+  convolution ``2 K H (2 Dk + Dv)`` (``2 K (2 Hk Dk + H Dv)``), recurrence ``8 H Dk Dv`` (decay,
   read ``S k``, rank-one write, read ``S q``: the per-token form; the chunked
   kernels spend somewhat more);
 * SwiGLU ``6 d F``; output projection ``2 d V`` per token.
@@ -89,13 +91,16 @@ def block_flops(config: ModelConfig, kind: str, keys: int, *, matmul_only: bool 
   mlp = 6 * d * config.mlp_width
   if kind == "attn":
     hd = config.n_heads * config.head_dim
-    return float(8 * d * hd + 4 * hd * keys + mlp)
+    kv = config.num_kv_heads * config.head_dim  # grouped-query heads project fewer keys and values
+    proj = 2 * d * (2 * hd + 2 * kv) + (2 * d * hd if config.attn_output_gate else 0)
+    return float(proj + 4 * hd * keys + mlp)
   if kind == "gdn":
     h, dk, dv = config.num_gdn_heads, config.gdn_head_dim, config.gdn_v_dim
-    proj = 2 * d * h * (2 * dk + 3 * dv + 2)
+    hk = config.num_gdn_key_heads  # grouped value heads: q and k have hk heads
+    proj = 2 * d * (2 * hk * dk + 3 * h * dv + 2 * h)
     if matmul_only:
       return float(proj + 6 * h * dk * dv + mlp)
-    conv = 2 * config.conv_size * h * (2 * dk + dv)
+    conv = 2 * config.conv_size * (2 * hk * dk + h * dv)
     return float(proj + conv + 8 * h * dk * dv + mlp)
   raise ValueError(f"unknown block kind {kind!r}")
 
@@ -324,3 +329,78 @@ def jaxpr_matmul_flops(jaxpr) -> float:
           total += jaxpr_matmul_flops(sub)
           break
   return total
+
+
+# -- memory of the train state -----------------------------------------------------------------------------
+@dataclasses.dataclass(frozen=True)
+class StateMemory:
+  """Bytes of a training run's parameters, gradients and optimizer moments on one device (float32).
+
+  Attributes:
+    params: the parameters held between steps (all of them, or this device's
+      split under FSDP).
+    params_full: all parameters (what a step gathers under FSDP).
+    grads: the gradient, whole on each device until it is reduced.
+    optimizer: the optimizer moments held (AdamW two per parameter, Muon one).
+    n_devices: devices in the data mesh.
+    fsdp: parameters and optimizer state split over the devices
+      (``TrainConfig.fsdp``); otherwise replicated on each.
+  """
+  params: int
+  params_full: int
+  grads: int
+  optimizer: int
+  n_devices: int = 1
+  fsdp: bool = False
+
+  @property
+  def at_rest(self) -> int:
+    """Between steps: parameters and optimizer state."""
+    return self.params + self.optimizer
+
+  @property
+  def peak(self) -> int:
+    """During a step, activations aside: the at-rest state plus the whole gradient and, under FSDP, the
+    gathered parameters (the forward and backward pass read them whole)."""
+    return self.at_rest + self.grads + (self.params_full if self.fsdp else 0)
+
+
+def state_memory(config: ModelConfig, *, optimizer: str = "muon_adamw", n_devices: int = 1,
+                 fsdp: bool = False) -> StateMemory:
+  """Per-device bytes of the parameters, gradients and optimizer moments of a ``HybridLM``.
+
+  Exact for the shapes (the model is built abstractly, ``nnx.eval_shape``) and
+  the optimizer's routing (``sleep_jax.train.optimizer``: Muon for hidden 2-D
+  matrices with one moment, AdamW with two for the rest); under ``fsdp`` a
+  leaf splits as ``train.parallel.fsdp_spec`` splits it. Activations are not
+  included: they depend on the batch, the window and the remat settings (the
+  compiled step's memory analysis measures them, ``launch.paper_cost``).
+
+  Args:
+    config: the model.
+    optimizer: ``"muon_adamw"`` or ``"adamw"`` (``OptimizerConfig.kind``).
+    n_devices: devices in the data mesh.
+    fsdp: parameters and optimizer state split over the devices.
+
+  Returns:
+    A :class:`StateMemory`.
+  """
+  from flax import nnx
+
+  from sleep_jax.model import HybridLM
+  from sleep_jax.train import optimizer as opt_lib
+  from sleep_jax.train import parallel
+  from sleep_jax.train.config import OptimizerConfig
+
+  abstract = nnx.eval_shape(lambda: HybridLM(config, rngs=nnx.Rngs(0)))
+  params = nnx.split(abstract, nnx.Param, ...)[1]
+  leaves = jax.tree.leaves(params)
+  labels = jax.tree.leaves(opt_lib.param_labels(params, OptimizerConfig(kind=optimizer)))
+  full = lambda x: 4 * math.prod(x.shape)
+  split = lambda x: parallel.DATA_AXIS in tuple(parallel.fsdp_spec(x.shape, n_devices))
+  held = lambda x: full(x) // n_devices if fsdp and split(x) else full(x)
+  moments = lambda label: 1 if optimizer == "muon_adamw" and label == opt_lib.MUON else 2
+  total = sum(full(x) for x in leaves)
+  return StateMemory(params=sum(held(x) for x in leaves), params_full=total, grads=total,
+                     optimizer=sum(held(x) * moments(lab) for x, lab in zip(leaves, labels)),
+                     n_devices=n_devices, fsdp=fsdp)

@@ -72,16 +72,20 @@ class Block(nnx.Module):
       raise ValueError(f"unknown block type {kind!r}; known: {BLOCK_TYPES}")
     dtype = compute_dtype(config)
     self.kind = kind
-    self.mixer_norm = RMSNorm(config.d_model, eps=config.norm_eps)
+    zc = config.norm_zero_centered
+    self.mixer_norm = RMSNorm(config.d_model, eps=config.norm_eps, zero_centered=zc)
     if kind == "attn":
       self.mixer = Attention(config.d_model, config.n_heads, config.head_dim, rope_theta=config.rope_theta,
-                             dtype=dtype, rngs=rngs)
+                             dtype=dtype, n_kv_heads=config.num_kv_heads, output_gate=config.attn_output_gate,
+                             qk_norm=config.attn_qk_norm, rope_dim=config.rope_dim, norm_eps=config.norm_eps,
+                             norm_zero_centered=zc, rngs=rngs)
     else:
       self.mixer = GatedDeltaNet(config.d_model, config.num_gdn_heads, config.gdn_head_dim, config.gdn_v_dim,
                                  conv_size=config.conv_size, norm_eps=config.norm_eps, dtype=dtype,
                                  impl=config.gdn_impl, chunk_size=config.gdn_chunk_size,
-                                 decay_init=config.gdn_decay_init, rngs=rngs)
-    self.mlp_norm = RMSNorm(config.d_model, eps=config.norm_eps)
+                                 decay_init=config.gdn_decay_init, n_key_heads=config.num_gdn_key_heads,
+                                 rngs=rngs)
+    self.mlp_norm = RMSNorm(config.d_model, eps=config.norm_eps, zero_centered=zc)
     self.mlp = SwiGLU(config.d_model, config.mlp_width, dtype=dtype, rngs=rngs)
 
   def __call__(self, x, positions, *, state=None, prefix=None, window=None, windows=None):
@@ -151,7 +155,7 @@ class HybridLM(nnx.Module):
     self.embed = nnx.Embed(config.vocab_size, config.d_model, dtype=dtype, param_dtype=jnp.float32,
                            embedding_init=nnx.initializers.normal(stddev=config.embed_init_std), rngs=rngs)
     self.blocks = nnx.List([Block(kind, config, rngs=rngs) for kind in config.block_types])
-    self.final_norm = RMSNorm(config.d_model, eps=config.norm_eps)
+    self.final_norm = RMSNorm(config.d_model, eps=config.norm_eps, zero_centered=config.norm_zero_centered)
     if not config.tie_embeddings:
       self.lm_head = nnx.Linear(config.d_model, config.vocab_size, use_bias=False, dtype=dtype,
                                 param_dtype=jnp.float32, rngs=rngs)
@@ -316,7 +320,7 @@ class HybridLM(nnx.Module):
   def init_kv_caches(self, batch_size: int, size: int) -> tuple[KVCache, ...]:
     """Empty ring caches of ``size`` slots, one per attention block."""
     dtype = compute_dtype(self.config)
-    return tuple(KVCache.empty(batch_size, size, self.config.n_heads, self.config.head_dim, dtype)
+    return tuple(KVCache.empty(batch_size, size, self.config.num_kv_heads, self.config.head_dim, dtype)
                  for _ in range(self.n_attn))
 
   def decode_step(self, tokens: jax.Array, position: jax.Array, fast_weights: FastWeights,

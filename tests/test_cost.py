@@ -120,3 +120,28 @@ def test_session_stats_count_what_ran():
   assert s.sleep_flops == pytest.approx(2 * (wf.stack + 3 * wf.sleep(3)))
   assert s.flops_per_token == pytest.approx((s.wake_flops + s.sleep_flops) / 20)
   assert other.stats.tokens == 18  # a fork counts on its own
+
+
+# The block options of imported Hugging Face hybrids (sleep_jax.pretrained): grouped query and GDN key heads,
+# the attention output gate and q/k norms, partial rotary, zero-centred norms.
+IMPORTED_OPTIONS = dict(n_kv_heads=1, attn_output_gate=True, attn_qk_norm=True, rope_fraction=0.5,
+                        norm_zero_centered=True, gdn_n_key_heads=1)
+
+
+def test_analytic_flops_count_the_imported_block_options(monkeypatch):
+  monkeypatch.setattr(attention, "DENSE_MAX_T_CPU", 0)
+  model = _model(("gdn", "attn"), **IMPORTED_OPTIONS)
+  sleep = SleepConfig(window=3, n_passes=2)
+  graphdef, state = nnx.split(model)
+  tokens, schedule = _tokens(2, 7), (True, True, False)
+
+  def fwd(st, t):
+    return windowed_forward(nnx.merge(graphdef, st), t, None, sleep, sleep_schedule=schedule)
+
+  counted = cost.jaxpr_matmul_flops(jax.make_jaxpr(fwd)(state, tokens))
+  passes = jax.jit(fwd)(state, tokens).passes
+  c = cost.sequence_cost(model.config, sleep, 7, passes, matmul_only=True)
+  assert float(jnp.sum(c["wake_flops"] + c["sleep_flops"])) == counted
+  # Fewer key/value and GDN key heads, one more projection: not the default count.
+  plain = cost.sequence_cost(_model(("gdn", "attn")).config, sleep, 7, passes, matmul_only=True)
+  assert float(jnp.sum(plain["wake_flops"])) != float(jnp.sum(c["wake_flops"]))

@@ -258,6 +258,9 @@ FIELD_OVERRIDES = {
         "prelude": ("1", 1, ()), "coda": ("1", 1, ()), "tie_embeddings": ("True", True, ()),
         "dtype": ("bfloat16", "bfloat16", ()), "gdn_impl": ("reference", "reference", ()),
         "gdn_chunk_size": ("32", 32, ()), "gdn_decay_init": ("(0.05,0.5)", (0.05, 0.5), ()),
+        "n_kv_heads": ("1", 1, ()), "attn_output_gate": ("True", True, ()), "attn_qk_norm": ("True", True, ()),
+        "rope_fraction": ("0.5", 0.5, ()), "norm_zero_centered": ("True", True, ()),
+        "gdn_n_key_heads": ("1", 1, ()),
     },
     "sleep": {
         "window": (TASK, TASK, ()), "n_passes": ("3", 3, ()), "eviction": (TASK, TASK, ()),
@@ -273,7 +276,7 @@ FIELD_OVERRIDES = {
         "eval_every": ("10", 10, ()), "eval_batches": ("2", 2, ()), "checkpoint_every": ("20", 20, ()),
         "max_to_keep": ("2", 2, ()), "sync_every": ("4", 4, ()), "num_devices": ("1", 1, ()),
         "data_workers": ("1", 1, ()), "init_from": ("/tmp/a_run", "/tmp/a_run", ()),
-        "progress": ("False", False, ()), "profile_steps": ("2,4", (2, 4), ()),
+        "progress": ("False", False, ()), "profile_steps": ("2,4", (2, 4), ()), "fsdp": ("True", True, ()),
     },
     "optimizer": {
         "kind": ("muon_adamw", "muon_adamw", ()), "lr": ("0.002", 0.002, ()), "adamw_lr": ("1e-4", 1e-4, ()),

@@ -78,6 +78,8 @@ RULES = (
     Rule(r"launch\.eval --workdir=workdirs/rule110_small$", EVAL_BUDGET, (("workdir", ("eval_step4.json",)),),
          fast=True),
     Rule(r"launch\.eval ", EVAL_BUDGET, (("workdir", ("eval_step*.json",)),)),
+    # The Hugging Face import runs with the full suite (its model compiles anew); the run-based retrofit is fast.
+    Rule(r"launch\.retrofit --from_hf=", (), (("out", ("config.json", "retrofit.json", "checkpoints")),)),
     Rule(r"launch\.retrofit ", (), (("out", ("config.json", "retrofit.json", "checkpoints")),), fast=True),
     Rule(r"launch\.plot --runs=workdirs/rule110_small,", (), (("output", ("",)),), fast=True),
     Rule(r"launch\.plot ", (), (("output", ("",)),)),

@@ -17,6 +17,7 @@ import jax
 import jax.numpy as jnp
 from flax import nnx
 
+from sleep_jax.nn.norms import RMSNorm
 from sleep_jax.nn.rope import apply_rope
 
 _NEG = -1e30
@@ -28,7 +29,7 @@ class KVCache:
   """Keys and values of one attention layer, with the position of each slot.
 
   Attributes:
-    k: ``[B, S, H, K]`` keys after RoPE.
+    k: ``[B, S, H, K]`` keys after RoPE (``H``: the layer's key/value heads).
     v: ``[B, S, H, K]`` values.
     pos: ``[S]`` int32 absolute position held by each slot, ``-1`` if empty.
   """
@@ -168,35 +169,75 @@ class Attention(nnx.Module):
       y1, ring = attn.step(x1, position, ring, window=L)    # one token: x1 [B, 1, 64]
 
   Params are float32; projections and scores run in ``dtype`` with float32
-  softmax.
+  softmax. Options (all off by default, the plain layer): grouped-query heads
+  (``n_kv_heads``; caches hold the ``n_kv_heads`` key/value heads), a sigmoid
+  output gate (``output_gate``: ``o * sigmoid(g_proj(x))`` per head and
+  channel before ``o_proj``), per-head RMSNorm of queries and keys before RoPE
+  (``qk_norm``) and partial rotary (``rope_dim``).
 
   Args:
     d_model: input and output width.
-    n_heads: heads.
+    n_heads: query heads.
     head_dim: width per head.
     rope_theta: RoPE base.
     dtype: compute dtype.
+    n_kv_heads: key/value heads (None: ``n_heads``); divides ``n_heads``.
+    output_gate: the sigmoid output gate.
+    qk_norm: RMSNorm of each query and key head.
+    rope_dim: rotary width per head (None: ``head_dim``).
+    norm_eps: the q/k norms' epsilon.
+    norm_zero_centered: the q/k norms scale by ``1 + w`` (weights start at 0).
     rngs: parameter initialisation.
   """
 
   def __init__(self, d_model: int, n_heads: int, head_dim: int, *, rope_theta: float = 10_000.0,
-               dtype=jnp.float32, rngs: nnx.Rngs):
+               dtype=jnp.float32, n_kv_heads: int | None = None, output_gate: bool = False,
+               qk_norm: bool = False, rope_dim: int | None = None, norm_eps: float = 1e-6,
+               norm_zero_centered: bool = False, rngs: nnx.Rngs):
+    n_kv_heads = n_heads if n_kv_heads is None else n_kv_heads
+    if n_heads % n_kv_heads:
+      raise ValueError(f"n_kv_heads={n_kv_heads} must divide n_heads={n_heads}")
     kw = dict(use_bias=False, dtype=dtype, param_dtype=jnp.float32, rngs=rngs)
     self.q_proj = nnx.Linear(d_model, n_heads * head_dim, **kw)
-    self.k_proj = nnx.Linear(d_model, n_heads * head_dim, **kw)
-    self.v_proj = nnx.Linear(d_model, n_heads * head_dim, **kw)
+    self.k_proj = nnx.Linear(d_model, n_kv_heads * head_dim, **kw)
+    self.v_proj = nnx.Linear(d_model, n_kv_heads * head_dim, **kw)
     self.o_proj = nnx.Linear(n_heads * head_dim, d_model, **kw)
+    if output_gate:
+      self.g_proj = nnx.Linear(d_model, n_heads * head_dim, **kw)
+    if qk_norm:
+      self.q_norm = RMSNorm(head_dim, eps=norm_eps, zero_centered=norm_zero_centered)
+      self.k_norm = RMSNorm(head_dim, eps=norm_eps, zero_centered=norm_zero_centered)
     self.n_heads = n_heads
+    self.n_kv_heads = n_kv_heads
     self.head_dim = head_dim
     self.rope_theta = rope_theta
+    self.output_gate = output_gate
+    self.qk_norm = qk_norm
+    self.rope_dim = None if rope_dim is None or rope_dim >= head_dim else rope_dim
 
   def _qkv(self, x, positions):
     b, t, _ = x.shape
-    shape = (b, t, self.n_heads, self.head_dim)
-    q = apply_rope(self.q_proj(x).reshape(shape), positions, theta=self.rope_theta)
-    k = apply_rope(self.k_proj(x).reshape(shape), positions, theta=self.rope_theta)
-    v = self.v_proj(x).reshape(shape)
+    q = self.q_proj(x).reshape(b, t, self.n_heads, self.head_dim)
+    k = self.k_proj(x).reshape(b, t, self.n_kv_heads, self.head_dim)
+    if self.qk_norm:
+      q, k = self.q_norm(q), self.k_norm(k)
+    q = apply_rope(q, positions, theta=self.rope_theta, rope_dim=self.rope_dim)
+    k = apply_rope(k, positions, theta=self.rope_theta, rope_dim=self.rope_dim)
+    v = self.v_proj(x).reshape(b, t, self.n_kv_heads, self.head_dim)
     return q, k, v
+
+  def _expand(self, x):
+    """``[B, S, Hkv, K]`` -> ``[B, S, H, K]``: query head ``i`` reads key/value head ``i // group``."""
+    group = self.n_heads // self.n_kv_heads
+    return x if group == 1 else jnp.repeat(x, group, axis=2)
+
+  def _out(self, x, o):
+    """Output gate (if any) and projection of ``o [B, T, H, K]``."""
+    b, t = x.shape[:2]
+    o = o.reshape(b, t, self.n_heads * self.head_dim)
+    if self.output_gate:
+      o = o * jax.nn.sigmoid(self.g_proj(x)).astype(o.dtype)
+    return self.o_proj(o)
 
   def __call__(self, x: jax.Array, positions: jax.Array, *, prefix: KVCache | None = None,
                window: int | None = None, windows: str | None = None) -> tuple[jax.Array, KVCache]:
@@ -228,11 +269,11 @@ class Attention(nnx.Module):
     if windows is not None:
       if prefix is not None and prefix.size or window is None:
         raise ValueError("windows= needs a window and no prefix")
-      o = windowed_attention(q, k, v, positions, window, windows)
+      o = windowed_attention(q, self._expand(k), self._expand(v), positions, window, windows)
     else:
-      o = dot_product_attention(q, k_all, v_all, attention_mask(positions, pos_all, window))
-    b, t = x.shape[:2]
-    return self.o_proj(o.reshape(b, t, self.n_heads * self.head_dim)), own
+      o = dot_product_attention(q, self._expand(k_all), self._expand(v_all),
+                                attention_mask(positions, pos_all, window))
+    return self._out(x, o), own
 
   def step(self, x: jax.Array, position: jax.Array, cache: KVCache, *,
            window: int | None = None) -> tuple[jax.Array, KVCache]:
@@ -255,6 +296,6 @@ class Attention(nnx.Module):
         k=jax.lax.dynamic_update_slice_in_dim(cache.k, k.astype(cache.k.dtype), slot, axis=1),
         v=jax.lax.dynamic_update_slice_in_dim(cache.v, v.astype(cache.v.dtype), slot, axis=1),
         pos=jax.lax.dynamic_update_index_in_dim(cache.pos, position, slot, axis=0))
-    o = dot_product_attention(q, cache.k.astype(q.dtype), cache.v.astype(q.dtype),
+    o = dot_product_attention(q, self._expand(cache.k.astype(q.dtype)), self._expand(cache.v.astype(q.dtype)),
                               attention_mask(position[None], cache.pos, window))
-    return self.o_proj(o.reshape(x.shape[0], 1, self.n_heads * self.head_dim)), cache
+    return self._out(x, o), cache

@@ -19,6 +19,11 @@ that the caller zeroes at each window start.
 
 SiLU is applied to ``v`` as well as ``q``/``k`` (fla's default short-conv
 activation).
+
+Grouped value heads (``n_key_heads < n_heads``, Qwen3-Next's layout): ``q``
+and ``k`` have ``n_key_heads`` heads, each serving ``n_heads // n_key_heads``
+consecutive value heads; the state keeps one ``[Dk, Dv]`` matrix per value
+head. The gates ``a``, ``b`` and the output gate are per value head.
 """
 from __future__ import annotations
 
@@ -96,16 +101,20 @@ class GatedDeltaNet(nnx.Module):
 
   def __init__(self, d_model: int, n_heads: int, head_dim: int, value_dim: int, *, conv_size: int = 4,
                norm_eps: float = 1e-6, dtype=jnp.float32, impl: str = "auto", chunk_size: int = 64,
-               decay_init: tuple[float, float] = (1.0, 16.0), rngs: nnx.Rngs):
+               decay_init: tuple[float, float] = (1.0, 16.0), n_key_heads: int | None = None,
+               rngs: nnx.Rngs):
+    n_key_heads = n_heads if n_key_heads is None else n_key_heads
+    if n_heads % n_key_heads:
+      raise ValueError(f"n_key_heads={n_key_heads} must divide n_heads={n_heads}")
     kw = dict(use_bias=False, dtype=dtype, param_dtype=jnp.float32, rngs=rngs)
-    self.q_proj = nnx.Linear(d_model, n_heads * head_dim, **kw)
-    self.k_proj = nnx.Linear(d_model, n_heads * head_dim, **kw)
+    self.q_proj = nnx.Linear(d_model, n_key_heads * head_dim, **kw)
+    self.k_proj = nnx.Linear(d_model, n_key_heads * head_dim, **kw)
     self.v_proj = nnx.Linear(d_model, n_heads * value_dim, **kw)
     self.a_proj = nnx.Linear(d_model, n_heads, **kw)
     self.b_proj = nnx.Linear(d_model, n_heads, **kw)
     self.g_proj = nnx.Linear(d_model, n_heads * value_dim, **kw)
     self.o_proj = nnx.Linear(n_heads * value_dim, d_model, **kw)
-    channels = n_heads * (2 * head_dim + value_dim)
+    channels = 2 * n_key_heads * head_dim + n_heads * value_dim
     bound = 1.0 / math.sqrt(conv_size)
     self.conv_weight = nnx.Param(
         jax.random.uniform(rngs.params(), (conv_size, channels), jnp.float32, -bound, bound))
@@ -116,6 +125,7 @@ class GatedDeltaNet(nnx.Module):
     self.dt_bias = nnx.Param(dt + jnp.log(-jnp.expm1(-dt)))  # inverse softplus
     self.o_norm = GatedRMSNorm(value_dim, eps=norm_eps)
     self.n_heads = n_heads
+    self.n_key_heads = n_key_heads
     self.head_dim = head_dim
     self.value_dim = value_dim
     self.conv_size = conv_size
@@ -125,20 +135,22 @@ class GatedDeltaNet(nnx.Module):
 
   @property
   def conv_channels(self) -> int:
-    return self.n_heads * (2 * self.head_dim + self.value_dim)
+    return 2 * self.n_key_heads * self.head_dim + self.n_heads * self.value_dim
 
   def _features(self, x, history, segment=None):
     """Projections, conv and gates for a ``[B, T, D]`` input."""
     b, t, _ = x.shape
-    h, dk, dv = self.n_heads, self.head_dim, self.value_dim
+    h, hk, dk, dv = self.n_heads, self.n_key_heads, self.head_dim, self.value_dim
     raw = jnp.concatenate([self.q_proj(x), self.k_proj(x), self.v_proj(x)], axis=-1)
     full = jnp.concatenate([jnp.zeros((b, self.conv_size - 1, raw.shape[-1]), raw.dtype)
                             if history is None else history.astype(raw.dtype), raw], axis=1)
     new_history = full[:, full.shape[1] - (self.conv_size - 1):]
     mixed = jax.nn.silu(causal_conv(raw, self.conv_weight[...], history, segment=segment))
-    q, k, v = jnp.split(mixed, [h * dk, 2 * h * dk], axis=-1)
-    q = _l2_normalize(q.reshape(b, t, h, dk))
-    k = _l2_normalize(k.reshape(b, t, h, dk))
+    q, k, v = jnp.split(mixed, [hk * dk, 2 * hk * dk], axis=-1)
+    q = _l2_normalize(q.reshape(b, t, hk, dk))
+    k = _l2_normalize(k.reshape(b, t, hk, dk))
+    if hk != h:  # value head i reads query / key head i // (h // hk)
+      q, k = jnp.repeat(q, h // hk, axis=2), jnp.repeat(k, h // hk, axis=2)
     v = v.reshape(b, t, h, dv)
     a = self.a_proj(x).astype(jnp.float32) + self.dt_bias[...]
     log_alpha = -jnp.exp(self.A_log[...]) * jax.nn.softplus(a)

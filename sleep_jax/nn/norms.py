@@ -19,18 +19,27 @@ def rms_normalize(x: jax.Array, eps: float) -> jax.Array:
 class RMSNorm(nnx.Module):
   """Root-mean-square norm over the last axis with a learned scale (init 1).
 
+  With ``zero_centered`` the parameter is stored as an offset from one
+  (``y = norm(x) * (1 + scale)``, init 0; Qwen3-Next's convention): the same
+  function at initialisation, weight decay pulls the gain to one, not zero.
+
   Attributes:
-    scale: ``[features]`` float32 parameter.
+    scale: ``[features]`` float32 parameter (the gain, or its offset from one).
     eps: numerical floor inside the square root.
+    zero_centered: the gain is ``1 + scale``.
   """
 
-  def __init__(self, features: int, *, eps: float = 1e-6, rngs: nnx.Rngs | None = None):
+  def __init__(self, features: int, *, eps: float = 1e-6, zero_centered: bool = False,
+               rngs: nnx.Rngs | None = None):
     del rngs  # deterministic init; accepted for a uniform constructor signature
-    self.scale = nnx.Param(jnp.ones((features,), jnp.float32))
+    init = jnp.zeros if zero_centered else jnp.ones
+    self.scale = nnx.Param(init((features,), jnp.float32))
     self.eps = eps
+    self.zero_centered = zero_centered
 
   def __call__(self, x: jax.Array) -> jax.Array:
-    return (rms_normalize(x, self.eps) * self.scale[...]).astype(x.dtype)
+    gain = 1.0 + self.scale[...] if self.zero_centered else self.scale[...]
+    return (rms_normalize(x, self.eps) * gain).astype(x.dtype)
 
 
 class GatedRMSNorm(nnx.Module):

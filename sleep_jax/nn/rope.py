@@ -18,18 +18,25 @@ def rope_frequencies(head_dim: int, theta: float) -> jax.Array:
   return theta ** (-jnp.arange(0, head_dim, 2, dtype=jnp.float32) / head_dim)
 
 
-def apply_rope(x: jax.Array, positions: jax.Array, *, theta: float) -> jax.Array:
+def apply_rope(x: jax.Array, positions: jax.Array, *, theta: float, rope_dim: int | None = None) -> jax.Array:
   """Rotates ``x`` by its positions.
 
   Args:
     x: ``[B, T, H, K]`` queries or keys.
     positions: ``[T]`` (or ``[B, T]``) integer positions.
     theta: RoPE base.
+    rope_dim: partial rotary: rotate only the first ``rope_dim`` (even)
+      dimensions, half-split among themselves, with frequencies
+      ``theta ** (-2i / rope_dim)``; the rest pass unchanged (Hugging Face's
+      ``partial_rotary_factor``). None: all ``K``.
 
   Returns:
     The rotated array, same shape and dtype as ``x``; the rotation is computed
     in float32.
   """
+  if rope_dim is not None and rope_dim < x.shape[-1]:
+    rotated = apply_rope(x[..., :rope_dim], positions, theta=theta)
+    return jnp.concatenate([rotated, x[..., rope_dim:]], axis=-1)
   head_dim = x.shape[-1]
   inv = rope_frequencies(head_dim, theta)
   angles = positions.astype(jnp.float32)[..., None] * inv  # [..., T, K/2]

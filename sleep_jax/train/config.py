@@ -8,6 +8,8 @@ from __future__ import annotations
 
 import dataclasses
 
+import numpy as np
+
 OPTIMIZERS = ("muon_adamw", "adamw")
 SCHEDULES = ("cosine", "constant", "linear")
 
@@ -115,6 +117,10 @@ class TrainConfig:
     profile_steps: ``(start, stop)``: write a ``jax.profiler`` trace of the
       steps ``start <= s < stop`` (0-based) to ``<workdir>/profile``; ``None``
       traces nothing.
+    fsdp: shard the parameters and the optimizer state over the data mesh
+      (FSDP style, ``parallel.make_fsdp_train_step``) instead of replicating
+      them on every device: the same numbers up to reduction order, about
+      ``1 / n_devices`` of the state's memory per device.
   """
   num_steps: int
   batch_size: int
@@ -132,6 +138,7 @@ class TrainConfig:
   init_from: str | None = None
   progress: bool = True
   profile_steps: tuple[int, int] | None = None
+  fsdp: bool = False
 
   def __post_init__(self):
     if self.profile_steps is not None:
@@ -159,4 +166,6 @@ class TrainConfig:
              f"TrainConfig.sync_every must be in [1, 16] (CPU collective deadlock beyond), got {self.sync_every}")
     _require(self.num_devices is None or self.num_devices >= 1,
              f"TrainConfig.num_devices must be None or >= 1, got {self.num_devices}")
+    _require(isinstance(self.fsdp, (bool, np.bool_)), f"TrainConfig.fsdp must be a bool, got {self.fsdp!r}")
+    object.__setattr__(self, "fsdp", bool(self.fsdp))
     _require(self.data_workers >= 0, f"TrainConfig.data_workers must be >= 0, got {self.data_workers}")

@@ -80,7 +80,10 @@ class RunSpec:
   meta: dict = dataclasses.field(default_factory=dict)
 
 
-def _abstract_with_sharding(tree, mesh):
+def _abstract_with_sharding(tree, mesh, fsdp: bool = False):
+  if fsdp:
+    return jax.tree.map(lambda x, s: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=s), tree,
+                        parallel.fsdp_shardings(tree, mesh))
   sharding = NamedSharding(mesh, P())
   return jax.tree.map(lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=sharding), tree)
 
@@ -111,11 +114,13 @@ class TrainSteps:
 
   A loss with ``for_step(step, seed)`` (a randomised ``N``) gives each step its
   loss; steps whose losses compare equal share one step, built on first use
-  with ``parallel.make_data_parallel_train_step``.
+  with ``parallel.make_data_parallel_train_step`` (``make_fsdp_train_step``
+  when parameters and optimizer state are sharded, ``TrainConfig.fsdp``).
   """
 
-  def __init__(self, loss_fn, opt, graphdef, mesh, seed: int):
+  def __init__(self, loss_fn, opt, graphdef, mesh, seed: int, *, fsdp_state=None):
     self._loss_fn, self._opt, self._graphdef, self._mesh, self._seed = loss_fn, opt, graphdef, mesh, seed
+    self._fsdp_state = fsdp_state  # the abstract train state, when parameters are sharded (fsdp)
     self._for_step = getattr(loss_fn, "for_step", None)
     self.compiled: dict[Any, Callable] = {}
 
@@ -126,8 +131,12 @@ class TrainSteps:
   def __call__(self, s: int) -> Callable:
     loss_fn = self.loss_for(s)
     if loss_fn not in self.compiled:
-      self.compiled[loss_fn] = parallel.make_data_parallel_train_step(loss_fn, self._opt, self._graphdef,
-                                                                      self._mesh)
+      if self._fsdp_state is not None:
+        self.compiled[loss_fn] = parallel.make_fsdp_train_step(loss_fn, self._opt, self._graphdef, self._mesh,
+                                                               self._fsdp_state)
+      else:
+        self.compiled[loss_fn] = parallel.make_data_parallel_train_step(loss_fn, self._opt, self._graphdef,
+                                                                        self._mesh)
     return self.compiled[loss_fn]
 
 
@@ -161,8 +170,9 @@ def setup_training(spec: RunSpec, config: TrainConfig) -> TrainSetup:
   local_batch = parallel.check_batch_size(config.batch_size, mesh)
   opt = opt_lib.make_optimizer(config.optimizer, config.num_steps)
   graphdef, state = state_lib.create_train_state(spec.model_factory, opt.tx, config.seed)
+  fsdp_state = jax.eval_shape(lambda: state) if config.fsdp else None
   return TrainSetup(mesh=mesh, local_batch=local_batch, opt=opt, graphdef=graphdef, state=state,
-                    steps=TrainSteps(spec.loss_fn, opt, graphdef, mesh, config.seed))
+                    steps=TrainSteps(spec.loss_fn, opt, graphdef, mesh, config.seed, fsdp_state=fsdp_state))
 
 
 def restore_or_init(setup: TrainSetup, config: TrainConfig, checkpointer, data_iter):
@@ -171,17 +181,20 @@ def restore_or_init(setup: TrainSetup, config: TrainConfig, checkpointer, data_i
   A fresh state takes ``config.init_from``'s parameters if given.
 
   Returns:
-    ``(replicated state, restored checkpoint or None)``; ``data_iter`` is
-    moved to the checkpoint's data position.
+    ``(state, restored checkpoint or None)``, the state replicated over the
+    mesh or, with ``config.fsdp``, sharded; ``data_iter`` is moved to the
+    checkpoint's data position.
   """
   state = setup.state
-  restored = checkpointer.restore_latest(_abstract_with_sharding(jax.eval_shape(lambda: state), setup.mesh))
+  restored = checkpointer.restore_latest(_abstract_with_sharding(jax.eval_shape(lambda: state), setup.mesh,
+                                                                 config.fsdp))
   if restored is None:
     if config.init_from:
       params = ckpt_lib.load_params(config.init_from, state.params)
       state = dataclasses.replace(state, params=params, opt_state=setup.opt.tx.init(params))
       log.info("initialised parameters from %s", config.init_from)
-    return parallel.replicate(state, setup.mesh), None
+    place = parallel.shard_fsdp if config.fsdp else parallel.replicate
+    return place(state, setup.mesh), None
   for s, reason in restored.skipped:
     log.warning("skipped unreadable checkpoint step %d: %s", s, reason)
   if restored.data_state is not None:
@@ -368,6 +381,9 @@ def train(spec: RunSpec, config: TrainConfig, workdir: str) -> TrainResult:
   state, restored = restore_or_init(setup, config, checkpointer, data_iter)
   start = int(jax.device_get(state.step))
   last_saved = restored.step if restored is not None else None
+  if is_main:
+    log.info("train state: %d bytes on device 0 (%s)", parallel.bytes_per_device(state),
+             "parameters and optimizer state sharded, fsdp" if config.fsdp else "replicated")
   eval_fn = make_eval_fn(spec.loss_fn, setup.graphdef, setup.mesh)
   # Every record goes to metrics.jsonl and to TensorBoard event files beside it.
   writer = tb_lib.FanOut(metrics_lib.JsonlWriter(os.path.join(workdir, "metrics.jsonl"), enabled=is_main),

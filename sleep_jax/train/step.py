@@ -109,9 +109,29 @@ def make_train_step(loss_fn: LossFn, tx: optax.GradientTransformation, graphdef,
     whose loss or gradients are not finite leaves params and optimizer state
     unchanged (the host stops the run; see ``loop.py``).
   """
-  schedules = dict(schedules or {})
+  grads_fn = make_grads_fn(loss_fn, graphdef, axis_name=axis_name, with_rng=with_rng)
+  apply_fn = make_apply_fn(tx, schedules=schedules)
 
   def train_step(state: TrainState, batch: dict) -> tuple[TrainState, dict]:
+    loss, grads, metrics = grads_fn(state, batch)
+    return apply_fn(state, loss, grads, metrics)
+
+  return train_step
+
+
+def make_grads_fn(loss_fn: LossFn, graphdef, *, axis_name: str | None = None, with_rng: bool = False,
+                  reduce_grads: bool = True) -> Callable[[TrainState, dict], tuple[jax.Array, Any, dict]]:
+  """The differentiating half of :func:`make_train_step`.
+
+  Returns:
+    ``grads_fn(state, batch) -> (loss, grads, metrics)``: the global masked
+    mean loss, the gradients (this shard's share, psummed over ``axis_name``
+    when ``reduce_grads``; unreduced otherwise, for a caller that
+    reduce-scatters them itself) and the metrics that need the batch
+    (``n_tokens``, :data:`COST_METRICS`, per-example outputs).
+  """
+
+  def grads_fn(state: TrainState, batch: dict):
     rng = jax.random.fold_in(state.rng, state.step)
     n_local = jnp.sum(batch["loss_mask"]).astype(jnp.float32)
     n_total = lax.psum(n_local, axis_name) if axis_name else n_local
@@ -134,7 +154,30 @@ def make_train_step(loss_fn: LossFn, tx: optax.GradientTransformation, graphdef,
       # check_vma=True jax would already have summed it, and a psum/pmean here
       # would scale it by n_devices.)
       loss = lax.psum(loss, axis_name)
-      grads = lax.psum(grads, axis_name)
+      if reduce_grads:
+        grads = lax.psum(grads, axis_name)
+    metrics = {"n_tokens": n_total}
+    metrics.update(_cost_metrics(aux, batch, axis_name))
+    metrics.update(_per_example(aux, batch))
+    return loss, grads, metrics
+
+  return grads_fn
+
+
+def make_apply_fn(tx: optax.GradientTransformation, *, schedules: dict[str, Callable] | None = None
+                  ) -> Callable[[TrainState, jax.Array, Any, dict], tuple[TrainState, dict]]:
+  """The updating half of :func:`make_train_step`: clip-free norm, finiteness guard, optimizer.
+
+  Returns:
+    ``apply_fn(state, loss, grads, metrics) -> (state, metrics)`` with the
+    global gradients; a non-finite loss or gradient leaves params and
+    optimizer state unchanged. Elementwise apart from the gradient norm and
+    the optimizer's own reductions, so it runs on sharded state as well
+    (``parallel.make_fsdp_train_step``).
+  """
+  schedules = dict(schedules or {})
+
+  def apply_fn(state: TrainState, loss, grads, batch_metrics: dict):
     grad_norm = optax.tree.norm(grads)
     loss_finite = jnp.isfinite(loss)
     grads_finite = jnp.isfinite(grad_norm)
@@ -145,15 +188,14 @@ def make_train_step(loss_fn: LossFn, tx: optax.GradientTransformation, graphdef,
     new_state = TrainState(step=state.step + 1, params=keep(new_params, state.params),
                            opt_state=keep(new_opt_state, state.opt_state), rng=state.rng,
                            model_state=state.model_state)
-    metrics = {"loss": loss, "grad_norm": grad_norm, "n_tokens": n_total,
+    metrics = {"loss": loss, "grad_norm": grad_norm, "n_tokens": batch_metrics["n_tokens"],
                "loss_finite": loss_finite, "grads_finite": grads_finite}
     for name, sched in schedules.items():
       metrics[f"lr/{name}"] = jnp.asarray(sched(state.step), jnp.float32)
-    metrics.update(_cost_metrics(aux, batch, axis_name))
-    metrics.update(_per_example(aux, batch))
+    metrics.update({k: v for k, v in batch_metrics.items() if k != "n_tokens"})
     return new_state, metrics
 
-  return train_step
+  return apply_fn
 
 
 def _eval_cost(aux, batch) -> dict:
