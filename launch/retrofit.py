@@ -170,6 +170,22 @@ def _abstract_params(model_config):
   return nnx.split(abstract, nnx.Param, ...)[1]
 
 
+def write_run_dir(out: str, params, cfg: dict, meta: dict) -> None:
+  """Writes a run directory: step 0's parameters, ``config.json``, ``config.py`` and ``retrofit.json``."""
+  os.makedirs(out, exist_ok=True)
+  ckpt = ckpt_lib.Checkpointer(ckpt_lib.checkpoint_dir(out), max_to_keep=1)
+  try:
+    ckpt.save(0, {"params": params}, meta={"retrofit": meta, "config": cfg})
+  finally:
+    ckpt.close()
+  with open(os.path.join(out, "config.json"), "w") as f:
+    json.dump(cfg, f, indent=1, sort_keys=True)
+  with open(os.path.join(out, CONFIG_PY), "w") as f:
+    f.write(_CONFIG_PY_TEXT)
+  with open(os.path.join(out, RETROFIT_JSON), "w") as f:
+    json.dump(meta, f, indent=1, sort_keys=True)
+
+
 def retrofit_run(source: str, positions: Sequence[int], out: str, *, step: int | None = None,
                  seed: int = 0, positions_text: str | None = None) -> Retrofitted:
   """Inserts GDN blocks into a run's checkpoint and writes the retrofitted run directory ``out``.
@@ -233,18 +249,7 @@ def retrofit_run(source: str, positions: Sequence[int], out: str, *, step: int |
   meta = {"source": source, "source_step": int(loaded), "source_layout": ",".join(old_layout),
           "source_plain_transformer": exp.plain_transformer, "layout": ",".join(ncfg.block_types),
           "positions": list(pos), "prelude": ncfg.prelude, "coda": ncfg.coda, "seed": int(seed)}
-  os.makedirs(out, exist_ok=True)
-  ckpt = ckpt_lib.Checkpointer(ckpt_lib.checkpoint_dir(out), max_to_keep=1)
-  try:
-    ckpt.save(0, {"params": new_params}, meta={"retrofit": meta, "config": cfg})
-  finally:
-    ckpt.close()
-  with open(os.path.join(out, "config.json"), "w") as f:
-    json.dump(cfg, f, indent=1, sort_keys=True)
-  with open(os.path.join(out, CONFIG_PY), "w") as f:
-    f.write(_CONFIG_PY_TEXT)
-  with open(os.path.join(out, RETROFIT_JSON), "w") as f:
-    json.dump(meta, f, indent=1, sort_keys=True)
+  write_run_dir(out, new_params, cfg, meta)
 
   # n_layers too: ignored beside a layout, but ModelConfig (and the run's recorded config) carries it.
   train_flags = [f"--config.model.layout={','.join(ncfg.block_types)}", f"--config.model.n_layers={ncfg.n_layers}"]
@@ -332,18 +337,7 @@ def retrofit_hf(hf_path: str, out: str, *, task: str = "rule110", task_preset: s
   meta = {"source": hf_path, "source_step": 0, "source_format": "huggingface", "source_layout": ",".join(old_layout),
           "source_plain_transformer": False, "layout": ",".join(ncfg.block_types), "positions": list(pos),
           "prelude": ncfg.prelude, "coda": ncfg.coda, "seed": int(seed), "task": task, "task_preset": task_preset}
-  os.makedirs(out, exist_ok=True)
-  ckpt = ckpt_lib.Checkpointer(ckpt_lib.checkpoint_dir(out), max_to_keep=1)
-  try:
-    ckpt.save(0, {"params": new_params}, meta={"retrofit": meta, "config": cfg})
-  finally:
-    ckpt.close()
-  with open(os.path.join(out, "config.json"), "w") as f:
-    json.dump(cfg, f, indent=1, sort_keys=True)
-  with open(os.path.join(out, CONFIG_PY), "w") as f:
-    f.write(_CONFIG_PY_TEXT)
-  with open(os.path.join(out, RETROFIT_JSON), "w") as f:
-    json.dump(meta, f, indent=1, sort_keys=True)
+  write_run_dir(out, new_params, cfg, meta)
   return Retrofitted(out=out, source=hf_path, source_step=0, source_layout=old_layout, source_plain_transformer=False,
                      layout=ncfg.block_types, positions=pos, prelude=ncfg.prelude, coda=ncfg.coda,
                      flags=(f"--config.train.init_from={out}",), source_format="huggingface")

@@ -27,6 +27,17 @@ def _tokens(b, t, seed=0):
   return jax.random.randint(jax.random.key(seed), (b, t), 0, VOCAB, dtype=jnp.int32)
 
 
+def _counted_matmul_flops(model, sleep):
+  """Matmul FLOPs in the jaxpr of a windowed forward over windows 3, 3, 1 (the last predicts), and its passes."""
+  graphdef, state = nnx.split(model)
+  tokens, schedule = _tokens(2, 7), (True, True, False)
+
+  def fwd(st, t):
+    return windowed_forward(nnx.merge(graphdef, st), t, None, sleep, sleep_schedule=schedule)
+
+  return cost.jaxpr_matmul_flops(jax.make_jaxpr(fwd)(state, tokens)), jax.jit(fwd)(state, tokens).passes
+
+
 @pytest.mark.parametrize("layout,prelude,coda,sleep", [
     (("attn", "gdn"), 0, 0, SleepConfig(window=3, n_passes=0)),
     (("attn", "gdn"), 0, 0, SleepConfig(window=3, n_passes=1)),
@@ -41,14 +52,7 @@ def test_analytic_flops_equal_the_programs_matmuls(layout, prelude, coda, sleep,
   # runs window by window here (on CPU a short sequence would use one masked product, counted below).
   monkeypatch.setattr(attention, "DENSE_MAX_T_CPU", 0)
   model = _model(layout, prelude=prelude, coda=coda)
-  graphdef, state = nnx.split(model)
-  tokens, schedule = _tokens(2, 7), (True, True, False)
-
-  def fwd(st, t):
-    return windowed_forward(nnx.merge(graphdef, st), t, None, sleep, sleep_schedule=schedule)
-
-  counted = cost.jaxpr_matmul_flops(jax.make_jaxpr(fwd)(state, tokens))
-  passes = jax.jit(fwd)(state, tokens).passes
+  counted, passes = _counted_matmul_flops(model, sleep)
   n_run = {0: 1, 1: 1}.get(sleep.n_passes, sleep.n_passes)
   np.testing.assert_array_equal(np.asarray(passes), [[n_run, n_run, 0]] * 2)
   c = cost.sequence_cost(model.config, sleep, 7, passes, matmul_only=True)
@@ -132,14 +136,7 @@ def test_analytic_flops_count_the_imported_block_options(monkeypatch):
   monkeypatch.setattr(attention, "DENSE_MAX_T_CPU", 0)
   model = _model(("gdn", "attn"), **IMPORTED_OPTIONS)
   sleep = SleepConfig(window=3, n_passes=2)
-  graphdef, state = nnx.split(model)
-  tokens, schedule = _tokens(2, 7), (True, True, False)
-
-  def fwd(st, t):
-    return windowed_forward(nnx.merge(graphdef, st), t, None, sleep, sleep_schedule=schedule)
-
-  counted = cost.jaxpr_matmul_flops(jax.make_jaxpr(fwd)(state, tokens))
-  passes = jax.jit(fwd)(state, tokens).passes
+  counted, passes = _counted_matmul_flops(model, sleep)
   c = cost.sequence_cost(model.config, sleep, 7, passes, matmul_only=True)
   assert float(jnp.sum(c["wake_flops"] + c["sleep_flops"])) == counted
   # Fewer key/value and GDN key heads, one more projection: not the default count.
