@@ -172,6 +172,7 @@ def _abstract_params(model_config):
 
 def write_run_dir(out: str, params, cfg: dict, meta: dict) -> None:
   """Writes a run directory: step 0's parameters, ``config.json``, ``config.py`` and ``retrofit.json``."""
+  from sleep_jax.train import checkpoint as ckpt_lib
   os.makedirs(out, exist_ok=True)
   ckpt = ckpt_lib.Checkpointer(ckpt_lib.checkpoint_dir(out), max_to_keep=1)
   try:
