@@ -232,7 +232,9 @@ class SequenceFlops:
   Attributes:
     forward: forward FLOPs (what evaluation runs: ``n_passes``).
     train: forward + backward FLOPs (the expectation over the draw when
-      training draws ``N``, ``SleepConfig.n_passes_train``).
+      training draws ``N``, ``SleepConfig.n_passes_train`` /
+      ``n_passes_train_mean``, and a detached prefix,
+      ``detach_passes_train``).
     seq_len: tokens per sequence ``T``.
   """
   forward: float
@@ -281,12 +283,11 @@ def sequence_flops(config: ModelConfig, sleep: SleepConfig, schedule: Sequence[b
     ValueError: if ``schedule`` does not have one entry per window.
   """
   out = _fixed_n_flops(config, sleep, schedule, length)
-  drawn = sleep.n_passes_train
-  if drawn:
-    weights = sleep.n_passes_train_weights or (1.0,) * len(drawn)
-    fixed = dict(n_passes_train=None, n_passes_train_weights=None)
-    train = sum(w * _fixed_n_flops(config, dataclasses.replace(sleep, n_passes=n, **fixed), schedule, length).train
-                for n, w in zip(drawn, weights)) / sum(weights)
+  if sleep.varies_per_step:
+    values, probs = sleep.n_passes_train_distribution() or ((sleep.n_passes,), (1.0,))
+    prefixes = range((sleep.detach_passes_train or 0) + 1)
+    train = sum(prob / len(prefixes) * _fixed_n_flops(config, sleep.with_draw(n, p), schedule, length).train
+                for n, prob in zip(values, probs) if prob > 0 for p in prefixes)
     out = dataclasses.replace(out, train=train)
   return out
 

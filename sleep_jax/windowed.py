@@ -603,8 +603,10 @@ class WindowedLoss:
   """:func:`windowed_loss` with its configuration bound: the trainer's ``loss_fn``.
 
   Calling it evaluates at ``sleep.n_passes`` (evaluation never draws). With
-  ``sleep.n_passes_train`` set, :meth:`for_step` gives one training step's
-  loss: the same loss at the ``N`` drawn for ``(seed, step)``. The value is
+  a drawn ``N`` (``sleep.n_passes_train`` or ``sleep.n_passes_train_mean``)
+  or a detached prefix (``sleep.detach_passes_train``), :meth:`for_step` gives
+  one training step's loss: the same loss at the ``N`` (and prefix) drawn for
+  ``(seed, step)``. The value is
   hashable and compares by value, so the trainer keeps one compiled step per
   distinct ``N`` (``sleep_jax.train.loop``).
 
@@ -626,8 +628,8 @@ class WindowedLoss:
     return windowed_loss(model, batch, self.sleep, sleep_schedule=self.sleep_schedule)
 
   def for_step(self, step: int, seed: int) -> "WindowedLoss":
-    """The loss of training step ``step`` (``self`` when ``N`` is not drawn)."""
-    if self.sleep.n_passes_train is None:
+    """The loss of training step ``step`` (``self`` when neither ``N`` nor a detached prefix is drawn):
+    ``SleepConfig.for_train_step``."""
+    if not self.sleep.varies_per_step:
       return self
-    n = self.sleep.draw_n_passes(seed, step)
-    return dataclasses.replace(self, sleep=self.sleep.with_n_passes(n))
+    return dataclasses.replace(self, sleep=self.sleep.for_train_step(seed, step))
