@@ -120,12 +120,22 @@ class WindowFlops:
     unembed: the output projection over the window.
     core: one pass of the looped core.
     coda: one pass of the coda.
+    sleep_extra: what each sleep pass runs besides the core: the input
+      re-injection adapter (``ModelConfig.sleep_reinject``) and, when
+      adaptive sleep halts on the predictions (``SleepConfig.halt_measure``),
+      the coda and output projection that read them; 0 by default.
   """
   width: int
   stack: float
   unembed: float
   core: float
   coda: float
+  sleep_extra: float = 0.0
+
+  @property
+  def sleep_pass(self) -> float:
+    """One sleep pass: the core and :attr:`sleep_extra`."""
+    return self.core + self.sleep_extra
 
   @property
   def wake(self) -> float:
@@ -133,9 +143,10 @@ class WindowFlops:
     return self.stack + self.unembed
 
   def sleep(self, passes):
-    """Sleep FLOPs of ``passes`` (the paper's count; an int or an array): ``(p - 1) core + coda`` for ``p >= 2``."""
+    """Sleep FLOPs of ``passes`` (the paper's count; an int or an array): ``(p - 1) sleep_pass + coda`` for
+    ``p >= 2``."""
     extra = passes - 1
-    return (extra * self.core + self.coda) * (extra > 0) + 0.0  # + 0.0: no -0.0 where p = 0
+    return (extra * self.sleep_pass + self.coda) * (extra > 0) + 0.0  # + 0.0: no -0.0 where p = 0
 
 
 def window_flops(config: ModelConfig, sleep: SleepConfig, width: int, *, matmul_only: bool = False) -> WindowFlops:
@@ -144,8 +155,11 @@ def window_flops(config: ModelConfig, sleep: SleepConfig, width: int, *, matmul_
   c0, c1 = config.core_range
   per = lambda a, z: width * blocks_flops(config, a, z, keys, matmul_only=matmul_only)
   n = len(config.block_types)
+  extra = 2.0 * width * config.d_model ** 2 if config.sleep_reinject != "none" else 0.0
+  if sleep.adaptive and sleep.halt_measure != "fast_weights":
+    extra += per(c1, n) + width * unembed_flops(config)
   return WindowFlops(width=width, stack=per(0, n), unembed=width * unembed_flops(config), core=per(c0, c1),
-                     coda=per(c1, n))
+                     coda=per(c1, n), sleep_extra=extra)
 
 
 def decode_flops(config: ModelConfig, sleep: SleepConfig, *, matmul_only: bool = False) -> float:
@@ -259,7 +273,7 @@ def _fixed_n_flops(config: ModelConfig, sleep: SleepConfig, schedule: Sequence[b
     slept = wf.sleep(n) if sleeps else 0.0
     forward += wf.wake + slept
     # Sleep passes before the last ``grad_passes`` run forward only (no backward).
-    no_grad = (n - 1 - grad_extra) * wf.core if sleeps and n >= 2 else 0.0
+    no_grad = (n - 1 - grad_extra) * wf.sleep_pass if sleeps and n >= 2 else 0.0
     train += 3 * (wf.wake + slept) - 2 * no_grad
   return SequenceFlops(forward=forward, train=train, seq_len=length)
 

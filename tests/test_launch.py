@@ -96,6 +96,18 @@ def test_one_step_other_tasks(tmp_path, name):
   assert result.step == 1 and 0.0 <= result.eval["accuracy"] <= 1.0
 
 
+def test_rule110_sleep_longer_trains_one_step(tmp_path):
+  # The recipe config against the demo's: same task, tokens and eval set; one step trains with its options.
+  cfg, demo = _config("rule110_sleep_longer"), _config("rule110_sleep_demo")
+  assert (cfg.task, cfg.task_preset, cfg.task_config.to_dict(), cfg.train.to_dict()) == (
+      demo.task, demo.task_preset, demo.task_config.to_dict(), demo.train.to_dict())
+  exp = experiment.experiment_from_config(cfg)
+  assert exp.sleep.n_passes_train_mean == 4.0 and exp.sleep.detach_passes_train == 2
+  assert exp.model.sleep_reinject == "embedding" and exp.sleep.halt_measure == "kl"
+  result = experiment.run(_tiny(cfg), str(tmp_path))
+  assert result.step == 1 and 0.0 <= result.eval["accuracy"] <= 1.0
+
+
 CONFIG_FILES = sorted(f[:-3] for f in os.listdir(os.path.join(REPO, "launch", "configs"))
                       if f.endswith(".py") and f != "common.py")
 
