@@ -270,6 +270,7 @@ FIELD_OVERRIDES = {
         "prelude": ("1", 1, ()), "coda": ("1", 1, ()), "tie_embeddings": ("True", True, ()),
         "dtype": ("bfloat16", "bfloat16", ()), "gdn_impl": ("reference", "reference", ()),
         "gdn_chunk_size": ("32", 32, ()), "gdn_decay_init": ("(0.05,0.5)", (0.05, 0.5), ()),
+        "sleep_reinject": ("wake", "wake", ()),
     },
     "sleep": {
         "window": (TASK, TASK, ()), "n_passes": ("3", 3, ()), "eviction": (TASK, TASK, ()),
@@ -278,6 +279,12 @@ FIELD_OVERRIDES = {
         "n_passes_train_weights": ("(1.0,3.0)", (1.0, 3.0), ("--config.sleep.n_passes_train=(1,2)",)),
         "halt_tol": ("0.01", 0.01, ("--config.sleep.max_passes=4",)), "max_passes": ("4", 4, ("--config.sleep.halt_tol=0.01",)),
         "unroll": ("False", False, ()), "fuse_unslept": ("False", False, ()),
+        "n_passes_train_mean": ("3.5", 3.5, ("--config.sleep.n_passes_train_max=8",)),
+        "n_passes_train_sigma": ("1.0", 1.0, ("--config.sleep.n_passes_train_mean=3.5",
+                                              "--config.sleep.n_passes_train_max=8")),
+        "n_passes_train_max": ("8", 8, ("--config.sleep.n_passes_train_mean=3.5",)),
+        "detach_passes_train": ("2", 2, ()),
+        "halt_measure": ("kl", "kl", ()),
     },
     "train": {
         "num_steps": ("7", 7, ()), "batch_size": ("6", 6, ()), "seed": ("3", 3, ()), "eval_seed": ("5", 5, ()),
