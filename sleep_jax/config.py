@@ -281,8 +281,8 @@ class SleepConfig:
       start from a state some unknown number of passes in, so they learn to
       improve any state rather than to run a fixed-length program. ``P = 0``
       is today's step exactly, as is a step whose ``N < 2`` (no sleep pass to
-      start late). Composes with a drawn ``N`` and adaptive sleep (the
-      drawn ``N + P`` is the cap). One compiled step per distinct
+      start late). Composes with a drawn ``N`` and adaptive sleep (the cap
+      ``N``, drawn or ``max_passes``, becomes ``N + P``). One compiled step per distinct
       ``(N, P)``. ``None`` (off) or an integer ``>= 0``.
     halt_tol: adaptive sleep (``None``: off). Each example stops sleeping on a
       window once one sleep pass changes its looped core's fast weights by
@@ -532,10 +532,13 @@ class SleepConfig:
     """The fixed config of a training step that drew ``N = n_passes`` and ``P = detach_passes`` (see
     :meth:`for_train_step`)."""
     out = self.with_n_passes(n_passes)
-    if detach_passes == 0 or n_passes < 2:
+    n = out.max_n_passes  # N, or a fixed adaptive cap
+    if detach_passes == 0 or n < 2:
       return out
-    grad = n_passes - 1 if self.grad_passes is None else min(self.grad_passes, n_passes - 1)
-    return dataclasses.replace(out, n_passes=n_passes + detach_passes, grad_passes=grad)
+    grad = n - 1 if self.grad_passes is None else min(self.grad_passes, n - 1)
+    if out.adaptive and out.max_passes is not None:
+      return dataclasses.replace(out, max_passes=n + detach_passes, grad_passes=grad)
+    return dataclasses.replace(out, n_passes=n + detach_passes, grad_passes=grad)
 
   def with_n_passes(self, n_passes: int) -> "SleepConfig":
     """This config at a fixed ``N`` (no training distribution): one step's config.

@@ -380,9 +380,16 @@ def test_a_misspelled_field_is_one_line_naming_it(arg, want, capsys):
 
 
 OLD_CONFIG_JSON = os.path.join(REPO, "tests", "data", "config_json_before_placeholders")
+# The config files that existed before the placeholders (later ones never wrote the old spellings).
+OLD_CONFIG_FILES = [n for n in CONFIG_FILES if os.path.exists(os.path.join(OLD_CONFIG_JSON, f"{n}.json"))]
 
 
-@pytest.mark.parametrize("name", CONFIG_FILES)
+def test_the_old_config_json_cases_are_there():
+  assert {"rule110_small", "rule110_sleep_demo", "rule110_paper", "depo_small", "depo_paper", "gsm_math_small",
+          "gsm_math_paper"} <= set(OLD_CONFIG_FILES)
+
+
+@pytest.mark.parametrize("name", OLD_CONFIG_FILES)
 def test_config_json_from_before_the_placeholders_still_resolves_to_its_config_file(name, tmp_path):
   # tests/data/config_json_before_placeholders/<name>.json is what launch.train recorded for each config
   # file while the launch config held its own defaults with 0 / "" for "unset". Such a run directory must

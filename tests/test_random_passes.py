@@ -87,6 +87,9 @@ def test_detached_prefix_draw_and_step_config():
   # grad_passes unset: the N - 1 sleep passes after the prefix; N < 2: nothing to start late.
   assert SleepConfig(window=WINDOW, n_passes=3).with_draw(3, 2).grad_passes == 2
   assert SleepConfig(window=WINDOW, n_passes=1).with_draw(1, 2) == SleepConfig(window=WINDOW, n_passes=1)
+  # A fixed adaptive cap grows by the prefix.
+  capped = SleepConfig(window=WINDOW, halt_tol=0.1, max_passes=3, detach_passes_train=2)
+  assert capped.with_draw(capped.n_passes, 2) == SleepConfig(window=WINDOW, halt_tol=0.1, max_passes=5, grad_passes=2)
 
 
 @pytest.mark.parametrize("bad,match", [
