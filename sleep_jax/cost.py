@@ -8,7 +8,10 @@ What runs (``windowed.run_window``, ``session.SleepSession``):
   projection.
 * **sleep**: a window that slept for ``p`` passes (the paper's count, wake
   pass included, per example under adaptive sleep) adds ``p - 1`` passes of
-  the looped core and one more of the coda when ``p >= 2``; ``p = 1``
+  the looped core (each with the re-injection adapter, ``d x d`` per token,
+  when ``ModelConfig.sleep_reinject`` is on, and the coda and output
+  projection that read the predictions when adaptive sleep halts on them)
+  and one more of the coda when ``p >= 2``; ``p = 1``
   (``N = 1``) and ``N = 0`` (forget the window) add nothing. A session that
   streamed a window token by token re-runs its wake pass (without the output
   projection) before the sleep passes, since the streamed hidden states are
