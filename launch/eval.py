@@ -138,8 +138,9 @@ def evaluate_halting(workdir: str, cfg, halt_tols, *, step=None, eval_batches=No
     raise ValueError(f"--halt_tol entries must be numbers, got {list(halt_tols)}") from None
   if any(not t >= 0 for t in tols):
     raise ValueError(f"--halt_tol entries must be >= 0, got {tols}")
-  return _evaluate_each(workdir, cfg, "--halt_tol", {t: dict(halt_tol=t, n_passes_train=None,
-                                                             n_passes_train_weights=None) for t in tols},
+  no_draw = dict(n_passes_train=None, n_passes_train_weights=None, n_passes_train_mean=None,
+                 n_passes_train_sigma=0.5, n_passes_train_max=None)
+  return _evaluate_each(workdir, cfg, "--halt_tol", {t: dict(halt_tol=t, **no_draw) for t in tols},
                         step=step, eval_batches=eval_batches)
 
 
@@ -240,6 +241,8 @@ def main(argv):
   trained = cfg["sleep"]["n_passes"]
   if cfg["sleep"].get("n_passes_train"):  # training drew N per step from these
     trained = "/".join(str(n) for n in cfg["sleep"]["n_passes_train"])
+  elif cfg["sleep"].get("n_passes_train_mean"):  # a heavy-tailed draw of N per step
+    trained = f"~{cfg['sleep']['n_passes_train_mean']:g} (max {cfg['sleep']['n_passes_train_max']})"
   with open(out, "w") as f:
     json.dump({"step": step, "trained_n_passes": trained, "n_passes": list(results), "overrides": overrides,
                "results": {str(n): r for n, r in results.items()}}, f, indent=1, sort_keys=True)

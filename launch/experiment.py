@@ -219,6 +219,9 @@ def experiment_from_config(cfg) -> Experiment:
   s["eviction"] = _task_defined(task, "eviction", s.get("eviction"), task.eviction(task_config))
   for key in ("n_passes_train", "n_passes_train_weights"):  # the plain transformer draws no N
     s[key] = None if plain else (tuple(s.get(key) or ()) or None)
+  if plain:  # nor a heavy-tailed N or a detached prefix
+    s.update(n_passes_train_mean=None, n_passes_train_max=None, detach_passes_train=None)
+    s.pop("n_passes_train_sigma", None)
   if plain:
     if s.get("n_passes", 1) < 0:
       raise ValueError(f"config.sleep.n_passes must be >= 0, got {s['n_passes']}")
@@ -256,11 +259,14 @@ def check_sleep_happens(exp: Experiment, schedule: tuple[bool, ...]) -> None:
     ValueError: one line naming the sleep field, the task, ``T`` and ``L``.
   """
   sleep = exp.sleep
-  ns = {sleep.max_n_passes} | set(sleep.n_passes_train or ())
+  dist = sleep.n_passes_train_distribution()
+  ns = {sleep.max_n_passes} | set(dist[0] if dist else ())
   if any(schedule) or ns == {1}:
     return
   if sleep.n_passes_train is not None:
     field = f"config.sleep.n_passes_train={sleep.n_passes_train}"
+  elif sleep.n_passes_train_mean is not None:
+    field = f"config.sleep.n_passes_train_mean={sleep.n_passes_train_mean:g}"
   elif sleep.adaptive and sleep.max_passes is not None:
     field = f"config.sleep.max_passes={sleep.max_passes}"
   else:

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import dataclasses
 import math
+import statistics
 from typing import Literal
 
 import numpy as np
@@ -17,6 +18,8 @@ BLOCK_TYPES = ("attn", "gdn")
 EVICTION_MODES = ("hard", "sliding")
 GDN_IMPLS = ("auto", "reference", "chunked", "pallas")
 COMPUTE_DTYPES = ("float32", "bfloat16")
+SLEEP_REINJECT = ("none", "embedding", "wake")
+HALT_MEASURES = ("fast_weights", "kl", "argmax")
 
 
 def _require(cond: bool, msg: str) -> None:
@@ -138,6 +141,17 @@ class ModelConfig:
       key than value heads: each query / key head serves ``gdn_n_heads //
       gdn_n_key_heads`` consecutive value heads (Qwen3-Next's grouped value
       heads); the fast weights keep one state per value head.
+    sleep_reinject: input re-injection into every sleep pass (the wake pass
+      is unchanged). ``"none"`` (the paper's): a sleep pass reads only the
+      previous pass's output. ``"embedding"``: each sleep pass adds
+      ``A x`` to its input, ``x`` being the window's embedding as the looped
+      core first saw it (after the prelude), through a learned ``d x d``
+      adapter ``A`` (``HybridLM.sleep_adapter``) that starts at zero, so an
+      untrained adapter gives the ``"none"`` model's numbers exactly.
+      ``"wake"``: the same with ``x`` the core's wake-pass output. The
+      "input recall" of Deep Thinking and Huginn's input injection: a pass
+      that always sees the input can keep refining towards a fixed point
+      instead of drifting from it.
   """
   vocab_size: int
   d_model: int = 256
@@ -166,6 +180,7 @@ class ModelConfig:
   rope_fraction: float = 1.0
   norm_zero_centered: bool = False
   gdn_n_key_heads: int | None = None
+  sleep_reinject: str = "none"
 
   def __post_init__(self):
     M = "ModelConfig"
@@ -202,6 +217,8 @@ class ModelConfig:
              f"ModelConfig.head_dim * rope_fraction (the rotated dimensions) must be even and >= 2 for RoPE, got "
              f"int({self.head_dim} * {self.rope_fraction}) = {self.rope_dim}")
     _require(self.gdn_impl in GDN_IMPLS, f"ModelConfig.gdn_impl must be one of {GDN_IMPLS}, got {self.gdn_impl!r}")
+    _require(self.sleep_reinject in SLEEP_REINJECT,
+             f"ModelConfig.sleep_reinject must be one of {SLEEP_REINJECT}, got {self.sleep_reinject!r}")
     if self.layout is not None:
       _require(len(self.layout) >= 1, "ModelConfig.layout must name at least one block")
       for i, b in enumerate(self.layout):
@@ -289,6 +306,32 @@ class SleepConfig:
       per distinct value drawn.
     n_passes_train_weights: relative probabilities of the ``n_passes_train``
       values (``None``: uniform).
+    n_passes_train_mean: training only: a heavy-tailed draw of ``N`` per step
+      (Huginn's recurrence draw), in place of ``n_passes_train``:
+      ``N = min(1 + Poisson(lam), n_passes_train_max)`` with
+      ``lam ~ LogNormal(log(mean - 1) - sigma^2 / 2, sigma)``, so
+      ``E[lam] = mean - 1`` and, before the cap, ``E[N] = mean``. Most steps
+      run near the mean, a few far deeper, so the step function cannot count
+      its passes. Deterministic in ``(seed, step)`` like ``n_passes_train``
+      (:meth:`draw_n_passes`), one compiled step per distinct ``N`` (at
+      most ``n_passes_train_max``). ``> 1``; needs ``n_passes_train_max``.
+    n_passes_train_sigma: ``sigma`` of the log-normal, ``>= 0`` (``0``: a
+      plain Poisson; Huginn uses 0.5). Only with ``n_passes_train_mean``.
+    n_passes_train_max: the cap on the heavy-tailed ``N`` (paper's count,
+      ``>= 1``); ``P(N = max)`` holds the whole tail.
+    detach_passes_train: training only: a progressive (detached-prefix) loss,
+      Deep Thinking's. Each training step draws ``P`` uniformly from
+      ``0..detach_passes_train`` (deterministic in ``(seed, step)``, a stream
+      of its own) and a sleeping window runs ``P`` extra sleep passes under
+      ``stop_gradient`` right after its wake pass, then the step's ``N - 1``
+      sleep passes with gradient (the last ``grad_passes`` of them when that
+      is smaller): ``N + P`` passes in all. The gradient-carrying passes so
+      start from a state some unknown number of passes in, so they learn to
+      improve any state rather than to run a fixed-length program. ``P = 0``
+      is today's step exactly, as is a step whose ``N < 2`` (no sleep pass to
+      start late). Composes with a drawn ``N`` and adaptive sleep (the cap
+      ``N``, drawn or ``max_passes``, becomes ``N + P``). One compiled step per distinct
+      ``(N, P)``. ``None`` (off) or an integer ``>= 0``.
     halt_tol: adaptive sleep (``None``: off). Each example stops sleeping on a
       window once one sleep pass changes its looped core's fast weights by
       less than this, relatively: ``||S_n - S_{n-1}|| / ||S_{n-1}||`` over all
@@ -303,6 +346,18 @@ class SleepConfig:
       passes each example ran are reported (``WindowedOutput.passes``, the
       ``sleep/passes`` training metric, ``SleepSession.stats``). Batched, it
       saves compute only once every example of the batch has halted.
+      What "changes" means is ``halt_measure``.
+    halt_measure: the per-pass change adaptive sleep compares with
+      ``halt_tol`` (read only with ``halt_tol``). ``"fast_weights"`` (the
+      default): the fast weights' relative change above. ``"kl"``: the change
+      of the window's predictions, ``KL(p_n || p_{n-1})`` between the
+      next-token distributions after pass ``n`` and pass ``n - 1`` (pass 1
+      being the wake pass's logits), averaged over the window's tokens; each
+      sleep pass then also runs the coda and the output projection on its
+      output to read the predictions. ``"argmax"``: the fraction of the
+      window's tokens whose argmax prediction changed (halts once fewer than
+      ``halt_tol`` change; ``halt_tol < 1 / W`` halts only when none does).
+      For every measure ``halt_tol = 0`` never halts.
     max_passes: with ``halt_tol``, the most passes a sleeping window runs,
       paper's count, ``>= 2`` (``None``: ``n_passes``, which adaptive sleep
       otherwise ignores).
@@ -326,7 +381,12 @@ class SleepConfig:
   replay: bool = False
   n_passes_train: tuple[int, ...] | None = None
   n_passes_train_weights: tuple[float, ...] | None = None
+  n_passes_train_mean: float | None = None
+  n_passes_train_sigma: float = 0.5
+  n_passes_train_max: int | None = None
+  detach_passes_train: int | None = None
   halt_tol: float | None = None
+  halt_measure: str = "fast_weights"
   max_passes: int | None = None
   unroll: bool = False
   fuse_unslept: bool = True
@@ -356,6 +416,11 @@ class SleepConfig:
                f"({len(self.n_passes_train)}), got {len(w)}")
       _require(all(math.isfinite(x) and x >= 0 for x in w) and sum(w) > 0,
                f"SleepConfig.n_passes_train_weights must be finite, >= 0 and not all zero, got {w!r}")
+    self._check_heavy_tail()
+    object.__setattr__(self, "detach_passes_train",
+                       _integer(S, "detach_passes_train", self.detach_passes_train, 0, optional=True))
+    _require(self.halt_measure in HALT_MEASURES,
+             f"SleepConfig.halt_measure must be one of {HALT_MEASURES}, got {self.halt_measure!r}")
     if self.halt_tol is not None:
       _require(isinstance(self.halt_tol, (int, float, np.integer, np.floating))
                and not isinstance(self.halt_tol, (bool, np.bool_)) and self.halt_tol >= 0,
@@ -364,15 +429,38 @@ class SleepConfig:
     if self.max_passes is not None:
       _require(self.halt_tol is not None, "SleepConfig.max_passes needs halt_tol (adaptive sleep); for a fixed N "
                "set n_passes")
-      _require(self.n_passes_train is None, "SleepConfig.max_passes fixes the adaptive cap, so n_passes_train "
+      _require(self.n_passes_train is None and self.n_passes_train_mean is None,
+               "SleepConfig.max_passes fixes the adaptive cap, so n_passes_train / n_passes_train_mean "
                "(a per-step n_passes) would be ignored; leave max_passes None to draw the cap")
       _require(self.max_passes >= 2, f"SleepConfig.max_passes={self.max_passes} leaves adaptive sleep "
                f"(halt_tol={self.halt_tol:g}) no sleep pass to run (the wake pass is pass 1): set max_passes >= 2")
     elif self.halt_tol is not None:
-      caps = (self.n_passes,) + (self.n_passes_train or ())
+      caps = (self.n_passes,) + (self.n_passes_train or ()) + (self.n_passes_train_max or 0,)
+      drawn = ("" if self.n_passes_train is None else f" / n_passes_train={self.n_passes_train}") + (
+          "" if self.n_passes_train_max is None else f" / n_passes_train_max={self.n_passes_train_max}")
       _require(max(caps) >= 2, f"SleepConfig.halt_tol={self.halt_tol:g} (adaptive sleep) is capped at n_passes="
-               f"{self.n_passes}{'' if self.n_passes_train is None else f' / n_passes_train={self.n_passes_train}'}"
-               ", which leaves no sleep pass to run (the wake pass is pass 1): set max_passes >= 2")
+               f"{self.n_passes}{drawn}, which leaves no sleep pass to run (the wake pass is pass 1): "
+               "set max_passes >= 2")
+
+  def _check_heavy_tail(self) -> None:
+    S = "SleepConfig"
+    object.__setattr__(self, "n_passes_train_max",
+                       _integer(S, "n_passes_train_max", self.n_passes_train_max, 1, optional=True))
+    object.__setattr__(self, "n_passes_train_sigma",
+                       _real(S, "n_passes_train_sigma", self.n_passes_train_sigma, positive=False))
+    if self.n_passes_train_mean is None:
+      _require(self.n_passes_train_max is None and self.n_passes_train_sigma == 0.5,
+               "SleepConfig.n_passes_train_max / n_passes_train_sigma shape the heavy-tailed draw of N and need "
+               "n_passes_train_mean")
+      return
+    mean = _real(S, "n_passes_train_mean", self.n_passes_train_mean, positive=True)
+    _require(mean > 1, f"SleepConfig.n_passes_train_mean is the mean N of the draw (wake pass included) and must "
+             f"be > 1, got {mean!r}")
+    object.__setattr__(self, "n_passes_train_mean", float(mean))
+    _require(self.n_passes_train is None, "SleepConfig.n_passes_train_mean (a heavy-tailed draw of N) and "
+             "n_passes_train (a draw from listed values) are two distributions of N: set one")
+    _require(self.n_passes_train_max is not None, "SleepConfig.n_passes_train_mean needs n_passes_train_max, the "
+             "cap on the drawn N (each distinct N compiles its own step)")
 
   @property
   def adaptive(self) -> bool:
@@ -393,6 +481,44 @@ class SleepConfig:
     adaptive): ``max(max_n_passes - 1, 0)``."""
     return max(self.max_n_passes - 1, 0)
 
+  @property
+  def draws_n_passes(self) -> bool:
+    """Training draws ``N`` per step (``n_passes_train`` or ``n_passes_train_mean``)."""
+    return self.n_passes_train is not None or self.n_passes_train_mean is not None
+
+  @property
+  def varies_per_step(self) -> bool:
+    """A training step's config depends on its step (:meth:`for_train_step` is not ``self`` at fixed N)."""
+    return self.draws_n_passes or bool(self.detach_passes_train)
+
+  def n_passes_train_distribution(self) -> tuple[tuple[int, ...], tuple[float, ...]] | None:
+    """``(values, probabilities)`` of the training draw of ``N``, or ``None`` when ``N`` is not drawn.
+
+    For ``n_passes_train`` the normalised weights; for the heavy-tailed draw
+    the exact law of ``min(1 + Poisson(lam), max)`` with log-normal ``lam``,
+    the mixture over ``lam`` integrated by 120-node Gauss-Hermite
+    quadrature (values of probability 0 to double precision are kept).
+    """
+    if self.n_passes_train is not None:
+      w = np.asarray(self.n_passes_train_weights or (1.0,) * len(self.n_passes_train), np.float64)
+      return self.n_passes_train, tuple(float(x) for x in w / w.sum())
+    if self.n_passes_train_mean is None:
+      return None
+    top = self.n_passes_train_max
+    z, wz = np.polynomial.hermite_e.hermegauss(120)
+    wz = wz / wz.sum()
+    mu, sigma = self._lognormal_mu(), self.n_passes_train_sigma
+    lam = np.exp(mu + sigma * z)[:, None]  # [nodes, 1]
+    k = np.arange(top - 1)[None, :]  # Poisson counts 0..top-2 map to N = 1..top-1
+    lgamma = np.vectorize(math.lgamma)
+    pmf = np.exp(-lam + k * np.log(lam) - lgamma(k + 1.0))
+    below = (wz[:, None] * pmf).sum(axis=0)
+    probs = np.concatenate([below, [max(1.0 - below.sum(), 0.0)]])
+    return tuple(range(1, top + 1)), tuple(float(p) for p in probs / probs.sum())
+
+  def _lognormal_mu(self) -> float:
+    return math.log(self.n_passes_train_mean - 1.0) - self.n_passes_train_sigma ** 2 / 2
+
   def draw_n_passes(self, seed: int, step: int) -> int:
     """The ``N`` of training step ``step``: drawn from ``n_passes_train``.
 
@@ -406,19 +532,61 @@ class SleepConfig:
 
     Returns:
       One of ``n_passes_train`` (with probability proportional to its
-      weight), or ``n_passes`` when ``n_passes_train`` is ``None``.
+      weight), a heavy-tailed ``N`` in ``1..n_passes_train_max`` (see
+      :attr:`n_passes_train_mean`; the log-normal by the inverse normal CDF
+      and the Poisson by inversion, both in pure Python on the same hash
+      bits, so numpy's generators, whose streams may change between
+      versions, are not used), or ``n_passes`` when ``N`` is not drawn.
     """
+    if self.n_passes_train_mean is not None:
+      u_normal, u_poisson = _uniforms(seed, step, 0x5EEA, 2)
+      lam = math.exp(self._lognormal_mu() + self.n_passes_train_sigma * statistics.NormalDist().inv_cdf(u_normal))
+      return 1 + _poisson_inverse(lam, u_poisson, self.n_passes_train_max - 1)
     if self.n_passes_train is None:
       return self.n_passes
-    # 53 random bits -> a uniform float in [0, 1); a fixed tag keeps this
-    # stream apart from other uses of (seed, step).
-    bits = np.random.SeedSequence([int(seed), int(step), 0x5EE9]).generate_state(2, np.uint32)
-    u = ((int(bits[0]) << 21) ^ (int(bits[1]) >> 11)) / float(1 << 53)
+    # A fixed tag keeps this stream apart from other uses of (seed, step).
+    u = _uniform_bits(seed, step, 0x5EE9)
     weights = self.n_passes_train_weights or (1.0,) * len(self.n_passes_train)
     cum = np.cumsum(np.asarray(weights, np.float64))
     cum = cum / cum[-1]  # exactly 1.0 at the end, so u < 1 never falls past it
     i = int(np.searchsorted(cum, u, side="right"))
     return self.n_passes_train[i]
+
+  def draw_detach_passes(self, seed: int, step: int) -> int:
+    """The detached prefix ``P`` of training step ``step`` (``0`` when ``detach_passes_train`` is unset).
+
+    Uniform over ``0..detach_passes_train``, a pure function of ``(seed, step)``
+    on a stream of its own (independent of the draw of ``N``).
+    """
+    if not self.detach_passes_train:
+      return 0
+    (u,) = _uniforms(seed, step, 0x5EEB, 1)
+    return min(int(u * (self.detach_passes_train + 1)), self.detach_passes_train)
+
+  def for_train_step(self, seed: int, step: int) -> "SleepConfig":
+    """The fixed config training step ``step`` runs: its drawn ``N`` and detached prefix ``P``.
+
+    ``N`` from :meth:`draw_n_passes`; with ``P = draw_detach_passes(...) > 0``
+    and ``N >= 2``, ``n_passes = N + P`` with ``grad_passes`` the last
+    ``min(grad_passes or N - 1, N - 1)`` passes (the ``P`` passes after the
+    wake pass, and the wake pass with them, carry no gradient through the
+    sleep; see :attr:`detach_passes_train`). ``self`` when nothing varies.
+    """
+    if not self.varies_per_step:
+      return self
+    return self.with_draw(self.draw_n_passes(seed, step), self.draw_detach_passes(seed, step))
+
+  def with_draw(self, n_passes: int, detach_passes: int = 0) -> "SleepConfig":
+    """The fixed config of a training step that drew ``N = n_passes`` and ``P = detach_passes`` (see
+    :meth:`for_train_step`)."""
+    out = self.with_n_passes(n_passes)
+    n = out.max_n_passes  # N, or a fixed adaptive cap
+    if detach_passes == 0 or n < 2:
+      return out
+    grad = n - 1 if self.grad_passes is None else min(self.grad_passes, n - 1)
+    if out.adaptive and out.max_passes is not None:
+      return dataclasses.replace(out, max_passes=n + detach_passes, grad_passes=grad)
+    return dataclasses.replace(out, n_passes=n + detach_passes, grad_passes=grad)
 
   def with_n_passes(self, n_passes: int) -> "SleepConfig":
     """This config at a fixed ``N`` (no training distribution): one step's config.
@@ -429,4 +597,29 @@ class SleepConfig:
     """
     halt_tol = self.halt_tol if self.max_passes is not None or n_passes >= 2 else None
     return dataclasses.replace(self, n_passes=n_passes, n_passes_train=None, n_passes_train_weights=None,
-                               halt_tol=halt_tol)
+                               n_passes_train_mean=None, n_passes_train_sigma=0.5, n_passes_train_max=None,
+                               detach_passes_train=None, halt_tol=halt_tol)
+
+
+def _uniform_bits(seed: int, step: int, tag: int) -> float:
+  """A uniform float in ``[0, 1)`` from 53 bits of numpy's ``SeedSequence`` hash of ``(seed, step, tag)``."""
+  bits = np.random.SeedSequence([int(seed), int(step), tag]).generate_state(2, np.uint32)
+  return ((int(bits[0]) << 21) ^ (int(bits[1]) >> 11)) / float(1 << 53)
+
+
+def _uniforms(seed: int, step: int, tag: int, n: int) -> tuple[float, ...]:
+  """``n`` uniforms in the open interval ``(0, 1)`` (midpoints of 53-bit cells), hashed from ``(seed, step, tag)``."""
+  bits = np.random.SeedSequence([int(seed), int(step), tag]).generate_state(2 * n, np.uint32)
+  return tuple((((int(bits[2 * i]) << 21) ^ (int(bits[2 * i + 1]) >> 11)) + 0.5) / float(1 << 53)
+               for i in range(n))
+
+
+def _poisson_inverse(lam: float, u: float, cap: int) -> int:
+  """``min(k, cap)`` for the Poisson(``lam``) count ``k`` at CDF level ``u`` (inversion; pmf in log space)."""
+  cdf, log_lam = 0.0, math.log(lam) if lam > 0 else -math.inf
+  for k in range(cap):
+    log_p = -lam + (k * log_lam if k else 0.0) - math.lgamma(k + 1)
+    cdf += math.exp(log_p)
+    if u < cdf:
+      return k
+  return cap

@@ -28,7 +28,10 @@ from a wake pass's output, as ``windowed.run_window`` does, it is ``N - 1``.
 
 Adaptive sleep (``halt_tol``). Each example stops once a pass changes its fast
 weights by less than ``halt_tol`` relatively (:func:`relative_change`), or
-after ``n_sleep_passes``. It is a fixed-length scan whose carry holds a
+another measure of one pass's change (``halt_measure``; on the hidden states
+with ``halt_measure_on="hidden"``, e.g. the change of the predictions they
+carry: :func:`prediction_kl`, :func:`argmax_change`), or after
+``n_sleep_passes``. It is a fixed-length scan whose carry holds a
 per-example ``active`` mask: a halted example's hidden states and fast weights
 are carried through unchanged (``jnp.where``), and a pass whose batch has
 halted altogether is skipped with ``lax.cond``. Why this and not a
@@ -185,7 +188,29 @@ def _select(active, new, old):
   return jax.tree.map(pick, new, old)
 
 
-def _run_adaptive(fn, carry, n: int, halt_tol: float, measure: HaltMeasure):
+def prediction_kl(old_logp, new_logp) -> jax.Array:
+  """Per-example mean over tokens of ``KL(p_new || p_old)`` between two passes' next-token distributions.
+
+  Args:
+    old_logp: ``[B, T, V]`` log-probabilities after the earlier pass.
+    new_logp: the same after the later pass.
+
+  Returns:
+    ``[B]`` float32, ``>= 0`` (rounding below zero is clamped, so a tolerance
+    of 0 never halts).
+  """
+  old_logp, new_logp = old_logp.astype(jnp.float32), new_logp.astype(jnp.float32)
+  kl = jnp.sum(jnp.exp(new_logp) * (new_logp - old_logp), axis=-1)
+  return jnp.maximum(jnp.mean(kl.reshape(kl.shape[0], -1), axis=1), 0.0)
+
+
+def argmax_change(old_logp, new_logp) -> jax.Array:
+  """Per-example fraction of tokens whose argmax prediction differs between two passes (``[B]`` float32)."""
+  changed = jnp.argmax(old_logp, axis=-1) != jnp.argmax(new_logp, axis=-1)
+  return jnp.mean(changed.reshape(changed.shape[0], -1).astype(jnp.float32), axis=1)
+
+
+def _run_adaptive(fn, carry, n: int, halt_tol: float, measure: HaltMeasure, on_hidden: bool = False):
   """``n`` masked passes over ``carry = (h, fast_weights, extra, active [B], passes [B])``.
 
   ``extra`` (a module's RNG counts and statistics) advances with every pass
@@ -197,7 +222,8 @@ def _run_adaptive(fn, carry, n: int, halt_tol: float, measure: HaltMeasure):
   def one_pass(c):
     h, fw, extra, active, passes = c
     h_new, fw_new, extra = fn(h, fw, extra)
-    change = measure(jax.lax.stop_gradient(fw), jax.lax.stop_gradient(fw_new))
+    before, after = ((h, h_new) if on_hidden else (fw, fw_new))
+    change = measure(jax.lax.stop_gradient(before), jax.lax.stop_gradient(after))
     h, fw = _select(active, (h_new, fw_new), (h, fw))
     passes = passes + active.astype(jnp.int32)
     # `change < tol` is False for a NaN change: such an example keeps sleeping.
@@ -214,7 +240,7 @@ def _run_adaptive(fn, carry, n: int, halt_tol: float, measure: HaltMeasure):
 def sleep_consolidate(blocks_fn: BlocksFn, h: PyTree[ArrayLike], fast_weights: PyTree[ArrayLike],
                       n_sleep_passes: int, *, remat: bool = True, grad_passes: int | None = None,
                       return_hidden: bool = False, halt_tol: float | None = None,
-                      halt_measure: HaltMeasure | None = None,
+                      halt_measure: HaltMeasure | None = None, halt_measure_on: str = "fast_weights",
                       return_passes: bool = False, unroll: bool = False,
                       module: nnx.Module | None = None) -> SleepResult:
   """Runs ``blocks_fn`` ``n_sleep_passes`` times, threading hidden states and fast weights.
@@ -257,7 +283,12 @@ def sleep_consolidate(blocks_fn: BlocksFn, h: PyTree[ArrayLike], fast_weights: P
       With ``grad_passes`` the truncation point is the scan's (before its last
       ``k`` positions), whether or not an example has halted by then.
     halt_measure: ``(fast_weights_before, fast_weights_after) -> [B]`` change
-      of one pass (default :func:`relative_change` over every leaf).
+      of one pass (default :func:`relative_change` over every leaf); with
+      ``halt_measure_on="hidden"``, ``(h_before, h_after) -> [B]`` instead.
+    halt_measure_on: ``"fast_weights"`` or ``"hidden"``: what
+      ``halt_measure`` compares across a pass. ``"hidden"`` lets a halting
+      rule read the pass's outputs, e.g. the predictions carried in ``h``
+      (:func:`prediction_kl`, :func:`argmax_change`).
     return_passes: fill :attr:`SleepResult.passes` with the ``[B]`` (``b``)
       int32 passes each example ran.
     unroll: unroll the fixed-length scan over passes (one copy of
@@ -288,6 +319,8 @@ def sleep_consolidate(blocks_fn: BlocksFn, h: PyTree[ArrayLike], fast_weights: P
     raise ValueError(f"grad_passes must be None or an integer >= 1, got {grad_passes!r}")
   if halt_tol is not None and not halt_tol >= 0:
     raise ValueError(f"halt_tol must be None or >= 0, got {halt_tol!r}")
+  if halt_measure_on not in ("fast_weights", "hidden"):
+    raise ValueError(f"halt_measure_on must be 'fast_weights' or 'hidden', got {halt_measure_on!r}")
   fn_of_module, owner = _split_bound(blocks_fn, module)
   if owner is not None:
     pure, extra = _lift(fn_of_module, owner)
@@ -308,7 +341,8 @@ def sleep_consolidate(blocks_fn: BlocksFn, h: PyTree[ArrayLike], fast_weights: P
     _leading_axis(h, b, "h")
     _leading_axis(fast_weights, b, "fast_weights")
     measure = relative_change if halt_measure is None else halt_measure
-    run = lambda c, n: _run_adaptive(fn, c, n, float(halt_tol), measure)
+    on_hidden = halt_measure_on == "hidden"
+    run = lambda c, n: _run_adaptive(fn, c, n, float(halt_tol), measure, on_hidden)
     carry = (h, fast_weights, extra, jnp.ones((b,), bool), jnp.zeros((b,), jnp.int32))
   if n_sleep_passes > 0:
     _check_blocks_fn(pure, h, fast_weights, extra)

@@ -8,7 +8,10 @@ What runs (``windowed.run_window``, ``session.SleepSession``):
   projection.
 * **sleep**: a window that slept for ``p`` passes (the paper's count, wake
   pass included, per example under adaptive sleep) adds ``p - 1`` passes of
-  the looped core and one more of the coda when ``p >= 2``; ``p = 1``
+  the looped core (each with the re-injection adapter, ``d x d`` per token,
+  when ``ModelConfig.sleep_reinject`` is on, and the coda and output
+  projection that read the predictions when adaptive sleep halts on them)
+  and one more of the coda when ``p >= 2``; ``p = 1``
   (``N = 1``) and ``N = 0`` (forget the window) add nothing. A session that
   streamed a window token by token re-runs its wake pass (without the output
   projection) before the sleep passes, since the streamed hidden states are
@@ -125,12 +128,22 @@ class WindowFlops:
     unembed: the output projection over the window.
     core: one pass of the looped core.
     coda: one pass of the coda.
+    sleep_extra: what each sleep pass runs besides the core: the input
+      re-injection adapter (``ModelConfig.sleep_reinject``) and, when
+      adaptive sleep halts on the predictions (``SleepConfig.halt_measure``),
+      the coda and output projection that read them; 0 by default.
   """
   width: int
   stack: float
   unembed: float
   core: float
   coda: float
+  sleep_extra: float = 0.0
+
+  @property
+  def sleep_pass(self) -> float:
+    """One sleep pass: the core and :attr:`sleep_extra`."""
+    return self.core + self.sleep_extra
 
   @property
   def wake(self) -> float:
@@ -138,9 +151,10 @@ class WindowFlops:
     return self.stack + self.unembed
 
   def sleep(self, passes):
-    """Sleep FLOPs of ``passes`` (the paper's count; an int or an array): ``(p - 1) core + coda`` for ``p >= 2``."""
+    """Sleep FLOPs of ``passes`` (the paper's count; an int or an array): ``(p - 1) sleep_pass + coda`` for
+    ``p >= 2``."""
     extra = passes - 1
-    return (extra * self.core + self.coda) * (extra > 0) + 0.0  # + 0.0: no -0.0 where p = 0
+    return (extra * self.sleep_pass + self.coda) * (extra > 0) + 0.0  # + 0.0: no -0.0 where p = 0
 
 
 def window_flops(config: ModelConfig, sleep: SleepConfig, width: int, *, matmul_only: bool = False) -> WindowFlops:
@@ -149,8 +163,11 @@ def window_flops(config: ModelConfig, sleep: SleepConfig, width: int, *, matmul_
   c0, c1 = config.core_range
   per = lambda a, z: width * blocks_flops(config, a, z, keys, matmul_only=matmul_only)
   n = len(config.block_types)
+  extra = 2.0 * width * config.d_model ** 2 if config.sleep_reinject != "none" else 0.0
+  if sleep.adaptive and sleep.halt_measure != "fast_weights":
+    extra += per(c1, n) + width * unembed_flops(config)
   return WindowFlops(width=width, stack=per(0, n), unembed=width * unembed_flops(config), core=per(c0, c1),
-                     coda=per(c1, n))
+                     coda=per(c1, n), sleep_extra=extra)
 
 
 def decode_flops(config: ModelConfig, sleep: SleepConfig, *, matmul_only: bool = False) -> float:
@@ -237,7 +254,9 @@ class SequenceFlops:
   Attributes:
     forward: forward FLOPs (what evaluation runs: ``n_passes``).
     train: forward + backward FLOPs (the expectation over the draw when
-      training draws ``N``, ``SleepConfig.n_passes_train``).
+      training draws ``N``, ``SleepConfig.n_passes_train`` /
+      ``n_passes_train_mean``, and a detached prefix,
+      ``detach_passes_train``).
     seq_len: tokens per sequence ``T``.
   """
   forward: float
@@ -262,7 +281,7 @@ def _fixed_n_flops(config: ModelConfig, sleep: SleepConfig, schedule: Sequence[b
     slept = wf.sleep(n) if sleeps else 0.0
     forward += wf.wake + slept
     # Sleep passes before the last ``grad_passes`` run forward only (no backward).
-    no_grad = (n - 1 - grad_extra) * wf.core if sleeps and n >= 2 else 0.0
+    no_grad = (n - 1 - grad_extra) * wf.sleep_pass if sleeps and n >= 2 else 0.0
     train += 3 * (wf.wake + slept) - 2 * no_grad
   return SequenceFlops(forward=forward, train=train, seq_len=length)
 
@@ -286,12 +305,11 @@ def sequence_flops(config: ModelConfig, sleep: SleepConfig, schedule: Sequence[b
     ValueError: if ``schedule`` does not have one entry per window.
   """
   out = _fixed_n_flops(config, sleep, schedule, length)
-  drawn = sleep.n_passes_train
-  if drawn:
-    weights = sleep.n_passes_train_weights or (1.0,) * len(drawn)
-    fixed = dict(n_passes_train=None, n_passes_train_weights=None)
-    train = sum(w * _fixed_n_flops(config, dataclasses.replace(sleep, n_passes=n, **fixed), schedule, length).train
-                for n, w in zip(drawn, weights)) / sum(weights)
+  if sleep.varies_per_step:
+    values, probs = sleep.n_passes_train_distribution() or ((sleep.n_passes,), (1.0,))
+    prefixes = range((sleep.detach_passes_train or 0) + 1)
+    train = sum(prob / len(prefixes) * _fixed_n_flops(config, sleep.with_draw(n, p), schedule, length).train
+                for n, prob in zip(values, probs) if prob > 0 for p in prefixes)
     out = dataclasses.replace(out, train=train)
   return out
 

@@ -142,6 +142,9 @@ class HybridLM(nnx.Module):
     blocks: the layout's blocks.
     final_norm: RMSNorm before the output projection.
     lm_head: output projection (absent when ``tie_embeddings``).
+    sleep_adapter: ``d x d`` linear map, zero at initialisation, of the input
+      re-injected into every sleep pass (present only when
+      ``config.sleep_reinject != "none"``).
   """
 
   def __init__(self, config: ModelConfig, *, rngs: nnx.Rngs):
@@ -159,6 +162,10 @@ class HybridLM(nnx.Module):
     if not config.tie_embeddings:
       self.lm_head = nnx.Linear(config.d_model, config.vocab_size, use_bias=False, dtype=dtype,
                                 param_dtype=jnp.float32, rngs=rngs)
+    if config.sleep_reinject != "none":
+      # Last, so the other parameters draw what they draw without it; zero, so it starts as the identity.
+      self.sleep_adapter = nnx.Linear(config.d_model, config.d_model, use_bias=False, dtype=dtype,
+                                      param_dtype=jnp.float32, kernel_init=nnx.initializers.zeros_init(), rngs=rngs)
 
   # -- static structure -------------------------------------------------------------------------
   @property
@@ -269,6 +276,27 @@ class HybridLM(nnx.Module):
       positions = jnp.arange(tokens.shape[1], dtype=jnp.int32)
     h, fast_weights, _ = self.run_blocks(self.embed_tokens(tokens), fast_weights, positions)
     return self.unembed(h), fast_weights
+
+  def inject_sleep_input(self, h: jax.Array, embedded: jax.Array, wake: jax.Array) -> jax.Array:
+    """A sleep pass's core input under ``ModelConfig.sleep_reinject``.
+
+    Args:
+      h: ``[B, W, D]`` the input the pass would read without re-injection
+        (the previous pass's core output, or the wake-pass input under
+        ``SleepConfig.replay``).
+      embedded: ``[B, W, D]`` the core's wake-pass input (the embedded
+        window, after the prelude).
+      wake: ``[B, W, D]`` the core's wake-pass output.
+
+    Returns:
+      ``h`` itself (``"none"``), or ``h + A x`` with ``x`` the ``embedded``
+      (``"embedding"``) or ``wake`` (``"wake"``) states and ``A`` the
+      zero-initialised ``sleep_adapter``.
+    """
+    mode = self.config.sleep_reinject
+    if mode == "none":
+      return h
+    return h + self.sleep_adapter(embedded if mode == "embedding" else wake).astype(h.dtype)
 
   # -- the sleepable-model protocol (sleep_jax.protocol) -------------------------------------------
   def core(self, h: jax.Array, fast_weights: FastWeights, positions: jax.Array, prefix=None, *,

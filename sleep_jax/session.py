@@ -372,7 +372,7 @@ class SleepSession:
     # sleep pass), so its sleep FLOPs (p - 1) core + coda sum linearly.
     sleep_flops = c["rerun_flops"]
     if self.sleep.max_n_passes >= 2:
-      sleep_flops += (total_passes - rows) * wf.core + rows * wf.coda
+      sleep_flops += (total_passes - rows) * wf.sleep_pass + rows * wf.coda
     return SessionStats(tokens=c["tokens"], sleeps=c["rows_slept"] if self.per_row else c["sleeps"], passes=total_passes / max(rows, 1),
                         wake_flops=c["wake_flops"], sleep_flops=sleep_flops)
 

@@ -41,6 +41,15 @@ Design decisions (ours):
   a pass barely changes its core's fast weights, after at least one and at
   most ``max_n_passes - 1`` sleep passes (``sleep_consolidate``'s masked
   scan); :attr:`WindowedOutput.passes` reports what each example ran.
+  With ``halt_measure`` ``"kl"`` or ``"argmax"`` the halting rule reads the
+  window's predictions after each pass (coda and output projection on the
+  pass's core output, the wake logits being pass 1's), carried in the scan.
+* Input re-injection (``ModelConfig.sleep_reinject``): every sleep pass adds
+  the learned, zero-initialised adapter's image of the window's embedding
+  (the core's wake-pass input) or of the core's wake-pass output to its input
+  (``HybridLM.inject_sleep_input``); the wake pass is unchanged. Another
+  sleepable model opts in by defining ``inject_sleep_input(h, embedded,
+  wake) -> h``.
 * Short convolutions restart from zeros every pass and window; RoPE uses
   absolute positions ``0..T-1``.
 * A call with ``fast_weights`` continues a sequence's memory but starts with an
@@ -61,7 +70,7 @@ from flax import nnx
 
 from sleep_jax.array_typing import Array, Float, Int32, Logits, Mask, PyTree, Tokens, WindowPasses, typed
 from sleep_jax.config import SleepConfig
-from sleep_jax.consolidate import sleep_consolidate
+from sleep_jax.consolidate import argmax_change, prediction_kl, sleep_consolidate
 from sleep_jax.cost import model_sequence_cost, window_spans
 from sleep_jax.fast_weights import FastWeights
 from sleep_jax.model import HybridLM, check_token_ids
@@ -239,6 +248,19 @@ def _grad_passes(sleep: SleepConfig):
   return grad_passes, False
 
 
+def _halts_on_predictions(sleep: SleepConfig) -> bool:
+  """Adaptive sleep reads the window's predictions after every pass (``halt_measure`` ``"kl"`` / ``"argmax"``)."""
+  return sleep.adaptive and sleep.halt_measure != "fast_weights"
+
+
+def _halt_measure(sleep: SleepConfig):
+  """``(halt_measure, halt_measure_on)`` for ``sleep_consolidate``; the carried predictions are ``h[2]``."""
+  if not _halts_on_predictions(sleep):
+    return None, "fast_weights"
+  fn = prediction_kl if sleep.halt_measure == "kl" else argmax_change
+  return (lambda old, new: fn(old[2], new[2])), "hidden"
+
+
 def _run_protocol_window(model, tokens, positions, fast_weights, prefix, sleep: SleepConfig, consolidate, *,
                          want_logits: bool = True):
   """:func:`run_window` for any sleepable model: the looped core is the whole stack between embed and head."""
@@ -258,19 +280,29 @@ def _run_protocol_window(model, tokens, positions, fast_weights, prefix, sleep: 
     if n_max == 1:
       return fw_wake, kv_wake, jnp.ones((b,), jnp.int32)
 
+    reads_outputs = _halts_on_predictions(sleep)
+    inject = getattr(m, "inject_sleep_input", None)
+
     def core_pass(m, carry, fw):
-      hh, _ = carry
-      hh, fw, kv = m.core(h if sleep.replay else hh, fw, positions, prefix, window=L)
-      return (hh, kv), fw
+      hh = carry[0]
+      x = h if sleep.replay else hh
+      if inject is not None:  # an opt-in of the protocol: input re-injection into every sleep pass
+        x = m.inject_sleep_input(x, h, h_core)
+      hh, fw, kv = m.core(x, fw, positions, prefix, window=L)
+      return (hh, kv) + ((jax.nn.log_softmax(m.unembed(hh), axis=-1),) if reads_outputs else ()), fw
 
     carry, states = (h_core, kv_wake), fw_wake
+    if reads_outputs:
+      carry += (jax.nn.log_softmax(logits if logits is not None else m.unembed(h_core), axis=-1),)
     grad_passes, cut = _grad_passes(sleep)
     if cut:
       carry, states = jax.lax.stop_gradient((carry, states))
     # module=model: the model's RNG streams (dropout) and other state advance pass by pass.
+    measure, on = _halt_measure(sleep)
     slept = sleep_consolidate(core_pass, carry, states, sleep.n_sleep_passes, remat=sleep.remat_passes,
                               grad_passes=grad_passes, return_hidden=True, halt_tol=sleep.halt_tol,
-                              return_passes=True, unroll=sleep.unroll, module=m)
+                              halt_measure=measure, halt_measure_on=on, return_passes=True, unroll=sleep.unroll,
+                              module=m)
     return slept.fast_weights, slept.hidden[1], 1 + slept.passes
 
   if isinstance(consolidate, (bool, np.bool_)):
@@ -328,17 +360,29 @@ def _run_hybrid_window(model, tokens, positions, fast_weights: FastWeights, pref
       return fw_wake, {**kv_core, **kv_coda}, jnp.ones((b,), jnp.int32)
     n_sleep = sleep.n_sleep_passes  # N - 1: the wake pass is pass 1 of N
 
+    reads_outputs = _halts_on_predictions(sleep)
+
+    def predict(hh):
+      # The window's next-token log-probabilities after a pass: the coda from its window-start states.
+      h_o, _, _ = run(hh, fw_core, start=c1, stop=n_blocks)
+      return jax.nn.log_softmax(model.unembed(h_o), axis=-1)
+
     # The carried hidden state holds the core's output and its keys/values
-    # (batch-leading, as adaptive masking needs); the fast weights are the
-    # core's GDN states, over which adaptive sleep measures its change.
+    # (batch-leading, as adaptive masking needs), and under an output-based
+    # halting measure the window's predictions after the pass; the fast
+    # weights are the core's GDN states.
     def core_pass(carry, states):
-      hh, _ = carry
+      hh = carry[0]
       # replay (a control): every pass re-reads the core's wake-pass input.
-      hh, fw_out, kv = run(h if sleep.replay else hh, fw_core.replace(states), start=c0, stop=c1)
-      return (hh, {i: (c.k, c.v) for i, c in kv.items()}), {i: fw_out.states[i] for i in core_slots}
+      x = model.inject_sleep_input(h if sleep.replay else hh, h, h_core)
+      hh, fw_out, kv = run(x, fw_core.replace(states), start=c0, stop=c1)
+      out = (hh, {i: (c.k, c.v) for i, c in kv.items()}) + ((predict(hh),) if reads_outputs else ())
+      return out, {i: fw_out.states[i] for i in core_slots}
 
     states = {i: fw_core.states[i] for i in core_slots}
     carry = (h_core, {i: (c.k, c.v) for i, c in kv_core.items()})
+    if reads_outputs:  # the wake pass's predictions are pass 1's
+      carry += (jax.nn.log_softmax(logits, axis=-1) if logits is not None else predict(h_core),)
     # Truncation counts the wake pass as pass 1 of N: k = N - 1 cuts it off.
     grad_passes = sleep.grad_passes
     if grad_passes is not None and grad_passes >= n_max:
@@ -346,12 +390,14 @@ def _run_hybrid_window(model, tokens, positions, fast_weights: FastWeights, pref
     elif grad_passes is not None and grad_passes == n_sleep:
       carry, states = jax.lax.stop_gradient((carry, states))
       grad_passes = None
-    # A core without GDN blocks has nothing to consolidate: halt at once.
-    measure = None if core_slots else (lambda old, new: jnp.zeros((b,), jnp.float32))
+    # A core without GDN blocks has nothing to consolidate: halt at once (on the fast-weight measure).
+    measure, on = _halt_measure(sleep)
+    if measure is None and not core_slots:
+      measure = lambda old, new: jnp.zeros((b,), jnp.float32)
     slept = sleep_consolidate(
         core_pass, carry, states, n_sleep, remat=sleep.remat_passes, grad_passes=grad_passes, return_hidden=True,
-        halt_tol=sleep.halt_tol, halt_measure=measure, return_passes=True, unroll=sleep.unroll)
-    states, (h_last, kv_last), n_run = slept.fast_weights, slept.hidden, slept.passes
+        halt_tol=sleep.halt_tol, halt_measure=measure, halt_measure_on=on, return_passes=True, unroll=sleep.unroll)
+    states, (h_last, kv_last), n_run = slept.fast_weights, slept.hidden[:2], slept.passes
     kv_last = {i: dataclasses.replace(kv_core[i], k=k, v=v) for i, (k, v) in kv_last.items()}
     # The coda restarts from its window-start states (fw_core's coda slots).
     _, fw_out, kv_coda_n = run(h_last, fw_core.replace(states), start=c1, stop=n_blocks)
@@ -603,8 +649,10 @@ class WindowedLoss:
   """:func:`windowed_loss` with its configuration bound: the trainer's ``loss_fn``.
 
   Calling it evaluates at ``sleep.n_passes`` (evaluation never draws). With
-  ``sleep.n_passes_train`` set, :meth:`for_step` gives one training step's
-  loss: the same loss at the ``N`` drawn for ``(seed, step)``. The value is
+  a drawn ``N`` (``sleep.n_passes_train`` or ``sleep.n_passes_train_mean``)
+  or a detached prefix (``sleep.detach_passes_train``), :meth:`for_step` gives
+  one training step's loss: the same loss at the ``N`` (and prefix) drawn for
+  ``(seed, step)``. The value is
   hashable and compares by value, so the trainer keeps one compiled step per
   distinct ``N`` (``sleep_jax.train.loop``).
 
@@ -626,8 +674,8 @@ class WindowedLoss:
     return windowed_loss(model, batch, self.sleep, sleep_schedule=self.sleep_schedule)
 
   def for_step(self, step: int, seed: int) -> "WindowedLoss":
-    """The loss of training step ``step`` (``self`` when ``N`` is not drawn)."""
-    if self.sleep.n_passes_train is None:
+    """The loss of training step ``step`` (``self`` when neither ``N`` nor a detached prefix is drawn):
+    ``SleepConfig.for_train_step``."""
+    if not self.sleep.varies_per_step:
       return self
-    n = self.sleep.draw_n_passes(seed, step)
-    return dataclasses.replace(self, sleep=self.sleep.with_n_passes(n))
+    return dataclasses.replace(self, sleep=self.sleep.for_train_step(seed, step))

@@ -62,6 +62,27 @@ def test_analytic_flops_equal_the_programs_matmuls(layout, prelude, coda, sleep,
   assert np.asarray(c["sleep_windows"]).tolist() == [2.0, 2.0]
 
 
+@pytest.mark.parametrize("reinject,sleep", [
+    ("embedding", SleepConfig(window=3, n_passes=3)),
+    # Halting on the predictions: each sleep pass also runs the coda and the output projection.
+    ("none", SleepConfig(window=3, halt_tol=0.0, max_passes=3, halt_measure="kl")),
+])
+def test_sleep_recipe_flops_equal_the_programs_matmuls(reinject, sleep, monkeypatch):
+  monkeypatch.setattr(attention, "DENSE_MAX_T_CPU", 0)
+  model = _model(("gdn", "attn", "gdn", "attn"), prelude=1, coda=1, sleep_reinject=reinject)
+  graphdef, state = nnx.split(model)
+  tokens, schedule = _tokens(2, 7), (True, True, False)
+
+  def fwd(st, t):
+    return windowed_forward(nnx.merge(graphdef, st), t, None, sleep, sleep_schedule=schedule)
+
+  counted = cost.jaxpr_matmul_flops(jax.make_jaxpr(fwd)(state, tokens))
+  passes = jax.jit(fwd)(state, tokens).passes
+  np.testing.assert_array_equal(np.asarray(passes), [[3, 3, 0]] * 2)
+  c = cost.sequence_cost(model.config, sleep, 7, passes, matmul_only=True)
+  assert float(jnp.sum(c["wake_flops"] + c["sleep_flops"])) == counted
+
+
 def test_decode_flops_equal_the_programs_matmuls():
   model, sleep = _model(), SleepConfig(window=4)
   graphdef, state = nnx.split(model)

@@ -96,6 +96,18 @@ def test_one_step_other_tasks(tmp_path, name):
   assert result.step == 1 and 0.0 <= result.eval["accuracy"] <= 1.0
 
 
+def test_rule110_sleep_longer_trains_one_step(tmp_path):
+  # The recipe config against the demo's: same task, tokens and eval set; one step trains with its options.
+  cfg, demo = _config("rule110_sleep_longer"), _config("rule110_sleep_demo")
+  assert (cfg.task, cfg.task_preset, cfg.task_config.to_dict(), cfg.train.to_dict()) == (
+      demo.task, demo.task_preset, demo.task_config.to_dict(), demo.train.to_dict())
+  exp = experiment.experiment_from_config(cfg)
+  assert exp.sleep.n_passes_train_mean == 4.0 and exp.sleep.detach_passes_train == 2
+  assert exp.model.sleep_reinject == "embedding" and exp.sleep.halt_measure == "kl"
+  result = experiment.run(_tiny(cfg), str(tmp_path))
+  assert result.step == 1 and 0.0 <= result.eval["accuracy"] <= 1.0
+
+
 CONFIG_FILES = sorted(f[:-3] for f in os.listdir(os.path.join(REPO, "launch", "configs"))
                       if f.endswith(".py") and f != "common.py")
 
@@ -261,6 +273,7 @@ FIELD_OVERRIDES = {
         "n_kv_heads": ("1", 1, ()), "attn_output_gate": ("True", True, ()), "attn_qk_norm": ("True", True, ()),
         "rope_fraction": ("0.5", 0.5, ()), "norm_zero_centered": ("True", True, ()),
         "gdn_n_key_heads": ("1", 1, ()),
+        "sleep_reinject": ("wake", "wake", ()),
     },
     "sleep": {
         "window": (TASK, TASK, ()), "n_passes": ("3", 3, ()), "eviction": (TASK, TASK, ()),
@@ -269,6 +282,12 @@ FIELD_OVERRIDES = {
         "n_passes_train_weights": ("(1.0,3.0)", (1.0, 3.0), ("--config.sleep.n_passes_train=(1,2)",)),
         "halt_tol": ("0.01", 0.01, ("--config.sleep.max_passes=4",)), "max_passes": ("4", 4, ("--config.sleep.halt_tol=0.01",)),
         "unroll": ("False", False, ()), "fuse_unslept": ("False", False, ()),
+        "n_passes_train_mean": ("3.5", 3.5, ("--config.sleep.n_passes_train_max=8",)),
+        "n_passes_train_sigma": ("1.0", 1.0, ("--config.sleep.n_passes_train_mean=3.5",
+                                              "--config.sleep.n_passes_train_max=8")),
+        "n_passes_train_max": ("8", 8, ("--config.sleep.n_passes_train_mean=3.5",)),
+        "detach_passes_train": ("2", 2, ()),
+        "halt_measure": ("kl", "kl", ()),
     },
     "train": {
         "num_steps": ("7", 7, ()), "batch_size": ("6", 6, ()), "seed": ("3", 3, ()), "eval_seed": ("5", 5, ()),
@@ -364,9 +383,16 @@ def test_a_misspelled_field_is_one_line_naming_it(arg, want, capsys):
 
 
 OLD_CONFIG_JSON = os.path.join(REPO, "tests", "data", "config_json_before_placeholders")
+# The config files that existed before the placeholders (later ones never wrote the old spellings).
+OLD_CONFIG_FILES = [n for n in CONFIG_FILES if os.path.exists(os.path.join(OLD_CONFIG_JSON, f"{n}.json"))]
 
 
-@pytest.mark.parametrize("name", CONFIG_FILES)
+def test_the_old_config_json_cases_are_there():
+  assert {"rule110_small", "rule110_sleep_demo", "rule110_paper", "depo_small", "depo_paper", "gsm_math_small",
+          "gsm_math_paper"} <= set(OLD_CONFIG_FILES)
+
+
+@pytest.mark.parametrize("name", OLD_CONFIG_FILES)
 def test_config_json_from_before_the_placeholders_still_resolves_to_its_config_file(name, tmp_path):
   # tests/data/config_json_before_placeholders/<name>.json is what launch.train recorded for each config
   # file while the launch config held its own defaults with 0 / "" for "unset". Such a run directory must

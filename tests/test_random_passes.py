@@ -45,7 +45,65 @@ def test_draw_is_a_function_of_seed_and_step_and_follows_the_weights():
   assert uniform.with_n_passes(5) == SleepConfig(window=WINDOW, n_passes=5)
 
 
+def test_heavy_tailed_draw_follows_its_law():
+  # N = min(1 + Poisson(lam), max), lam ~ LogNormal(log(mean - 1) - s^2/2, s).
+  sleep = SleepConfig(window=WINDOW, n_passes=4, n_passes_train_mean=4.0, n_passes_train_sigma=0.5,
+                      n_passes_train_max=10)
+  values, probs = sleep.n_passes_train_distribution()
+  assert values == tuple(range(1, 11)) and abs(sum(probs) - 1) < 1e-12
+  # The law, against numpy's own samplers of the formula (1e6 draws: sd of a frequency <= 5e-4).
+  rng = np.random.default_rng(0)
+  lam = rng.lognormal(np.log(3.0) - 0.5 ** 2 / 2, 0.5, 1_000_000)
+  mc = np.bincount(np.minimum(1 + rng.poisson(lam), 10), minlength=11)[1:] / 1e6
+  np.testing.assert_allclose(probs, mc, atol=3e-3)
+  # The hashed draws, against the law: chi-square over 20,000 (seed, step) pairs, every expected count
+  # >= 5 here; refused only beyond the 1e-4 upper quantile (false alarm 1 in 10,000).
+  import scipy.stats
+  draws = [sleep.draw_n_passes(seed, step) for seed in range(2) for step in range(10_000)]
+  assert draws[:50] == [sleep.draw_n_passes(0, step) for step in range(50)]  # a function of (seed, step)
+  observed = np.bincount(draws, minlength=11)[1:]
+  expected = np.asarray(probs) * len(draws)
+  assert expected.min() >= 5
+  stat = float(np.sum((observed - expected) ** 2 / expected))
+  assert stat < scipy.stats.chi2.isf(1e-4, df=len(values) - 1), (observed, expected)
+  # The mean is the mean N before the cap; sigma = 0 is a plain Poisson.
+  poisson = SleepConfig(window=WINDOW, n_passes_train_mean=3.0, n_passes_train_sigma=0, n_passes_train_max=40)
+  v, p = poisson.n_passes_train_distribution()
+  np.testing.assert_allclose(np.dot(v, p), 3.0, rtol=1e-9)
+  np.testing.assert_allclose(p[:3], scipy.stats.poisson.pmf([0, 1, 2], 2.0), rtol=1e-9)
+
+
+def test_detached_prefix_draw_and_step_config():
+  sleep = SleepConfig(window=WINDOW, n_passes=3, grad_passes=2, detach_passes_train=2)
+  draws = [sleep.draw_detach_passes(0, s) for s in range(3000)]
+  counts = collections.Counter(draws)
+  assert set(counts) == {0, 1, 2} and all(abs(c - 1000) < 150 for c in counts.values())  # sd ~26
+  assert SleepConfig(window=WINDOW, n_passes=3).draw_detach_passes(0, 5) == 0
+  step = next(s for s in range(100) if sleep.draw_detach_passes(0, s) == 2)
+  # P = 2 detached passes after the wake pass, then N - 1 = 2 with gradient (grad_passes = 2 <= N - 1).
+  assert sleep.for_train_step(0, step) == SleepConfig(window=WINDOW, n_passes=5, grad_passes=2)
+  zero = next(s for s in range(100) if sleep.draw_detach_passes(0, s) == 0)
+  assert sleep.for_train_step(0, zero) == SleepConfig(window=WINDOW, n_passes=3, grad_passes=2)
+  # grad_passes unset: the N - 1 sleep passes after the prefix; N < 2: nothing to start late.
+  assert SleepConfig(window=WINDOW, n_passes=3).with_draw(3, 2).grad_passes == 2
+  assert SleepConfig(window=WINDOW, n_passes=1).with_draw(1, 2) == SleepConfig(window=WINDOW, n_passes=1)
+  # A fixed adaptive cap grows by the prefix.
+  capped = SleepConfig(window=WINDOW, halt_tol=0.1, max_passes=3, detach_passes_train=2)
+  assert capped.with_draw(capped.n_passes, 2) == SleepConfig(window=WINDOW, halt_tol=0.1, max_passes=5, grad_passes=2)
+
+
 @pytest.mark.parametrize("bad,match", [
+    (dict(n_passes_train_mean=1.0, n_passes_train_max=4), "must be > 1"),
+    (dict(n_passes_train_mean=float("inf"), n_passes_train_max=4), "n_passes_train_mean must be a finite"),
+    (dict(n_passes_train_mean=3.0), "needs n_passes_train_max"),
+    (dict(n_passes_train_mean=3.0, n_passes_train_max=0), "n_passes_train_max must be"),
+    (dict(n_passes_train_mean=3.0, n_passes_train_max=4, n_passes_train_sigma=-1), "n_passes_train_sigma"),
+    (dict(n_passes_train_max=4), "need n_passes_train_mean"),
+    (dict(n_passes_train_sigma=1.0), "need n_passes_train_mean"),
+    (dict(n_passes_train_mean=3.0, n_passes_train_max=4, n_passes_train=(1, 2)), "set one"),
+    (dict(n_passes_train_mean=3.0, n_passes_train_max=4, halt_tol=0.1, max_passes=4), "max_passes fixes"),
+    (dict(detach_passes_train=-1), "detach_passes_train must be"),
+    (dict(detach_passes_train=1.5), "detach_passes_train must be"),
     (dict(n_passes_train=()), "n_passes_train"), (dict(n_passes_train=(1, -1)), "n_passes_train"),
     (dict(n_passes_train=(1, 2.0)), "n_passes_train"), (dict(n_passes_train_weights=(1.0,)), "needs n_passes_train"),
     (dict(n_passes_train=(1, 2), n_passes_train_weights=(1.0,)), "one weight per"),
@@ -55,8 +113,12 @@ def test_bad_distributions_raise(bad, match):
     SleepConfig(window=WINDOW, **bad)
 
 
-def test_drawn_step_equals_fixed_step():
-  sleep = SleepConfig(window=WINDOW, n_passes=1, n_passes_train=(1, 3))
+HEAVY = SleepConfig(window=WINDOW, n_passes=1, n_passes_train_mean=2.5, n_passes_train_max=3)
+
+
+@pytest.mark.parametrize("sleep", [SleepConfig(window=WINDOW, n_passes=1, n_passes_train=(1, 3)), HEAVY],
+                         ids=["listed", "heavy_tailed"])
+def test_drawn_step_equals_fixed_step(sleep):
   loss = WindowedLoss(sleep, SCHEDULE)
   s3 = next(s for s in range(100) if sleep.draw_n_passes(0, s) == 3)
   s1 = next(s for s in range(100) if sleep.draw_n_passes(0, s) == 1)
