@@ -15,7 +15,7 @@ from ml_collections import config_flags
 
 import tasks
 from launch import experiment, tables
-from launch_helpers import parse_config_file
+from launch_helpers import fast_compile_env, parse_config_file
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 TINY = ["--config.model.d_model=16", "--config.model.n_layers=2", "--config.model.n_heads=1",
@@ -35,8 +35,7 @@ def _tiny(cfg):
 
 
 def _launch(module, *args, timeout=600):
-  env = dict(os.environ, JAX_PLATFORMS="cpu")
-  env.pop("XLA_FLAGS", None)
+  env = fast_compile_env(dict(os.environ, JAX_PLATFORMS="cpu"), keep_xla_flags=False)  # no fake devices
   return subprocess.run([sys.executable, "-m", module, *args], cwd=REPO, env=env, capture_output=True, text=True,
                         timeout=timeout)
 

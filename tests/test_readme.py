@@ -22,6 +22,7 @@ import subprocess
 import sys
 
 import pytest
+from launch_helpers import fast_compile_env
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 README = os.path.join(REPO, "README.md")
@@ -127,7 +128,8 @@ def _run(command: str, rule: Rule, cwd: str) -> None:
   argv = shlex.split(command) + list(rule.append)
   if argv[0] == "python3":
     argv[0] = sys.executable
-  env = dict(os.environ, SLEEP_JAX_NO_PIN="1", PYTHONPATH=cwd)
+  # One CPU device, as on the machine the README speaks to (not the fake devices of conftest.py).
+  env = fast_compile_env(dict(os.environ, SLEEP_JAX_NO_PIN="1", PYTHONPATH=cwd), keep_xla_flags=False)
   proc = subprocess.run(argv, cwd=cwd, env=env, capture_output=True, text=True, timeout=900)
   tail = (proc.stdout[-3000:] + "\n--- stderr ---\n" + proc.stderr[-3000:])
   assert proc.returncode == 0, f"{shlex.join(argv)} exited {proc.returncode}\n{tail}"

@@ -8,6 +8,7 @@ import sys
 
 import numpy as np
 import pytest
+from launch_helpers import fast_compile_env
 
 from launch import sweep
 from launch import sweep_flops
@@ -402,8 +403,8 @@ def test_report_summarises_runs_evaluated_at_other_sleep_settings(tmp_path):
 
 # -- one tiny sweep end to end ---------------------------------------------------------------------------
 def _sweep_cli(*args, env_extra=None):
-  env = dict(os.environ, JAX_PLATFORMS="cpu", **(env_extra or {}))
-  env.pop("XLA_FLAGS", None)  # the fake devices of conftest.py would have to divide the batch
+  # No fake devices (those of conftest.py would have to divide the batch); the runs inherit the fast compile.
+  env = fast_compile_env(dict(os.environ, JAX_PLATFORMS="cpu", **(env_extra or {})), keep_xla_flags=False)
   return subprocess.run([sys.executable, "-m", "launch.sweep", *args], cwd=REPO, env=env, capture_output=True,
                         text=True, timeout=900)
 
