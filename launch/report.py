@@ -280,8 +280,12 @@ def _depo_demo_v2() -> str:
   labels = {name: f"N = {name[4]}, seed {name[-1]}" for name in present}
   if not present:
     return "No D2 run has finished yet.\n"
-  return (final_evals_table(DEPO_DEMO, labels, DEPO_DEPTHS, "k") + "\nOver training (every 500 steps):\n\n"
-          + evals_table(DEPO_DEMO, labels, DEPO_DEPTHS[:-1], "k"))
+  # The runs were stopped at different steps: over training only, so equal steps sit side by side.
+  with open(os.path.join(DEPO_DEMO, present[0], "evals.json")) as f:
+    first = json.load(f)[0]
+  base = " / ".join(f"k={d}: {_fmt(first.get(f'majority/depth={d}'))}" for d in DEPO_DEPTHS[:-1])
+  return (evals_table(DEPO_DEMO, labels, DEPO_DEPTHS[:-1], "k")
+          + f"\nMajority {base}; chance {_fmt(first.get('chance'))} at every k.\n")
 
 
 # -- the paper configs' cost ---------------------------------------------------------------------------

@@ -38,7 +38,8 @@ the majority baseline (the most frequent answer per depth) is lower, since
 node names are drawn from a pool of 16.
 
 Budget: 3,000 steps x 128 examples x 60 tokens = 23 M training tokens for every
-``N``. See RESULTS.md ("Depo") for what was measured.
+``N``. Measured so far (RESULTS.md, "Depo", D2): at this budget neither N = 1 nor
+N = 4 (seed 0) lifted any ``k >= 2`` off chance; the demo is not yet a claim.
 """
 from launch.configs.common import base_config
 
