@@ -25,6 +25,19 @@ import matplotlib.pyplot as plt  # noqa: E402  pylint: disable=g-import-not-at-t
 DEPTH_KEY = re.compile(r"^(accuracy|loss)/depth=(-?\d+)$")
 
 
+def _finish(fig, ax, xlabel: str, ylabel: str, title: str, *, log_x: bool = False, legend=None):
+  """Labels, grid, legend and title shared by every figure here; returns ``fig``."""
+  ax.set_xlabel(xlabel)
+  ax.set_ylabel(ylabel)
+  if log_x:
+    ax.set_xscale("log")
+  ax.grid(alpha=0.3)
+  ax.legend(**(legend or {}))
+  ax.set_title(title)
+  fig.tight_layout()
+  return fig
+
+
 def curve(records: Sequence[dict], metric: str) -> tuple[list[float], list[float]]:
   """``(tokens, values)`` of one metric from a run's records, skipping records without it.
 
@@ -68,15 +81,7 @@ def plot_training_curves(runs: Mapping[str, Sequence[dict]], metric: str = "accu
   if not drawn:
     plt.close(fig)
     raise ValueError(f"no run has metric {metric!r}")
-  ax.set_xlabel("training tokens")
-  ax.set_ylabel(metric)
-  if log_x:
-    ax.set_xscale("log")
-  ax.grid(alpha=0.3)
-  ax.legend()
-  ax.set_title(title or f"{metric} vs training tokens")
-  fig.tight_layout()
-  return fig
+  return _finish(fig, ax, "training tokens", metric, title or f"{metric} vs training tokens", log_x=log_x)
 
 
 def depth_values(result: Mapping[str, float], kind: str = "accuracy") -> dict[int, float]:
@@ -112,13 +117,7 @@ def plot_vs_depth(results: Mapping[str, Mapping[str, float]], kind: str = "accur
   if not drawn:
     plt.close(fig)
     raise ValueError(f"no result has {kind}/depth=<d> values")
-  ax.set_xlabel(depth_name)
-  ax.set_ylabel(kind)
-  ax.grid(alpha=0.3)
-  ax.legend()
-  ax.set_title(title or f"{kind} vs {depth_name}")
-  fig.tight_layout()
-  return fig
+  return _finish(fig, ax, depth_name, kind, title or f"{kind} vs {depth_name}")
 
 
 def plot_vs_passes(rows: Iterable[Mapping], value: str = "accuracy", *, title: str | None = None):
@@ -143,13 +142,7 @@ def plot_vs_passes(rows: Iterable[Mapping], value: str = "accuracy", *, title: s
     ax.plot(list(pts), list(pts.values()), marker="o", linestyle="--" if label == "all" else "-",
             label="all depths" if label == "all" else f"depth {label}")
   ax.set_xticks(sorted({n for pts in series.values() for n in pts}))
-  ax.set_xlabel("sleep passes N")
-  ax.set_ylabel(value)
-  ax.grid(alpha=0.3)
-  ax.legend(fontsize=8)
-  ax.set_title(title or f"{value} vs N")
-  fig.tight_layout()
-  return fig
+  return _finish(fig, ax, "sleep passes N", value, title or f"{value} vs N", legend=dict(fontsize=8))
 
 
 def plot_halting(fixed: Mapping[int, Mapping[str, float]], adaptive: Mapping[float, Mapping[str, float]], *,
@@ -196,13 +189,8 @@ def plot_halting(fixed: Mapping[int, Mapping[str, float]], adaptive: Mapping[flo
     if label in dashed:
       xs, ys = zip(*dashed[label])
       ax.plot(xs, ys, marker="x", linestyle="--", color=color, label=f"{name}, adaptive")
-  ax.set_xlabel("sleep passes run per window (mean, wake pass included)")
-  ax.set_ylabel("accuracy")
-  ax.grid(alpha=0.3)
-  ax.legend(fontsize=7, ncol=2)
-  ax.set_title(title or "accuracy vs sleep passes: fixed N and adaptive")
-  fig.tight_layout()
-  return fig
+  return _finish(fig, ax, "sleep passes run per window (mean, wake pass included)", "accuracy",
+                 title or "accuracy vs sleep passes: fixed N and adaptive", legend=dict(fontsize=7, ncol=2))
 
 
 def _finite(v) -> bool:
@@ -267,13 +255,8 @@ def plot_depth_by_variant(rows: Iterable[Mapping], value: str = "accuracy", *, d
   depths = sorted({d for pts in per_variant.values() for d, _ in pts})
   if len(depths) <= 24:  # integer depth ticks while they stay legible
     ax.set_xticks(depths)
-  ax.set_xlabel(depth_name)
-  ax.set_ylabel(value)
-  ax.grid(alpha=0.3)
-  ax.legend(fontsize=8)
-  ax.set_title(title or f"{value} vs {depth_name} (line: mean over seeds; points: seeds)")
-  fig.tight_layout()
-  return fig
+  return _finish(fig, ax, depth_name, value, title or f"{value} vs {depth_name} (line: mean over seeds; points: seeds)",
+                 legend=dict(fontsize=8))
 
 
 def plot_seed_curves(curves: Mapping[str, Mapping[object, Sequence[tuple[float, float]]]], *,
@@ -317,15 +300,7 @@ def plot_seed_curves(curves: Mapping[str, Mapping[object, Sequence[tuple[float, 
     raise ValueError("no run has a finite point")
   if baseline is not None and _finite(baseline):
     ax.axhline(baseline, linestyle="--", color="black", alpha=0.7, label=baseline_label)
-  ax.set_xlabel(xlabel)
-  ax.set_ylabel(ylabel)
-  if log_x:
-    ax.set_xscale("log")
-  ax.grid(alpha=0.3)
-  ax.legend(fontsize=8)
-  ax.set_title(title or f"{ylabel} vs {xlabel}")
-  fig.tight_layout()
-  return fig
+  return _finish(fig, ax, xlabel, ylabel, title or f"{ylabel} vs {xlabel}", log_x=log_x, legend=dict(fontsize=8))
 
 
 def save(fig, path: str) -> str:

@@ -290,3 +290,34 @@ def gated_delta_regime_bound(name: str, dtype=jnp.float32) -> float:
   if jnp.dtype(dtype) == jnp.bfloat16 and name in _ROUNDED_OUTPUTS:
     return tolerance("bfloat16").rel_rms
   return tolerance("float32_vs_float64").rel_rms
+
+
+def separating_halt_tol(changes, n_max: int, *, gap: float = 1.01):
+  """A halting tolerance that splits examples, and the pass counts it gives.
+
+  Args:
+    changes: ``[B, n_max - 1]`` a halting measure after each sleep pass (by
+      hand, in float), example by example.
+    n_max: the pass cap (wake pass included).
+    gap: only tolerances between two sorted measure values at least this
+      ratio apart are considered: well away from every value, so float noise
+      in the program under test cannot flip a decision.
+
+  Returns:
+    ``(tol, passes [B])``: the first such tolerance under which the examples
+    halt after at least two different numbers of passes, and each example's
+    passes (the first pass whose measure is below ``tol``, else ``n_max``).
+
+  Raises:
+    StopIteration: no tolerance separates the examples.
+  """
+  changes = np.asarray(changes)
+
+  def passes_for(tol):
+    below = changes < tol
+    return np.where(below.any(1), below.argmax(1) + 2, n_max)
+
+  v = np.sort(changes.ravel())
+  cands = [np.sqrt(x * y) for x, y in zip(v[:-1], v[1:]) if y > x * gap]  # midpoints of clear gaps
+  tol = next(c for c in cands if len(set(passes_for(c).tolist())) >= 2)
+  return float(tol), passes_for(tol)

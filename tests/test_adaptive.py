@@ -13,7 +13,7 @@ from sleep_jax.consolidate import relative_change, sleep_consolidate
 from sleep_jax.fast_weights import init_fast_weights
 from sleep_jax.model import HybridLM
 from sleep_jax.session import SleepSession
-from sleep_jax.testing import assert_close
+from sleep_jax.testing import assert_close, separating_halt_tol
 from sleep_jax.windowed import serving_schedule, windowed_forward
 
 VOCAB = 7
@@ -172,14 +172,8 @@ def test_windowed_examples_halt_independently(model):
   # A tolerance between the examples' trajectories, well away from every
   # reference value (so float noise cannot flip a decision), that makes the
   # examples halt after different numbers of passes.
-  def counts_for(tol):
-    below = changes < tol
-    return np.where(below.any(1), below.argmax(1) + 2, n_max)
-  v = np.sort(changes.ravel())
-  cands = [np.sqrt(x * y) for x, y in zip(v[:-1], v[1:]) if y > x * 1.01]  # midpoints of clear gaps
-  tol = next(c for c in cands if len(set(counts_for(c).tolist())) >= 2)
-  expected = counts_for(tol)
-  sleep = SleepConfig(window=3, halt_tol=float(tol), max_passes=n_max)
+  tol, expected = separating_halt_tol(changes, n_max, gap=1.01)
+  sleep = SleepConfig(window=3, halt_tol=tol, max_passes=n_max)
   out = _forward(model, sleep, (True, False), tokens)
   np.testing.assert_array_equal(np.asarray(out.passes[:, 0]), expected)
   assert np.all(np.asarray(out.passes[:, 1]) == 0)

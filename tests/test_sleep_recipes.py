@@ -15,6 +15,7 @@ from sleep_jax.config import ModelConfig, SleepConfig
 from sleep_jax.consolidate import argmax_change, prediction_kl
 from sleep_jax.fast_weights import init_fast_weights
 from sleep_jax.model import HybridLM
+from sleep_jax.testing import separating_halt_tol
 from sleep_jax.windowed import WindowedLoss, windowed_forward
 
 VOCAB = 7
@@ -90,15 +91,9 @@ def test_kl_halting_follows_the_predictions_by_hand(model):
     logp = new
   kls = np.stack(kls, 1)  # [B, n_max - 1]
 
-  def counts_for(tol):
-    below = kls < tol
-    return np.where(below.any(1), below.argmax(1) + 2, n_max)
-
-  v = np.sort(kls.ravel())
-  cands = [np.sqrt(x * y) for x, y in zip(v[:-1], v[1:]) if y > x * 1.05]  # well inside clear gaps
-  tol = next(c for c in cands if len(set(counts_for(c).tolist())) >= 2)
-  out = _forward(model, SleepConfig(window=3, halt_tol=float(tol), max_passes=n_max, halt_measure="kl"), tokens)
-  np.testing.assert_array_equal(np.asarray(out.passes[:, 0]), counts_for(tol))
+  tol, expected = separating_halt_tol(kls, n_max, gap=1.05)
+  out = _forward(model, SleepConfig(window=3, halt_tol=tol, max_passes=n_max, halt_measure="kl"), tokens)
+  np.testing.assert_array_equal(np.asarray(out.passes[:, 0]), expected)
 
 
 def test_prediction_halting_with_a_coda_and_grad():

@@ -188,11 +188,10 @@ def make_apply_fn(tx: optax.GradientTransformation, *, schedules: dict[str, Call
     new_state = TrainState(step=state.step + 1, params=keep(new_params, state.params),
                            opt_state=keep(new_opt_state, state.opt_state), rng=state.rng,
                            model_state=state.model_state)
-    metrics = {"loss": loss, "grad_norm": grad_norm, "n_tokens": batch_metrics["n_tokens"],
-               "loss_finite": loss_finite, "grads_finite": grads_finite}
+    metrics = {**batch_metrics, "loss": loss, "grad_norm": grad_norm, "loss_finite": loss_finite,
+               "grads_finite": grads_finite}
     for name, sched in schedules.items():
       metrics[f"lr/{name}"] = jnp.asarray(sched(state.step), jnp.float32)
-    metrics.update({k: v for k, v in batch_metrics.items() if k != "n_tokens"})
     return new_state, metrics
 
   return apply_fn
