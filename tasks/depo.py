@@ -46,7 +46,7 @@ import numpy as np
 from tasks import example as ex_lib
 from tasks.evaluation import Evaluator
 from tasks.registry import Task, register
-from tasks.tokenizer import Tokenizer
+from tasks.tokenizer import PAD_ID, Tokenizer
 
 EDGE_TOKENS = 4
 QUERY_TOKENS = 6
@@ -77,6 +77,14 @@ class DepoConfig:
     n_sampling: "biased" (PhysicsLM4) or "uniform".
     num_train_examples: epoch size of the train split.
     num_eval_examples: size of the eval split.
+    answers_visible: whether a query's answer token is in the input stream.
+      ``True`` (the default, PhysicsLM4's format): ``? x k<k> = y ;`` is
+      teacher-forced, so a later query of the same example can read an
+      earlier answer (the edge ``x -> y`` for ``k = 1``) in the attention
+      window instead of from the fast weights. ``False``: the input holds
+      ``<pad>`` where ``y`` was (``? x k<k> = <pad> ;``); the target of ``=``
+      is still ``y``, so the loss and the eval are unchanged, and the edges
+      reach a query only through what the context left behind.
   """
   n_min: int = 17
   n_max: int = 75
@@ -90,6 +98,7 @@ class DepoConfig:
   n_sampling: str = "biased"
   num_train_examples: int = 1 << 30
   num_eval_examples: int = 4096
+  answers_visible: bool = True
 
   def __post_init__(self):
     req, is_int = ex_lib.require, ex_lib.is_int
@@ -139,6 +148,9 @@ class DepoConfig:
         f"DepoConfig.num_train_examples must be an integer >= 1, got {self.num_train_examples!r}")
     req(is_int(self.num_eval_examples) and self.num_eval_examples >= 1,
         f"DepoConfig.num_eval_examples must be an integer >= 1, got {self.num_eval_examples!r}")
+    req(isinstance(self.answers_visible, (bool, np.bool_)),
+        f"DepoConfig.answers_visible must be True or False, got {self.answers_visible!r}")
+    object.__setattr__(self, "answers_visible", bool(self.answers_visible))
 
   @property
   def seq_len(self) -> int:
@@ -197,7 +209,11 @@ def _build(config: DepoConfig, split: str, rng: np.random.Generator) -> dict:
   answers = [(config.context_len + QUERY_TOKENS * j + 3, int(ks[j]), j) for j in range(q)]
   meta = {"n": n, "cycle": cycle.astype(np.int32), "edge_order": order.astype(np.int32),
           "queries": [(int(cycle[s]), int(k), int(cycle[d])) for s, k, d in zip(src_pos, ks, dst_pos)]}
-  return ex_lib.pack_example(stream, config.seq_len, answers, meta)
+  example = ex_lib.pack_example(stream, config.seq_len, answers, meta)
+  if not config.answers_visible:
+    # The answer stays the target of "="; the input after "=" is <pad>.
+    example["tokens"][[pos + 1 for pos, _, _ in answers]] = PAD_ID
+  return example
 
 
 def chance_accuracy(config: DepoConfig, depth: int) -> float:

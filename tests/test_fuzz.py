@@ -45,6 +45,8 @@ def field_values(name: str, base):
   """Values for one config field: mostly plausible, sometimes out of range or of the wrong type."""
   if name in STRING_CHOICES:
     return st.one_of(st.sampled_from(STRING_CHOICES[name] + ("bogus", "")), WRONG_TYPES)
+  if isinstance(base, bool):
+    return st.one_of(st.booleans(), st.booleans().map(np.bool_), WRONG_TYPES)
   if isinstance(base, int):
     # Around the small preset's value (kept small so examples stay cheap), the
     # edges 0 and negatives, numpy integers, and wrong types.
@@ -82,8 +84,13 @@ def check_example(task, config, ex, split):
     assert ex[key].shape == (t,) and ex[key].dtype == dtype, key
   assert ex["tokens"].min() >= 0 and ex["tokens"].max() < vocab
   assert ex["targets"].min() >= 0 and ex["targets"].max() < vocab
-  np.testing.assert_array_equal(ex["targets"][:-1], ex["tokens"][1:])
   mask = ex["loss_mask"] > 0
+  shifted = ex["tokens"][1:].copy()
+  if not getattr(config, "answers_visible", True):  # Depo's hidden answers: <pad> in the input after "="
+    hidden = np.nonzero(mask[:-1])[0]
+    assert np.all(shifted[hidden] == 0)
+    shifted[hidden] = ex["targets"][hidden]
+  np.testing.assert_array_equal(ex["targets"][:-1], shifted)
   assert set(np.unique(ex["loss_mask"]).tolist()) <= {0.0, 1.0} and mask.any()
   assert np.all(ex["depth"][mask] >= 0) and np.all(ex["depth"][~mask] == -1)
   assert np.all(ex["answer_id"][mask] >= 0) and np.all(ex["answer_id"][~mask] == -1)

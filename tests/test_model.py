@@ -164,3 +164,31 @@ def test_inserted_gdn_blocks_leave_logits_unchanged():
     insert_gdn_blocks(old, [1, 1], rngs=nnx.Rngs(1))
   with pytest.raises(ValueError, match="positions"):
     insert_gdn_blocks(old, [9], rngs=nnx.Rngs(1))
+
+
+def test_fused_gdn_projections_equal_one_matmul_per_layer_in_values_and_gradients():
+  """GatedDeltaNet runs its six input projections as one matmul; the numbers are the per-layer ones."""
+  from sleep_jax.nn import gated_deltanet
+  gdn = gated_deltanet.GatedDeltaNet(d_model=24, n_heads=2, head_dim=8, value_dim=12, n_key_heads=1,
+                                     rngs=nnx.Rngs(3))
+  layers = [gdn.q_proj, gdn.k_proj, gdn.v_proj, gdn.a_proj, gdn.b_proj, gdn.g_proj]
+  x = jax.random.normal(jax.random.key(0), (2, 5, 24))
+  fused = gated_deltanet.fused_linear(x, layers, jnp.float32)
+  assert [f.shape[-1] for f in fused] == [8, 8, 24, 2, 2, 24]
+  for f, layer in zip(fused, layers):
+    np.testing.assert_allclose(f, layer(x), rtol=1e-6, atol=1e-6)
+
+  graphdef, params = nnx.split(gdn)
+
+  def loss(params, x, separate):
+    m = nnx.merge(graphdef, params)
+    ls = [m.q_proj, m.k_proj, m.v_proj, m.a_proj, m.b_proj, m.g_proj]
+    outs = [layer(x) for layer in ls] if separate else gated_deltanet.fused_linear(x, ls, jnp.float32)
+    return sum(jnp.sum(jnp.sin(o) * (i + 1)) for i, o in enumerate(outs))
+
+  g_fused = jax.grad(loss, argnums=(0, 1))(params, x, False)
+  g_sep = jax.grad(loss, argnums=(0, 1))(params, x, True)
+  # The input's gradient sums the six layers' contributions in another order: float32 rounding of sums of
+  # magnitude ~10 (1e-5 absolute).
+  jax.tree.map(lambda a, b: np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-5), g_fused, g_sep)
+  assert float(jnp.abs(g_fused[0]["q_proj"]["kernel"][...]).sum()) > 0

@@ -224,3 +224,30 @@ def test_k_weights_set_from_the_command_line_reach_the_task():
   assert exp.task_config.k_weights == (4.0, 2.0, 1.0, 1.0, 1.0, 1.0, 1.0, 1.0) and exp.task_config.k_max == 8
   with pytest.raises(TypeError):
     cfg.task_config.k_weights = "4,2"  # a typed placeholder: tuples only
+
+
+def test_hidden_answers_replace_only_the_answer_inputs_and_keep_the_targets():
+  visible = TASK.preset("small")
+  hidden = dataclasses.replace(visible, answers_visible=False)
+  tok = TASK.tokenizer(hidden)
+  for split in ("train", "eval"):
+    for i in range(20):
+      # One draw, both formats: only the inputs after "=" differ.
+      a = depo._build(visible, split, ex_lib.example_rng(0, split, i))
+      b = depo._build(hidden, split, ex_lib.example_rng(0, split, i))
+      answer_inputs = np.nonzero(a["loss_mask"])[0] + 1
+      assert np.all(b["tokens"][answer_inputs] == 0) and np.all(a["tokens"][answer_inputs] != 0)
+      keep = np.ones(visible.seq_len, bool)
+      keep[answer_inputs] = False
+      np.testing.assert_array_equal(a["tokens"][keep], b["tokens"][keep])
+      for key in ("targets", "loss_mask", "depth", "answer_id"):
+        np.testing.assert_array_equal(a[key], b[key])
+      # A drawn hidden-answer example, its answers filled back in from the targets, walks the cycle.
+      ex = TASK.make_example(hidden, 0, i, split)
+      pos = np.nonzero(ex["loss_mask"])[0]
+      assert np.all(ex["tokens"][pos + 1] == 0)
+      filled = ex["tokens"].copy()
+      filled[pos + 1] = ex["targets"][pos]
+      check_against_brute_force(hidden, ex, [tok.vocab[int(t)] for t in filled], split)
+  with pytest.raises(ValueError, match="answers_visible"):
+    dataclasses.replace(visible, answers_visible=1)

@@ -41,6 +41,7 @@ from __future__ import annotations
 
 import argparse
 import collections
+import contextlib
 import glob
 import gzip
 import importlib.util
@@ -90,6 +91,23 @@ def variant_config(path: str, preset: str, n_passes: int, plain: bool, batch_siz
   if batch_size:
     cfg.train.batch_size = batch_size
   return cfg
+
+
+@contextlib.contextmanager
+def separate_projections(on: bool = True):
+  """While active (and ``on``), GDN blocks trace one matmul per projection, as before the fused one.
+
+  The compiled step keeps what it was traced with, so a variant built inside
+  this context runs the old projections for the whole benchmark.
+  """
+  from sleep_jax.nn import gated_deltanet
+  fused = gated_deltanet.fused_linear
+  if on:
+    gated_deltanet.fused_linear = lambda x, layers, dtype: [layer(x) for layer in layers]
+  try:
+    yield
+  finally:
+    gated_deltanet.fused_linear = fused
 
 
 # -- one variant ------------------------------------------------------------------------------------
@@ -317,15 +335,18 @@ def main(argv) -> int:
       p.error(f"--{flag} must be >= 1, got {getattr(args, flag)}")
   import jax
 
-  specs = [("hybrid N=1", 1, False, {}), ("hybrid N=4", 4, False, {}), ("transformer", 1, True, {})]
+  specs = [("hybrid N=1", 1, False, {}, False), ("hybrid N=4", 4, False, {}, False),
+           ("transformer", 1, True, {}, False)]
   if args.before:
     # The step as it was before the lean path, measured in the same run: the window loop at N = 1 and
-    # rolled pass / window scans at N = 4.
-    specs += [("N=1 loop", 1, False, dict(fuse_unslept=False, unroll=False)),
-              ("N=4 rolled", 4, False, dict(fuse_unslept=False, unroll=False))]
+    # rolled pass / window scans at N = 4, and N = 1 with one matmul per GDN projection.
+    specs += [("N=1 loop", 1, False, dict(fuse_unslept=False, unroll=False), False),
+              ("N=4 rolled", 4, False, dict(fuse_unslept=False, unroll=False), False),
+              ("N=1 sep proj", 1, False, {}, True)]
   variants = []
-  for name, n, plain, sleep in specs:
-    variants.append(Variant(name, variant_config(args.config, args.preset, n, plain, args.batch_size, sleep)))
+  for name, n, plain, sleep, separate in specs:
+    with separate_projections(separate):
+      variants.append(Variant(name, variant_config(args.config, args.preset, n, plain, args.batch_size, sleep)))
     print(f"compiled {name} in {variants[-1].compile_s:.1f} s", flush=True)
   for v in variants:
     v.run(2)

@@ -67,6 +67,20 @@ def causal_conv(x: jax.Array, weight: jax.Array, history: jax.Array | None = Non
              for j in range(ksize))
 
 
+def fused_linear(x: jax.Array, layers, dtype) -> list[jax.Array]:
+  """``[layer(x) for layer in layers]`` as one matmul over the layers' concatenated kernels.
+
+  The layers (bias-free ``nnx.Linear`` of one input width) keep their own
+  parameters, so checkpoints and imports see separate projections; the step
+  runs one ``[D, sum of widths]`` product instead of one small product per
+  layer (on CPU, many small matmuls cost far more than their FLOPs).
+  """
+  widths = [layer.kernel.shape[1] for layer in layers]
+  kernel = jnp.concatenate([layer.kernel[...] for layer in layers], axis=1)
+  y = jnp.dot(x.astype(dtype), kernel.astype(dtype))
+  return jnp.split(y, np.cumsum(widths)[:-1].tolist(), axis=-1)
+
+
 def _l2_normalize(x: jax.Array, eps: float = 1e-6) -> jax.Array:
   x32 = x.astype(jnp.float32)
   return (x32 * jax.lax.rsqrt(jnp.sum(x32 * x32, -1, keepdims=True) + eps)).astype(x.dtype)
@@ -138,10 +152,12 @@ class GatedDeltaNet(nnx.Module):
     return 2 * self.n_key_heads * self.head_dim + self.n_heads * self.value_dim
 
   def _features(self, x, history, segment=None):
-    """Projections, conv and gates for a ``[B, T, D]`` input."""
+    """Projections, conv and gates for a ``[B, T, D]`` input; also the output gate's projection."""
     b, t, _ = x.shape
     h, hk, dk, dv = self.n_heads, self.n_key_heads, self.head_dim, self.value_dim
-    raw = jnp.concatenate([self.q_proj(x), self.k_proj(x), self.v_proj(x)], axis=-1)
+    q, k, v, a, b_raw, g = fused_linear(
+        x, [self.q_proj, self.k_proj, self.v_proj, self.a_proj, self.b_proj, self.g_proj], self.dtype)
+    raw = jnp.concatenate([q, k, v], axis=-1)
     full = jnp.concatenate([jnp.zeros((b, self.conv_size - 1, raw.shape[-1]), raw.dtype)
                             if history is None else history.astype(raw.dtype), raw], axis=1)
     new_history = full[:, full.shape[1] - (self.conv_size - 1):]
@@ -152,15 +168,13 @@ class GatedDeltaNet(nnx.Module):
     if hk != h:  # value head i reads query / key head i // (h // hk)
       q, k = jnp.repeat(q, h // hk, axis=2), jnp.repeat(k, h // hk, axis=2)
     v = v.reshape(b, t, h, dv)
-    a = self.a_proj(x).astype(jnp.float32) + self.dt_bias[...]
-    log_alpha = -jnp.exp(self.A_log[...]) * jax.nn.softplus(a)
-    beta = jax.nn.sigmoid(self.b_proj(x).astype(jnp.float32))
-    return q, k, v, log_alpha, beta, new_history
+    log_alpha = -jnp.exp(self.A_log[...]) * jax.nn.softplus(a.astype(jnp.float32) + self.dt_bias[...])
+    beta = jax.nn.sigmoid(b_raw.astype(jnp.float32))
+    return q, k, v, log_alpha, beta, g, new_history
 
-  def _output(self, x, o):
-    b, t, _ = x.shape
-    g = self.g_proj(x).reshape(b, t, self.n_heads, self.value_dim)
-    y = self.o_norm(o.astype(self.dtype), g)
+  def _output(self, g, o):
+    b, t = o.shape[:2]
+    y = self.o_norm(o.astype(self.dtype), g.reshape(b, t, self.n_heads, self.value_dim))
     return self.o_proj(y.reshape(b, t, self.n_heads * self.value_dim))
 
   def __call__(self, x: jax.Array, state: jax.Array, *, segment: int | None = None) -> tuple[jax.Array, jax.Array]:
@@ -176,10 +190,10 @@ class GatedDeltaNet(nnx.Module):
     Returns:
       ``(out [B, T, D], state after the last token)``.
     """
-    q, k, v, log_alpha, beta, _ = self._features(x, None, segment)
+    q, k, v, log_alpha, beta, g, _ = self._features(x, None, segment)
     o, state = ops.gated_delta_rule(q, k, v, log_alpha, beta, initial_state=state, impl=self.impl,
                                     chunk_size=self.chunk_size)
-    return self._output(x, o), state
+    return self._output(g, o), state
 
   def init_conv_history(self, batch: int) -> jax.Array:
     """Zero conv history ``[B, conv_size - 1, C]`` for decoding."""
@@ -196,6 +210,6 @@ class GatedDeltaNet(nnx.Module):
     Returns:
       ``(out [B, 1, D], state, history)``.
     """
-    q, k, v, log_alpha, beta, history = self._features(x, history)
+    q, k, v, log_alpha, beta, g, history = self._features(x, history)
     o, state = ops.gated_delta_step(q[:, 0], k[:, 0], v[:, 0], log_alpha[:, 0], beta[:, 0], state)
-    return self._output(x, o[:, None]), state, history
+    return self._output(g, o[:, None]), state, history
