@@ -299,6 +299,36 @@ def _paper_cost() -> str:
   return "```text\n" + paper_cost.report(paper_cost.merge_reports(docs)) + "\n```\n"
 
 
+# -- committing runs ---------------------------------------------------------------------------------
+# What a committed run directory keeps (never checkpoints or event files); evaluations over training go to
+# evals.json, extracted from metrics.jsonl.
+EXPORT_FILES = ("config.json", "eval.json", "sweep_point.json", "sweep_config.json", "eval_n_passes.json",
+                "eval_halting.json", "eval_n_passes.png", "eval_halting.png")
+
+
+def export_run(src: str, dst: str) -> list[str]:
+  """Copies a run directory's result files to ``dst``; its eval records over training as ``evals.json``.
+
+  Returns:
+    The files written.
+  """
+  import shutil
+  os.makedirs(dst, exist_ok=True)
+  written = []
+  for name in EXPORT_FILES:
+    if os.path.exists(os.path.join(src, name)):
+      shutil.copyfile(os.path.join(src, name), os.path.join(dst, name))
+      written.append(name)
+  metrics = os.path.join(src, "metrics.jsonl")
+  if os.path.exists(metrics):
+    with open(metrics) as f:
+      evals = [r for r in map(json.loads, filter(str.strip, f)) if r.get("kind") == "eval"]
+    with open(os.path.join(dst, "evals.json"), "w") as f:
+      json.dump(evals, f, indent=1, sort_keys=True)
+    written.append("evals.json")
+  return written
+
+
 # -- RESULTS.md --------------------------------------------------------------------------------------
 def render(text: str, tables: dict[str, Callable[[], str]] | None = None) -> str:
   """``text`` with every marked block replaced by its generated table.
@@ -320,7 +350,12 @@ def main(argv=None) -> int:
   p.add_argument("--results", default=RESULTS_MD, help="the Markdown file with marked blocks")
   p.add_argument("--check", action="store_true", help="compare only: exit 1 and print a diff on drift")
   p.add_argument("--print", dest="name", default="", help=f"print one table: {', '.join(TABLES)}")
+  p.add_argument("--export", nargs=2, metavar=("RUN_DIR", "DEST"),
+                 help="copy a run directory's result files (no checkpoints) to DEST, evaluations as evals.json")
   args = p.parse_args(argv)
+  if args.export:
+    print(f"{args.export[1]}: " + ", ".join(export_run(*args.export)))
+    return 0
   if args.name:
     print(TABLES[args.name](), end="")
     return 0

@@ -20,7 +20,9 @@ Sampling (ours, documented choices):
   (``"uniform"``), the same in both splits.
 - ``k`` is uniform on ``[1, k_max]`` in the train split and uniform over
   ``eval_ks`` in the eval split, independently of ``n``.
-- The query sources ``x`` of one example are distinct nodes.
+- The query sources ``x`` of one example are distinct nodes
+  (``query_sources="distinct"``, the default) or one node
+  (``"shared"``, only with hidden answers: ``answers_visible=False``).
 
 Every query asks what it says. A query with ``k >= n`` would wrap around the
 cycle (``k`` hops would equal ``k mod n`` hops), and two queries with the same
@@ -51,6 +53,7 @@ from tasks.tokenizer import PAD_ID, Tokenizer
 EDGE_TOKENS = 4
 QUERY_TOKENS = 6
 N_SAMPLINGS = ("biased", "uniform")
+QUERY_SOURCES = ("distinct", "shared")
 _SPECIALS = ("<pad>", "->", ",", "?", "=", ";")
 _ARROW, _COMMA, _QUERY, _EQ, _SEMI = 1, 2, 3, 4, 5
 
@@ -77,6 +80,15 @@ class DepoConfig:
     n_sampling: "biased" (PhysicsLM4) or "uniform".
     num_train_examples: epoch size of the train split.
     num_eval_examples: size of the eval split.
+    query_sources: ``"distinct"`` (the default): the queries of one example
+      ask about distinct source nodes. ``"shared"``: they all ask about one
+      source (at independently drawn ``k``). With distinct sources each
+      query's one-hop read of the fast weights names a different edge, and
+      attention across the query window can chain them (the edge ``x -> y``
+      read at one query and ``y -> z`` read at another answer ``k = 2`` from
+      ``x``): a second hop that no pass computed. With one shared source
+      every query reads the same edge, so nothing can be chained; use it with
+      ``answers_visible = False``.
     answers_visible: whether a query's answer token is in the input stream.
       ``True`` (the default, PhysicsLM4's format): ``? x k<k> = y ;`` is
       teacher-forced, so a later query of the same example can read an
@@ -98,6 +110,7 @@ class DepoConfig:
   n_sampling: str = "biased"
   num_train_examples: int = 1 << 30
   num_eval_examples: int = 4096
+  query_sources: str = "distinct"
   answers_visible: bool = True
 
   def __post_init__(self):
@@ -139,18 +152,23 @@ class DepoConfig:
         f"DepoConfig.n_min ({self.n_min}) must be larger than every hop count (k_max = {self.k_max}, "
         f"max(eval_ks) = {max(self.eval_ks)}) so that every query has k < n and does not wrap around the "
         f"cycle; raise n_min to at least {self.hop_max + 1} or lower k_max / eval_ks")
-    req(self.n_min >= self.n_queries,
+    req(self.query_sources == "shared" or self.n_min >= self.n_queries,
         f"DepoConfig.n_min ({self.n_min}) must be at least n_queries ({self.n_queries}) so that the queries "
-        "of one example have distinct sources")
+        "of one example have distinct sources (or set query_sources='shared')")
     req(self.n_sampling in N_SAMPLINGS,
         f"DepoConfig.n_sampling must be one of {N_SAMPLINGS}, got {self.n_sampling!r}")
     req(is_int(self.num_train_examples) and self.num_train_examples >= 1,
         f"DepoConfig.num_train_examples must be an integer >= 1, got {self.num_train_examples!r}")
     req(is_int(self.num_eval_examples) and self.num_eval_examples >= 1,
         f"DepoConfig.num_eval_examples must be an integer >= 1, got {self.num_eval_examples!r}")
+    req(self.query_sources in QUERY_SOURCES,
+        f"DepoConfig.query_sources must be one of {QUERY_SOURCES}, got {self.query_sources!r}")
     req(isinstance(self.answers_visible, (bool, np.bool_)),
         f"DepoConfig.answers_visible must be True or False, got {self.answers_visible!r}")
     object.__setattr__(self, "answers_visible", bool(self.answers_visible))
+    req(self.query_sources != "shared" or not self.answers_visible,
+        "DepoConfig: query_sources='shared' needs answers_visible=False: with visible answers two queries "
+        "with the same source and k would let attention copy the earlier answer")
 
   @property
   def seq_len(self) -> int:
@@ -193,7 +211,10 @@ def _build(config: DepoConfig, split: str, rng: np.random.Generator) -> dict:
   context = np.concatenate([np.zeros(config.context_len - edges.size, np.int32), edges])
 
   q = config.n_queries
-  src_pos = rng.choice(n, size=q, replace=False)  # n >= n_min >= q (checked by the config)
+  if config.query_sources == "shared":
+    src_pos = np.full(q, rng.integers(n))
+  else:
+    src_pos = rng.choice(n, size=q, replace=False)  # n >= n_min >= q (checked by the config)
   if split == "train" and config.k_weights is not None:
     w = np.asarray(config.k_weights, np.float64)
     ks = rng.choice(np.arange(1, config.k_max + 1), size=q, p=w / w.sum())

@@ -36,7 +36,7 @@ def names(message: str, *args: str) -> bool:
 
 
 # -- task configurations ------------------------------------------------------------------------------
-STRING_CHOICES = {"n_sampling": depo.N_SAMPLINGS, "eviction": gsm_math.EVICTIONS,
+STRING_CHOICES = {"n_sampling": depo.N_SAMPLINGS, "query_sources": depo.QUERY_SOURCES, "eviction": gsm_math.EVICTIONS,
                   "line_order": gsm_math.LINE_ORDERS}
 WRONG_TYPES = st.sampled_from([None, "3", 2.5, True, float("nan"), (1,)])
 
@@ -100,7 +100,7 @@ def check_example(task, config, ex, split):
   meta = ex["meta"]
   if isinstance(config, depo.DepoConfig):
     sources = [s for s, _, _ in meta["queries"]]
-    assert len(set(sources)) == len(sources)
+    assert len(set(sources)) == (1 if config.query_sources == "shared" else len(sources))
     assert all(1 <= k < meta["n"] for _, k, _ in meta["queries"])
     cycle = meta["cycle"].tolist()
     assert all(cycle[(cycle.index(s) + k) % meta["n"]] == d for s, k, d in meta["queries"])

@@ -46,7 +46,10 @@ def check_against_brute_force(config, ex, words, split):
   assert len(queries) == 6 * config.n_queries
   ks = []
   sources = queries[1::6]
-  assert len(set(sources)) == len(sources)  # distinct sources: no answer can be copied
+  if config.query_sources == "shared":
+    assert len(set(sources)) == 1  # one source: no one-hop read can be chained to another
+  else:
+    assert len(set(sources)) == len(sources)  # distinct sources: no answer can be copied
   for j in range(config.n_queries):
     q, x, k_tok, eq, y, semi = queries[6 * j:6 * j + 6]
     assert (q, eq, semi) == ("?", "=", ";")
@@ -251,3 +254,31 @@ def test_hidden_answers_replace_only_the_answer_inputs_and_keep_the_targets():
       check_against_brute_force(hidden, ex, [tok.vocab[int(t)] for t in filled], split)
   with pytest.raises(ValueError, match="answers_visible"):
     dataclasses.replace(visible, answers_visible=1)
+
+
+def test_shared_query_sources_ask_about_one_node_and_need_hidden_answers():
+  base = TASK.preset("small")
+  shared = dataclasses.replace(base, answers_visible=False, query_sources="shared", n_min=9, n_queries=5)
+  tok = TASK.tokenizer(shared)
+  ks = []
+  for split in ("train", "eval"):
+    for i in range(200):
+      ex = TASK.make_example(shared, 0, i, split)
+      pos = np.nonzero(ex["loss_mask"])[0]
+      filled = ex["tokens"].copy()
+      filled[pos + 1] = ex["targets"][pos]
+      _, k = check_against_brute_force(shared, ex, [tok.vocab[int(t)] for t in filled], split)
+      ks += k if split == "train" else []
+  # k stays uniform on 1..k_max, independently per query (5 queries x 200 examples).
+  counts = np.bincount(ks, minlength=shared.k_max + 1)[1:]
+  assert counts.sum() == 1000 and counts.min() > 1000 / shared.k_max * 0.6
+  with pytest.raises(ValueError, match="answers_visible=False"):
+    dataclasses.replace(base, query_sources="shared")
+  with pytest.raises(ValueError, match="query_sources"):
+    dataclasses.replace(base, answers_visible=False, query_sources="same")
+  # With one shared source, more queries than nodes is fine (distinct sources would need n_min >= 5).
+  few = dict(n_min=3, n_max=3, n_queries=5, k_max=2, eval_ks=(1, 2), context_len=32, window=32)
+  with pytest.raises(ValueError, match="distinct sources"):
+    dataclasses.replace(base, answers_visible=False, **few)
+  ex = TASK.make_example(dataclasses.replace(base, answers_visible=False, query_sources="shared", **few), 0, 0)
+  assert len({s for s, _, _ in ex["meta"]["queries"]}) == 1 and ex["loss_mask"].sum() == 5
