@@ -264,13 +264,7 @@ def _depo_demo_v1() -> str:
 
 @table("depo_passes_v1")
 def _depo_passes_v1() -> str:
-  from launch import tables
-  with open(os.path.join(DEPO_DEMO, "v1_n4_s0", "eval_n_passes.json")) as f:
-    doc = json.load(f)
-  results_ = {int(n): r for n, r in doc["results"].items()}
-  answered = ", ".join(f"N={n}: {tables.depth_answered(r)}" for n, r in results_.items())
-  return ("```\n" + tables.passes_table(results_, "k") + "\n```\n\nDeepest k answered (accuracy >= (1 + majority) / 2 "
-          f"there and at every shallower k): {answered}.\n")
+  return passes_block(os.path.join(DEPO_DEMO, "v1_n4_s0", "eval_n_passes.json"))
 
 
 @table("depo_demo_v2")
@@ -288,6 +282,48 @@ def _depo_demo_v2() -> str:
           + f"\nMajority {base}; chance {_fmt(first.get('chance'))} at every k.\n")
 
 
+@table("depo_demo_v3")
+def _depo_demo_v3() -> str:
+  runs_ = {"v3_n1_s0": "N = 1, seed 0", "v3_n1_s1": "N = 1, seed 1", "v3_n4_s0": "N = 4, seed 0"}
+  partial = {"v3_n2_s0": "N = 2, seed 0 (stopped at step 2,200)"}
+  depths = (1, 2, 3, "all")
+  return (final_evals_table(DEPO_DEMO, runs_, depths, "k") + "\nOver training (every 500 steps):\n\n"
+          + evals_table(DEPO_DEMO, {**runs_, **partial}, depths[:-1], "k"))
+
+
+def passes_block(path: str) -> str:
+  """A checkpoint's ``launch.eval --n_passes`` record: accuracy per depth at each N, and the deepest depth answered."""
+  from launch import tables
+  with open(path) as f:
+    doc = json.load(f)
+  results_ = {int(n): r for n, r in doc["results"].items()}
+  answered = ", ".join(f"N={n}: {tables.depth_answered(r)}" for n, r in results_.items())
+  return ("```\n" + tables.passes_table(results_, "k") + "\n```\n\nDeepest k answered (accuracy >= (1 + majority) / 2 "
+          f"there and at every shallower k): {answered}.\n")
+
+
+def order_block(paths: dict[str, str]) -> str:
+  """``launch.depo_probe`` records (``depo_order.json``): accuracy per (k, listing order of the path) per run."""
+  lines = ["| run | N | cell | count | accuracy | majority |", "|---|---|---|---|---|---|"]
+  for label, path in paths.items():
+    with open(path) as f:
+      doc = json.load(f)
+    for n, r in doc.items():
+      for cell, c in r["cells"].items():
+        lines.append(f"| {label} | {n} | {cell} | {c['count']:,} | {_fmt(c['accuracy'])} | {_fmt(c['majority'])} |")
+  return "\n".join(lines) + "\n"
+
+
+@table("depo_order_v3")
+def _depo_order_v3() -> str:
+  return order_block({"D3 N = 1, seed 1": os.path.join(DEPO_DEMO, "v3_n1_s1", "depo_order.json")})
+
+
+@table("depo_passes_v3")
+def _depo_passes_v3() -> str:
+  return passes_block(os.path.join(DEPO_DEMO, "v3_n4_s0", "eval_n_passes.json"))
+
+
 # -- the paper configs' cost ---------------------------------------------------------------------------
 PAPER_COST_FILES = ("paper_cost.json", "paper_cost_n1.json", "paper_cost_gsm_hard_b1.json")
 
@@ -303,7 +339,7 @@ def _paper_cost() -> str:
 # What a committed run directory keeps (never checkpoints or event files); evaluations over training go to
 # evals.json, extracted from metrics.jsonl.
 EXPORT_FILES = ("config.json", "eval.json", "sweep_point.json", "sweep_config.json", "eval_n_passes.json",
-                "eval_halting.json", "eval_n_passes.png", "eval_halting.png")
+                "eval_halting.json", "eval_n_passes.png", "eval_halting.png", "depo_order.json")
 
 
 def export_run(src: str, dst: str) -> list[str]:

@@ -53,6 +53,24 @@ def check_learned(result: dict) -> list[str]:
   return reasons
 
 
+# Per config, the floors the issue sets on named depths, beside the generic criterion above.
+FLOORS = {"depo_small": {1: 0.9, 2: 0.5}, "gsm_math_small": {1: 0.9}}
+
+
+def check_floors(name: str, result: dict) -> list[str]:
+  """Reasons the result misses a config's floors (empty: it meets them)."""
+  acc = _depths(result, "accuracy")
+  return [f"{name} depth {d}: accuracy {acc.get(d, float('nan')):.3f} < {floor}"
+          for d, floor in FLOORS.get(name, {}).items() if not acc.get(d, 0.0) >= floor]
+
+
+def test_check_floors():
+  assert check_floors("depo_small", {"accuracy/depth=1": 0.95, "accuracy/depth=2": 0.5}) == []
+  assert len(check_floors("depo_small", {"accuracy/depth=1": 0.95, "accuracy/depth=2": 0.49})) == 1
+  assert len(check_floors("depo_small", {"accuracy/depth=1": 0.95})) == 1  # a missing depth fails
+  assert check_floors("rule110_small", {}) == []
+
+
 def test_check_learned_criterion():
   good = {"accuracy/depth=1": 0.95, "accuracy/depth=4": 0.8, "majority/depth=4": 0.55, "count/depth=4": 500,
           "majority/depth=1": 0.5, "count/depth=1": 500}
@@ -76,4 +94,4 @@ def test_small_config_learns_in_its_default_budget(name, tmp_path):
   with open(tmp_path / name / "eval.json") as f:
     result = json.load(f)
   print(proc.stdout[-2000:])
-  assert check_learned(result) == [], check_learned(result)
+  assert check_learned(result) + check_floors(name, result) == [], check_learned(result) + check_floors(name, result)

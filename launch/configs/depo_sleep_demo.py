@@ -27,14 +27,19 @@ D1 and D2):
 Why depth needs passes. The core is shallow: one Gated DeltaNet block, then one
 attention block (``layout = "gdn,attn"``).
 
-- One pass (``N = 1``). The GDN comes first, so what it writes into ``S`` is
+- One pass (``N = 1``). The GDN comes first, so its keys and values are
   computed from token embeddings through its 4-token causal convolution: one
   edge at a time. The attention block after it writes nothing (no GDN follows
-  it). At query time the one route to the edges is one read of ``S`` (the
-  convolution sees ``? x k<k> =``), then attention over the query window and
-  the MLP: one lookup. So ``N = 1`` can answer ``k = 1``; at ``k >= 2`` the best
-  it can do is rule out the nodes one lookup names (the source, its successor
-  and predecessor): ``1 / (n - 3)``, about 0.22 here.
+  it). At query time the one route to the edges is one read of ``S`` keyed by
+  the query's tokens, then attention over the query window and the MLP. That
+  is one lookup, *except* that the delta rule's writes compose: each write
+  multiplies the state by ``(I - beta k k^T)``, so when a later write's key
+  mixes ``x`` and ``y`` (the convolution sees ``x -> y``), an earlier write
+  stored under ``y`` (``y -> z``) becomes partly readable under ``x``. So one
+  pass can answer some ``k = 2`` queries, those whose later hop is listed
+  first (``launch.depo_probe`` measures it: RESULTS.md, "Depo", D4), and
+  nothing else beyond ``k = 1`` above the one-lookup floor ``1 / (n - 3)``
+  (about 0.22 here).
 - Each further pass runs the GDN on the previous pass's output, where
   attention has gathered, for every edge, what the other edges and ``S`` hold
   about its target; so pass ``n + 1`` can write links longer than pass ``n``'s
