@@ -324,6 +324,53 @@ def _depo_passes_v3() -> str:
   return passes_block(os.path.join(DEPO_DEMO, "v3_n4_s0", "eval_n_passes.json"))
 
 
+# -- the Depo demo (D4, the committed config) ----------------------------------------------------------------
+DEPO_RUNS = os.path.join(REPO, "results", "depo_demo", "runs")
+DEPO_DEMO_DEPTHS = (1, 2, 3, "all")
+
+
+def _present(root: str, names: Sequence[str]) -> list[str]:
+  return [n for n in names if os.path.exists(os.path.join(root, n, "eval.json"))]
+
+
+@table("depo_demo")
+def _depo_demo_d4() -> str:
+  names = _present(DEPO_RUNS, [f"n{n}_s{s}" for n in (1, 2, 4) for s in (0, 1, 2)])
+  return demo_table(_select(DEPO_RUNS, names), DEPO_DEMO_DEPTHS)
+
+
+@table("depo_demo_over_training")
+def _depo_demo_over_training() -> str:
+  names = _present(DEPO_RUNS, [f"n{n}_s{s}" for n in (1, 2, 4) for s in range(5)])
+  return evals_table(DEPO_RUNS, {n: f"N = {n[1]}, seed {n[-1]}" for n in names}, DEPO_DEMO_DEPTHS[:-1], "k")
+
+
+@table("depo_unseen_seeds")
+def _depo_unseen_seeds() -> str:
+  return runs_table(_select(DEPO_RUNS, _present(DEPO_RUNS, ["n1_s3", "n4_s3", "n1_s4", "n4_s4"])),
+                    DEPO_DEMO_DEPTHS)
+
+
+@table("depo_controls")
+def _depo_controls() -> str:
+  names = _present(DEPO_RUNS, ["n4_s0", "n1_compute_s0", "deep4_s0", "n1_s0"])
+  extra = [("steps", lambda r: f"{r.steps:,}"), ("training FLOPs (analytic)", lambda r: f"{r.train_flops:.3g}"),
+           ("parameters", lambda r: f"{parameter_count(r.workdir):,}")]
+  return runs_table(_select(DEPO_RUNS, names), DEPO_DEMO_DEPTHS, extra=extra)
+
+
+@table("depo_passes")
+def _depo_passes() -> str:
+  return passes_block(os.path.join(DEPO_RUNS, "n4_s0", "eval_n_passes.json"))
+
+
+@table("depo_order")
+def _depo_order() -> str:
+  paths = {f"N = {n[1]}, seed {n[-1]}": os.path.join(DEPO_RUNS, n, "depo_order.json")
+           for n in ("n1_s0", "n1_s1", "n1_s2", "n4_s0")}
+  return order_block({k: v for k, v in paths.items() if os.path.exists(v)})
+
+
 # -- the paper configs' cost ---------------------------------------------------------------------------
 PAPER_COST_FILES = ("paper_cost.json", "paper_cost_n1.json", "paper_cost_gsm_hard_b1.json")
 

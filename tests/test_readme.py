@@ -72,6 +72,10 @@ RULES = (
     Rule(r"launch\.train .*--workdir=workdirs/rule110_small(_n4)?( |$)", TRAIN_BUDGET,
          (("workdir", RUN_FILES),), fast=True),
     Rule(r"launch\.train ", TRAIN_BUDGET, (("workdir", RUN_FILES),)),
+    # The Depo demo's sweep only plans here (--dry_run below), so the commands that read its runs do not run.
+    Rule(r"launch\.(eval|depo_probe) --workdir=workdirs/depo_demo/",
+         skip="reads the Depo demo sweep's runs, which the README chain only plans (--dry_run); "
+              "tests/test_depo_probe.py covers the probe"),
     Rule(r"launch\.eval .*--halt_tol=", EVAL_BUDGET, (("workdir", ("eval_halting.json", "*.png")),)),
     Rule(r"launch\.eval --workdir=workdirs/rule110_small --n_passes=", EVAL_BUDGET,
          (("workdir", ("eval_n_passes.json", "*.png")),), fast=True),
