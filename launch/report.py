@@ -234,6 +234,13 @@ def _depo_search_one_window() -> str:
   return evals_table(os.path.join(REPO, "results", "depo_small_search"), runs_, (1, 2, 4, 8), "k")
 
 
+@table("depo_small_d4")
+def _depo_small_d4() -> str:
+  runs_ = {"depo_d4_alt4_n1": "the D4 task (7-8 nodes, one window, 5 hidden-answer queries on one source, k 1..3), "
+                              "`depo_small`'s 4-block alternating model, N = 1, batch 64"}
+  return evals_table(os.path.join(REPO, "results", "depo_small_search"), runs_, (1, 2, 3), "k")
+
+
 # -- the Depo sleep demo -------------------------------------------------------------------------------
 DEPO_DEMO = os.path.join(REPO, "results", "depo_demo_search")
 DEPO_DEPTHS = (1, 2, 3, 4, "all")

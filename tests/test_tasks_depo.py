@@ -262,16 +262,17 @@ def test_shared_query_sources_ask_about_one_node_and_need_hidden_answers():
   tok = TASK.tokenizer(shared)
   ks = []
   for split in ("train", "eval"):
-    for i in range(200):
+    for i in range(100):
       ex = TASK.make_example(shared, 0, i, split)
       pos = np.nonzero(ex["loss_mask"])[0]
       filled = ex["tokens"].copy()
       filled[pos + 1] = ex["targets"][pos]
       _, k = check_against_brute_force(shared, ex, [tok.vocab[int(t)] for t in filled], split)
       ks += k if split == "train" else []
-  # k stays uniform on 1..k_max, independently per query (5 queries x 200 examples).
+  # k stays uniform on 1..k_max, independently per query (5 queries x 100 examples; each count is about
+  # 62 +- 7.4, so 0.5 x 62 is more than 4 standard deviations below).
   counts = np.bincount(ks, minlength=shared.k_max + 1)[1:]
-  assert counts.sum() == 1000 and counts.min() > 1000 / shared.k_max * 0.6
+  assert counts.sum() == 500 and counts.min() > 500 / shared.k_max * 0.5
   with pytest.raises(ValueError, match="answers_visible=False"):
     dataclasses.replace(base, query_sources="shared")
   with pytest.raises(ValueError, match="query_sources"):
