@@ -310,14 +310,20 @@ def passes_block(path: str) -> str:
 
 
 def order_block(paths: dict[str, str]) -> str:
-  """``launch.depo_probe`` records (``depo_order.json``): accuracy per (k, listing order of the path) per run."""
-  lines = ["| run | N | cell | count | accuracy | majority |", "|---|---|---|---|---|---|"]
+  """``launch.depo_probe`` records (``depo_order.json``): per run and N, accuracy in each (k, listing order) cell
+  [its count], then the majority of each cell (of the first record: every run here shares one eval split)."""
+  docs = {}
   for label, path in paths.items():
     with open(path) as f:
-      doc = json.load(f)
+      docs[label] = json.load(f)
+  first = next(iter(next(iter(docs.values())).values()))["cells"]
+  cells = [c for c in first if not c.startswith("k=1")]
+  lines = ["| run | N | " + " | ".join(cells) + " |", "|---|---|" + "---|" * len(cells)]
+  for label, doc in docs.items():
     for n, r in doc.items():
-      for cell, c in r["cells"].items():
-        lines.append(f"| {label} | {n} | {cell} | {c['count']:,} | {_fmt(c['accuracy'])} | {_fmt(c['majority'])} |")
+      lines.append(f"| {label} | {n} | " + " | ".join(
+          f"{_fmt(r['cells'][c]['accuracy'])} [{r['cells'][c]['count']:,}]" for c in cells) + " |")
+  lines.append("| *majority* | | " + " | ".join(_fmt(first[c]["majority"]) for c in cells) + " |")
   return "\n".join(lines) + "\n"
 
 
@@ -354,13 +360,15 @@ def _depo_demo_over_training() -> str:
 
 @table("depo_unseen_seeds")
 def _depo_unseen_seeds() -> str:
-  return runs_table(_select(DEPO_RUNS, _present(DEPO_RUNS, ["n1_s3", "n4_s3", "n1_s4", "n4_s4"])),
-                    DEPO_DEMO_DEPTHS)
+  names = _present(DEPO_RUNS, ["n1_s3", "n4_s3", "n1_s4", "n4_s4"])
+  return runs_table(_select(DEPO_RUNS, names), DEPO_DEMO_DEPTHS) if names else "No run has finished yet.\n"
 
 
 @table("depo_controls")
 def _depo_controls() -> str:
   names = _present(DEPO_RUNS, ["n4_s0", "n1_compute_s0", "deep4_s0", "n1_s0"])
+  if not names:
+    return "No run has finished yet.\n"
   extra = [("steps", lambda r: f"{r.steps:,}"), ("training FLOPs (analytic)", lambda r: f"{r.train_flops:.3g}"),
            ("parameters", lambda r: f"{parameter_count(r.workdir):,}")]
   return runs_table(_select(DEPO_RUNS, names), DEPO_DEMO_DEPTHS, extra=extra)
