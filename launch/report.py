@@ -364,16 +364,6 @@ def _depo_unseen_seeds() -> str:
   return runs_table(_select(DEPO_RUNS, names), DEPO_DEMO_DEPTHS) if names else "No run has finished yet.\n"
 
 
-@table("depo_controls")
-def _depo_controls() -> str:
-  names = _present(DEPO_RUNS, ["n4_s0", "n1_compute_s0", "deep4_s0", "n1_s0"])
-  if not names:
-    return "No run has finished yet.\n"
-  extra = [("steps", lambda r: f"{r.steps:,}"), ("training FLOPs (analytic)", lambda r: f"{r.train_flops:.3g}"),
-           ("parameters", lambda r: f"{parameter_count(r.workdir):,}")]
-  return runs_table(_select(DEPO_RUNS, names), DEPO_DEMO_DEPTHS, extra=extra)
-
-
 @table("depo_passes")
 def _depo_passes() -> str:
   return passes_block(os.path.join(DEPO_RUNS, "n4_s0", "eval_n_passes.json"))
