@@ -50,7 +50,11 @@ the majority baseline (the most frequent answer per depth) is lower, since
 node names are drawn from a pool of 16.
 
 Budget: 3,000 steps x 64 examples x 62 tokens = 11.9 M training tokens for
-every ``N`` (about 12 / 17 / 30 minutes for N = 1 / 2 / 4 on one core).
+every ``N`` (about 8 / 20 minutes for N = 1 / 4 on one core). Measured
+(RESULTS.md, "Depo", D4, five seeds): not a sleep effect yet. One N = 4 seed
+learned k = 2 through its passes (0.80); the others stayed at the one-lookup
+level, while three N = 1 seeds composed reverse-listed two-hop paths in one
+pass (up to 0.61 at k = 2); no run learned k = 3.
 """
 
 from launch.configs.common import base_config
