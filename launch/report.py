@@ -241,6 +241,12 @@ def _depo_small_d4() -> str:
   return evals_table(os.path.join(REPO, "results", "depo_small_search"), runs_, (1, 2, 3), "k")
 
 
+@table("depo_d4_lr")
+def _depo_d4_lr() -> str:
+  runs_ = {"d4_n4_s1_lr2e3": "the Depo demo (D4), N = 4, seed 1, AdamW 2e-3 (the demo's 1e-3 learned nothing on this seed)"}
+  return evals_table(os.path.join(REPO, "results", "depo_demo_search"), runs_, (1, 2, 3), "k")
+
+
 # -- the Depo sleep demo -------------------------------------------------------------------------------
 DEPO_DEMO = os.path.join(REPO, "results", "depo_demo_search")
 DEPO_DEPTHS = (1, 2, 3, 4, "all")
