@@ -28,18 +28,11 @@ import os
 import sys
 
 import numpy as np
-from absl import app
-from absl import flags
-
 from launch import cli
 
 ORDERS = ("path order", "reverse order", "mixed")
 # Codes in the evaluator's depth slot: 10 * k + order index (k = 1: order 0).
 _CODE = 10
-
-_WORKDIR = cli.define_path("workdir", None, "A Depo run directory.")
-_N_PASSES = flags.DEFINE_list("n_passes", None, "Sleep-pass counts to evaluate at (default: the run's).")
-_EVAL_BATCHES = flags.DEFINE_integer("eval_batches", 0, "Eval batches (0: the whole eval split).")
 
 
 def path_order(example_meta: dict, source: int, k: int) -> int:
@@ -121,13 +114,21 @@ def report(results: dict) -> str:
   return "\n".join(lines)
 
 
-def main(argv):
-  if len(argv) > 1:
-    raise app.UsageError(f"unexpected arguments: {argv[1:]}")
-  workdir = cli.user_path(_WORKDIR.value)
-  if not workdir:
-    raise app.UsageError("--workdir is required")
-  results = probe(workdir, _N_PASSES.value, _EVAL_BATCHES.value or None)
+def main(argv=None) -> int:
+  import argparse
+  p = argparse.ArgumentParser(prog="python -m launch.depo_probe", description=__doc__.splitlines()[0])
+  p.add_argument("--workdir", required=True, help="a Depo run directory")
+  p.add_argument("--n_passes", default="", help="comma-separated sleep-pass counts (default: the run's)")
+  p.add_argument("--eval_batches", type=int, default=0, help="eval batches (0: the whole eval split)")
+  args = p.parse_args(argv)
+  workdir = cli.user_path(args.workdir)
+  try:
+    n_passes = [int(n) for n in args.n_passes.split(",") if n.strip()] or None
+  except ValueError:
+    p.error(f"--n_passes must be comma-separated integers, got {args.n_passes!r}")
+  if n_passes and min(n_passes) < 0:
+    p.error(f"--n_passes entries must be >= 0, got {n_passes}")
+  results = probe(workdir, n_passes, args.eval_batches or None)
   print(report(results))
   path = os.path.join(workdir, "depo_order.json")
   with open(path, "w") as f:
@@ -137,4 +138,4 @@ def main(argv):
 
 
 if __name__ == "__main__":
-  sys.exit(app.run(main))
+  sys.exit(main())
