@@ -117,11 +117,11 @@ def report(results: dict) -> str:
 def main(argv=None) -> int:
   import argparse
   p = argparse.ArgumentParser(prog="python -m launch.depo_probe", description=__doc__.splitlines()[0])
-  p.add_argument("--workdir", required=True, help="a Depo run directory")
+  p.add_argument("--workdir", required=True, type=cli.user_path, help="a Depo run directory")
   p.add_argument("--n_passes", default="", help="comma-separated sleep-pass counts (default: the run's)")
   p.add_argument("--eval_batches", type=int, default=0, help="eval batches (0: the whole eval split)")
   args = p.parse_args(argv)
-  workdir = cli.user_path(args.workdir)
+  workdir = args.workdir
   try:
     n_passes = [int(n) for n in args.n_passes.split(",") if n.strip()] or None
   except ValueError:
