@@ -378,7 +378,7 @@ def _depo_passes() -> str:
 @table("depo_order")
 def _depo_order() -> str:
   paths = {f"N = {n[1]}, seed {n[-1]}": os.path.join(DEPO_RUNS, n, "depo_order.json")
-           for n in ("n1_s0", "n1_s1", "n1_s2", "n1_s3", "n1_s4", "n4_s0", "n4_s1", "n4_s2", "n4_s3", "n4_s4")}
+           for n in ("n1_s0", "n1_s1", "n1_s2", "n1_s3", "n1_s4", "n2_s0", "n4_s0", "n4_s1", "n4_s2", "n4_s3", "n4_s4")}
   return order_block({k: v for k, v in paths.items() if os.path.exists(v)})
 
 
