@@ -23,6 +23,7 @@ baselines, and writes ``<workdir>/depo_order.json``.
 from __future__ import annotations
 
 import dataclasses
+import functools
 import json
 import os
 import sys
@@ -75,8 +76,17 @@ def coded_batches(batches, task_config, seed: int):
     yield batch
 
 
+def _coded_eval_data(eval_data, task_config, seed: int):
+  return coded_batches(eval_data(), task_config, seed)
+
+
 def probe(workdir: str, n_passes=None, eval_batches=None) -> dict:
-  """``{N: {"k=<k> <order>": {"accuracy", "count"}, ..., "majority/k=<k>", "chance"}}`` for a Depo run."""
+  """Accuracy per (k, listing order) of a Depo run's checkpoint at each sleep-pass count.
+
+  Returns:
+    ``{N: {"cells": {"k=<k> <order>": {"accuracy", "count", "k", "majority"}}, "chance": float}}``; ``k = 1``
+    has the one cell ``"k=1 all"``.
+  """
   from launch import experiment
   from sleep_jax.train import loop
 
@@ -89,8 +99,8 @@ def probe(workdir: str, n_passes=None, eval_batches=None) -> dict:
   for n in n_passes or [base.sleep.n_passes]:
     exp = experiment.experiment_from_config(experiment.apply_overrides(cfg.to_dict(), [f"sleep.n_passes={int(n)}"]))
     spec = experiment.build_run_spec(exp)
-    plain = spec.eval_data
-    spec = dataclasses.replace(spec, eval_data=lambda: coded_batches(plain(), exp.task_config, seed))
+    spec = dataclasses.replace(spec, eval_data=functools.partial(_coded_eval_data, spec.eval_data,
+                                                                 exp.task_config, seed))
     _, result = loop.evaluate_checkpoint(spec, exp.train, workdir, max_batches=eval_batches)
     cells = {}
     for key, value in result.items():

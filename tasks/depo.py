@@ -152,6 +152,8 @@ class DepoConfig:
         f"DepoConfig.n_min ({self.n_min}) must be larger than every hop count (k_max = {self.k_max}, "
         f"max(eval_ks) = {max(self.eval_ks)}) so that every query has k < n and does not wrap around the "
         f"cycle; raise n_min to at least {self.hop_max + 1} or lower k_max / eval_ks")
+    req(self.query_sources in QUERY_SOURCES,
+        f"DepoConfig.query_sources must be one of {QUERY_SOURCES}, got {self.query_sources!r}")
     req(self.query_sources == "shared" or self.n_min >= self.n_queries,
         f"DepoConfig.n_min ({self.n_min}) must be at least n_queries ({self.n_queries}) so that the queries "
         "of one example have distinct sources (or set query_sources='shared')")
@@ -161,8 +163,6 @@ class DepoConfig:
         f"DepoConfig.num_train_examples must be an integer >= 1, got {self.num_train_examples!r}")
     req(is_int(self.num_eval_examples) and self.num_eval_examples >= 1,
         f"DepoConfig.num_eval_examples must be an integer >= 1, got {self.num_eval_examples!r}")
-    req(self.query_sources in QUERY_SOURCES,
-        f"DepoConfig.query_sources must be one of {QUERY_SOURCES}, got {self.query_sources!r}")
     req(isinstance(self.answers_visible, (bool, np.bool_)),
         f"DepoConfig.answers_visible must be True or False, got {self.answers_visible!r}")
     object.__setattr__(self, "answers_visible", bool(self.answers_visible))
