@@ -152,6 +152,20 @@ class ModelConfig:
       "input recall" of Deep Thinking and Huginn's input injection: a pass
       that always sees the input can keep refining towards a fixed point
       instead of drifting from it.
+    canon_size: width ``c`` of the "Canon layers" of Physics of Language
+      Models part 4.1 (Allen-Zhu): short depthwise causal convolutions over
+      the ``d_model`` channels, with a residual, on the normalised block
+      inputs: Canon-A before the mixer (``y = mixer_norm(x); y = y +
+      conv_a(y)``) and Canon-C before the MLP (``z = mlp_norm(x); z = z +
+      conv_c(z)``), in every block, attention and GDN alike. Weights ``[c,
+      d_model]``, no bias, no activation, initialised to zero (a design
+      decision, ours): a model with canon layers starts out computing exactly
+      what the same model without them computes, so switching them on changes
+      nothing until training moves the weights. Like the GDN short
+      convolution they restart from zeros at the start of every window and
+      every sleep pass (nothing but the fast weights crosses a window
+      boundary); decoding carries their last ``c - 1`` inputs per window in
+      the decode state. ``0`` (the default): off, no parameters.
   """
   vocab_size: int
   d_model: int = 256
@@ -181,11 +195,12 @@ class ModelConfig:
   norm_zero_centered: bool = False
   gdn_n_key_heads: int | None = None
   sleep_reinject: str = "none"
+  canon_size: int = 0
 
   def __post_init__(self):
     M = "ModelConfig"
     ints = dict(vocab_size=2, d_model=1, n_heads=1, head_dim=1, gdn_head_dim=1, conv_size=1, prelude=0, coda=0,
-                gdn_chunk_size=1)
+                gdn_chunk_size=1, canon_size=0)
     for name, minimum in ints.items():
       object.__setattr__(self, name, _integer(M, name, getattr(self, name), minimum))
     for name in ("gdn_n_heads", "gdn_value_dim", "mlp_hidden", "n_kv_heads", "gdn_n_key_heads"):

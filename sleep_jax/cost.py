@@ -34,13 +34,15 @@ Conventions: forward FLOPs, a multiply-add is 2 FLOPs; per token and block:
   convolution ``2 K H (2 Dk + Dv)`` (``2 K (2 Hk Dk + H Dv)``), recurrence ``8 H Dk Dv`` (decay,
   read ``S k``, rank-one write, read ``S q``: the per-token form; the chunked
   kernels spend somewhat more);
-* SwiGLU ``6 d F``; output projection ``2 d V`` per token.
+* SwiGLU ``6 d F``; output projection ``2 d V`` per token;
+* Canon layers (``ModelConfig.canon_size = c > 0``, every block): two
+  depthwise convolutions over the ``d`` channels, ``2 c d`` each.
 
-Norms, activations, gates, softmax, RoPE and the embedding lookup are not
-counted. ``matmul_only=True`` drops the convolution and the recurrence's decay
-term: that is exactly the ``dot_general`` FLOPs of the program with the
-reference gated delta rule, which :func:`jaxpr_matmul_flops` counts and the
-tests compare against.
+Norms, activations, gates, softmax, RoPE, residual additions and the embedding
+lookup are not counted. ``matmul_only=True`` drops the convolutions (the GDN's
+and the Canon layers') and the recurrence's decay term: that is exactly the
+``dot_general`` FLOPs of the program with the reference gated delta rule,
+which :func:`jaxpr_matmul_flops` counts and the tests compare against.
 
 Training (:func:`sequence_flops`): forward + backward, backward = 2 x
 forward, for every pass that gradients flow through (``grad_passes``
@@ -92,11 +94,12 @@ def block_flops(config: ModelConfig, kind: str, keys: int, *, matmul_only: bool 
   """
   d = config.d_model
   mlp = 6 * d * config.mlp_width
+  canon = 0 if matmul_only else 2 * (2 * config.canon_size * d)  # Canon-A and Canon-C (0 when off)
   if kind == "attn":
     hd = config.n_heads * config.head_dim
     kv = config.num_kv_heads * config.head_dim  # grouped-query heads project fewer keys and values
     proj = 2 * d * (2 * hd + 2 * kv) + (2 * d * hd if config.attn_output_gate else 0)
-    return float(proj + 4 * hd * keys + mlp)
+    return float(proj + 4 * hd * keys + mlp + canon)
   if kind == "gdn":
     h, dk, dv = config.num_gdn_heads, config.gdn_head_dim, config.gdn_v_dim
     hk = config.num_gdn_key_heads  # grouped value heads: q and k have hk heads
@@ -104,7 +107,7 @@ def block_flops(config: ModelConfig, kind: str, keys: int, *, matmul_only: bool 
     if matmul_only:
       return float(proj + 6 * h * dk * dv + mlp)
     conv = 2 * config.conv_size * (2 * hk * dk + h * dv)
-    return float(proj + conv + 8 * h * dk * dv + mlp)
+    return float(proj + conv + 8 * h * dk * dv + mlp + canon)
   raise ValueError(f"unknown block kind {kind!r}")
 
 

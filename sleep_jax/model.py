@@ -2,7 +2,9 @@
 
 ``HybridLM`` is ``Embed -> blocks -> RMSNorm -> OutProj``. A block is a pre-norm
 sequence mixer (causal attention with RoPE, or Gated DeltaNet) plus residual,
-then a pre-norm SwiGLU MLP plus residual. The layout (default: alternating
+then a pre-norm SwiGLU MLP plus residual; with ``ModelConfig.canon_size`` each
+normalised input first passes a Canon layer (a short causal convolution with a
+residual, zero at initialisation). The layout (default: alternating
 attention and GDN, starting with attention) comes from ``ModelConfig``.
 
 The model exposes the pieces that the windowed forward (``windowed.py``), sleep
@@ -28,7 +30,7 @@ from flax import nnx
 from sleep_jax.config import BLOCK_TYPES, ModelConfig
 from sleep_jax.fast_weights import FastWeights, gdn_slots, init_fast_weights
 from sleep_jax.nn.attention import Attention, KVCache
-from sleep_jax.nn.gated_deltanet import GatedDeltaNet
+from sleep_jax.nn.gated_deltanet import GatedDeltaNet, causal_conv
 from sleep_jax.nn.mlp import SwiGLU
 from sleep_jax.nn.norms import RMSNorm
 
@@ -65,7 +67,22 @@ def check_token_ids(tokens, vocab_size: int, name: str = "tokens") -> None:
 
 
 class Block(nnx.Module):
-  """Pre-norm mixer + residual, then pre-norm SwiGLU + residual."""
+  """Pre-norm mixer + residual, then pre-norm SwiGLU + residual.
+
+  With ``config.canon_size = c > 0`` the block also has two Canon layers
+  (``ModelConfig.canon_size``): depthwise causal convolutions of width ``c``
+  with a residual on the normalised inputs of the mixer (``canon_conv_a``)
+  and of the MLP (``canon_conv_c``)::
+
+      y = mixer_norm(x); y = y + conv(y, canon_conv_a); x = x + mixer(y)
+      z = mlp_norm(x);   z = z + conv(z, canon_conv_c); x = x + mlp(z)
+
+  Their weights ``[c, d_model]`` start at zero, so the block starts as the
+  block without them. Like the GDN short convolution they restart from zeros
+  at every call (every window and sleep pass), and at every window start of a
+  whole-sequence call (``windows``); :meth:`step` carries their last ``c - 1``
+  inputs.
+  """
 
   def __init__(self, kind: str, config: ModelConfig, *, rngs: nnx.Rngs):
     if kind not in BLOCK_TYPES:
@@ -87,6 +104,29 @@ class Block(nnx.Module):
                                  rngs=rngs)
     self.mlp_norm = RMSNorm(config.d_model, eps=config.norm_eps, zero_centered=zc)
     self.mlp = SwiGLU(config.d_model, config.mlp_width, dtype=dtype, rngs=rngs)
+    self.canon_size = config.canon_size
+    self.dtype = dtype
+    if config.canon_size:
+      # Zero, so the Canon layers start as the identity (no random draw: the other parameters are unchanged).
+      self.canon_conv_a = nnx.Param(jnp.zeros((config.canon_size, config.d_model), jnp.float32))
+      self.canon_conv_c = nnx.Param(jnp.zeros((config.canon_size, config.d_model), jnp.float32))
+
+  def _canon(self, weight, x, segment=None):
+    """``x + conv(x)`` over a window (zeros before it; restarting every ``segment`` positions)."""
+    return x + causal_conv(x, weight[...], segment=segment)
+
+  def _canon_step(self, weight, x, history):
+    """``(x + conv(x), history)`` for one token ``x [B, 1, D]`` after ``history [B, c - 1, D]``."""
+    full = jnp.concatenate([history.astype(x.dtype), x], axis=1)
+    out = x + causal_conv(x, weight[...], history)
+    return out, full[:, full.shape[1] - (self.canon_size - 1):].astype(history.dtype)
+
+  def init_canon_histories(self, batch_size: int) -> tuple[jax.Array, ...]:
+    """Zero Canon-A and Canon-C histories ``[B, c - 1, D]`` (``()`` without Canon layers)."""
+    if not self.canon_size:
+      return ()
+    d = self.canon_conv_a[...].shape[1]
+    return tuple(jnp.zeros((batch_size, self.canon_size - 1, d), self.dtype) for _ in range(2))
 
   def __call__(self, x, positions, *, state=None, prefix=None, window=None, windows=None):
     """Runs the block over a window.
@@ -100,25 +140,46 @@ class Block(nnx.Module):
       windows: ``"hard"`` / ``"sliding"``: ``x`` is a whole sequence of
         windows of ``window`` tokens, run as one call per window would under
         that eviction: attention by ``attention.windowed_attention``, the
-        GDN conv restarting at every window start. None: ``x`` is one window.
+        GDN conv and the Canon layers restarting at every window start.
+        None: ``x`` is one window.
 
     Returns:
       ``(x, state, kv)``: ``state`` is None for attention, ``kv`` None for GDN.
     """
+    segment = window if windows else None
     y = self.mixer_norm(x)
+    if self.canon_size:
+      y = self._canon(self.canon_conv_a, y, segment)
     kv = None
     if self.kind == "attn":
       y, kv = self.mixer(y, positions, prefix=prefix, window=window, windows=windows)
     else:
-      y, state = self.mixer(y, state, segment=window if windows else None)
+      y, state = self.mixer(y, state, segment=segment)
     x = x + y.astype(x.dtype)
-    x = x + self.mlp(self.mlp_norm(x)).astype(x.dtype)
+    z = self.mlp_norm(x)
+    if self.canon_size:
+      z = self._canon(self.canon_conv_c, z, segment)
+    x = x + self.mlp(z).astype(x.dtype)
     return x, state, kv
 
-  def step(self, x, position, cache, *, window=None):
-    """One decoding token. ``cache`` is a ``KVCache`` ring (attention) or
-    ``(state, conv_history)`` (GDN); returns ``(x, cache)``."""
+  def step(self, x, position, cache, canon=(), *, window=None):
+    """One decoding token.
+
+    Args:
+      x: ``[B, 1, D]``.
+      position: scalar int32 absolute position.
+      cache: a ``KVCache`` ring (attention) or ``(state, conv_history)`` (GDN).
+      canon: ``(canon_a_history, canon_c_history)`` (:meth:`init_canon_histories`),
+        or ``()`` without Canon layers.
+      window: attention span ``L`` (None: unlimited).
+
+    Returns:
+      ``(x, cache, canon)``.
+    """
     y = self.mixer_norm(x)
+    if self.canon_size:
+      hist_a, hist_c = canon
+      y, hist_a = self._canon_step(self.canon_conv_a, y, hist_a)
     if self.kind == "attn":
       y, cache = self.mixer.step(y, position, cache, window=window)
     else:
@@ -126,8 +187,12 @@ class Block(nnx.Module):
       y, state, history = self.mixer.step(y, state, history)
       cache = (state, history)
     x = x + y.astype(x.dtype)
-    x = x + self.mlp(self.mlp_norm(x)).astype(x.dtype)
-    return x, cache
+    z = self.mlp_norm(x)
+    if self.canon_size:
+      z, hist_c = self._canon_step(self.canon_conv_c, z, hist_c)
+      canon = (hist_a, hist_c)
+    x = x + self.mlp(z).astype(x.dtype)
+    return x, cache, canon
 
 
 class HybridLM(nnx.Module):
@@ -322,7 +387,8 @@ class HybridLM(nnx.Module):
     return tuple(c.cleared() for c in kv)
 
   def init_decode_state(self, batch_size: int) -> tuple[jax.Array, ...]:
-    """The short-conv histories (``init_conv_histories``), reset at each window start."""
+    """The short-conv histories (``init_conv_histories``: the GDN convs', then the Canon layers'), reset at
+    each window start."""
     return self.init_conv_histories(batch_size)
 
   def decode(self, tokens: jax.Array, position: jax.Array, fast_weights: FastWeights, kv, decode_state, *,
@@ -342,8 +408,11 @@ class HybridLM(nnx.Module):
 
   # -- decoding ----------------------------------------------------------------------------------
   def init_conv_histories(self, batch_size: int) -> tuple[jax.Array, ...]:
-    """Zero short-conv histories, one per GDN block (reset at each window start)."""
-    return tuple(b.mixer.init_conv_history(batch_size) for b in self.blocks if b.kind == "gdn")
+    """Zero short-conv histories (reset at each window start): one ``[B, conv_size - 1, C]`` per GDN block in
+    layout order, then, with ``canon_size = c > 0``, two ``[B, c - 1, d_model]`` per block in layout order
+    (its Canon-A, then its Canon-C)."""
+    gdn = tuple(b.mixer.init_conv_history(batch_size) for b in self.blocks if b.kind == "gdn")
+    return gdn + tuple(h for b in self.blocks for h in b.init_canon_histories(batch_size))
 
   def init_kv_caches(self, batch_size: int, size: int) -> tuple[KVCache, ...]:
     """Empty ring caches of ``size`` slots, one per attention block."""
@@ -362,7 +431,9 @@ class HybridLM(nnx.Module):
       position: scalar int32 absolute position.
       fast_weights: GDN states.
       kv_caches: ring caches per attention block.
-      conv_histories: short-conv histories per GDN block.
+      conv_histories: the short-conv histories of :meth:`init_conv_histories`:
+        one per GDN block, then two per block (Canon-A, Canon-C) when
+        ``canon_size > 0``.
       window: attention span ``L`` (None: unlimited; then the rings must hold
         the whole context).
 
@@ -370,16 +441,25 @@ class HybridLM(nnx.Module):
       ``(logits [B, V] float32, fast_weights, kv_caches, conv_histories)``.
 
     Raises:
-      ValueError: concrete ``tokens`` outside ``[0, vocab_size)``.
+      ValueError: concrete ``tokens`` outside ``[0, vocab_size)``, or
+        ``conv_histories`` of the wrong length.
     """
     check_token_ids(tokens, self.config.vocab_size)
     h = self.embed_tokens(tokens[:, None])
-    states, kvs, convs = list(fast_weights.states), list(kv_caches), list(conv_histories)
+    n_gdn = sum(1 for b in self.blocks if b.kind == "gdn")
+    n_conv = n_gdn + (2 * self.n_blocks if self.config.canon_size else 0)
+    if len(conv_histories) != n_conv:
+      raise ValueError(f"conv_histories must hold {n_conv} arrays (init_conv_histories), got {len(conv_histories)}")
+    states, kvs = list(fast_weights.states), list(kv_caches)
+    convs, canons = list(conv_histories[:n_gdn]), list(conv_histories[n_gdn:])
     gslots, aslots = self.gdn_slots, self.attn_slots
     for i, block in enumerate(self.blocks):
+      canon = tuple(canons[2 * i:2 * i + 2]) if self.config.canon_size else ()
       if block.kind == "attn":
-        h, kvs[aslots[i]] = block.step(h, position, kvs[aslots[i]], window=window)
+        h, kvs[aslots[i]], canon = block.step(h, position, kvs[aslots[i]], canon, window=window)
       else:
         g = gslots[i]
-        h, (states[g], convs[g]) = block.step(h, position, (states[g], convs[g]))
-    return self.unembed(h)[:, 0], FastWeights(tuple(states)), tuple(kvs), tuple(convs)
+        h, (states[g], convs[g]), canon = block.step(h, position, (states[g], convs[g]), canon)
+      if canon:
+        canons[2 * i], canons[2 * i + 1] = canon
+    return self.unembed(h)[:, 0], FastWeights(tuple(states)), tuple(kvs), tuple(convs) + tuple(canons)

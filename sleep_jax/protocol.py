@@ -39,7 +39,8 @@ The methods, with ``B`` the batch and ``L`` the window:
 * ``unembed(h) -> logits [B, W, V]`` float32.
 * ``init_decode_state(batch_size) -> state``: per-window streaming state
   other than the fast weights and the attention ring (``HybridLM``: the
-  short-convolution histories), reset at every window start; ``()`` if none.
+  short-convolution histories, of the GDN convolutions and of the Canon
+  layers), reset at every window start; ``()`` if none.
 * ``decode(tokens [B], position, fast_weights, kv, decode_state, *, window)
   -> (logits [B, V], fast_weights, kv, decode_state)``: one streamed token at
   the scalar int32 ``position``, ``kv`` being the ring of ``L`` slots. It must

@@ -62,7 +62,8 @@ class SessionState:
     fast_weights: current GDN states.
     kv_caches: one ring ``KVCache`` of ``L`` slots per attention block.
     conv_histories: the model's per-window decode state: one short-conv
-      history per GDN block (zero at window start).
+      history per GDN block, then two per block (its Canon layers) when
+      ``ModelConfig.canon_size > 0`` (zero at window start).
     window_fast_weights: fast weights when the current window began.
     window_prefix: the kept caches when the current window began (sliding).
     window_tokens: ``[B, L]`` int32 tokens of the current window so far.

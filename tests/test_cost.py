@@ -83,8 +83,9 @@ def test_sleep_recipe_flops_equal_the_programs_matmuls(reinject, sleep, monkeypa
   assert float(jnp.sum(c["wake_flops"] + c["sleep_flops"])) == counted
 
 
-def test_decode_flops_equal_the_programs_matmuls():
-  model, sleep = _model(), SleepConfig(window=4)
+@pytest.mark.parametrize("canon_size", [0, 3])
+def test_decode_flops_equal_the_programs_matmuls(canon_size):
+  model, sleep = _model(canon_size=canon_size), SleepConfig(window=4)
   graphdef, state = nnx.split(model)
 
   def step(st, token):
@@ -94,10 +95,11 @@ def test_decode_flops_equal_the_programs_matmuls():
 
   counted = cost.jaxpr_matmul_flops(jax.make_jaxpr(step)(state, jnp.zeros((1,), jnp.int32)))
   assert cost.decode_flops(model.config, sleep, matmul_only=True) == counted
-  # The full convention adds the short convolution and the recurrence's decay.
+  # The full convention adds the short convolution and the recurrence's decay, and the Canon layers' two
+  # depthwise convolutions in each of the two blocks (no matmuls).
   cfg = model.config
   extra = 2 * cfg.conv_size * cfg.num_gdn_heads * (2 * cfg.gdn_head_dim + cfg.gdn_v_dim) + \
-      2 * cfg.num_gdn_heads * cfg.gdn_head_dim * cfg.gdn_v_dim
+      2 * cfg.num_gdn_heads * cfg.gdn_head_dim * cfg.gdn_v_dim + 2 * 2 * (2 * canon_size * cfg.d_model)
   assert cost.decode_flops(cfg, sleep) == counted + extra
 
 

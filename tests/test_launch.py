@@ -272,7 +272,7 @@ FIELD_OVERRIDES = {
         "n_kv_heads": ("1", 1, ()), "attn_output_gate": ("True", True, ()), "attn_qk_norm": ("True", True, ()),
         "rope_fraction": ("0.5", 0.5, ()), "norm_zero_centered": ("True", True, ()),
         "gdn_n_key_heads": ("1", 1, ()),
-        "sleep_reinject": ("wake", "wake", ()),
+        "sleep_reinject": ("wake", "wake", ()), "canon_size": ("4", 4, ()),
     },
     "sleep": {
         "window": (TASK, TASK, ()), "n_passes": ("3", 3, ()), "eviction": (TASK, TASK, ()),

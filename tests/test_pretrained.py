@@ -137,6 +137,7 @@ def test_config_fields_map():
   assert (cfg.n_heads, cfg.num_kv_heads, cfg.head_dim, cfg.rope_dim) == (3, 1, 16, 4)
   assert (cfg.num_gdn_heads, cfg.num_gdn_key_heads, cfg.gdn_head_dim, cfg.gdn_v_dim) == (3, 1, 8, 6)
   assert cfg.attn_output_gate and cfg.attn_qk_norm and cfg.norm_zero_centered and not cfg.tie_embeddings
+  assert cfg.canon_size == 0  # Qwen3-Next has no Canon layers
   tied = model_config_from_hf(read_hf_config(os.path.join(DATA, "qwen3_next_tied_sharded")))
   assert tied.tie_embeddings and tied.conv_size == 3
 

@@ -29,10 +29,37 @@ def _reference(model, tokens, sleep):
   return fn(state, tokens)
 
 
+@pytest.fixture(scope="module")
+def canon_model():
+  """The ``model`` fixture's layout with Canon layers of width 3 and random (nonzero) Canon weights."""
+  cfg = ModelConfig(vocab_size=VOCAB, d_model=16, layout=("attn", "gdn"), n_heads=2, head_dim=8, gdn_head_dim=8,
+                    canon_size=3)
+  model = HybridLM(cfg, rngs=nnx.Rngs(0))
+  rng = np.random.default_rng(0)
+  for block in model.blocks:
+    for param in (block.canon_conv_a, block.canon_conv_c):
+      param[...] = jnp.asarray(0.5 * rng.normal(size=param[...].shape), jnp.float32)
+  return model
+
+
 @pytest.mark.parametrize("eviction,n_passes", [
     ("hard", 1), pytest.param("hard", 3, marks=pytest.mark.slow), pytest.param("sliding", 1, marks=pytest.mark.slow),
     ("sliding", 2)])
 def test_streaming_matches_windowed_forward(model, eviction, n_passes):
+  _check_streaming(model, eviction, n_passes)
+
+
+@pytest.mark.parametrize("eviction,n_passes", [
+    ("hard", 1), pytest.param("hard", 2, marks=pytest.mark.slow), pytest.param("sliding", 1, marks=pytest.mark.slow),
+    ("sliding", 2)])
+def test_streaming_with_canon_layers_matches_windowed_forward(canon_model, eviction, n_passes):
+  """The Canon layers restart at every window (and sleep pass) in the batched forward (N = 1: one fused pass
+  with restarts at the window starts; N = 2: a call per window and pass) as in streaming, whose decode state
+  carries their histories within a window and is reset at each window start."""
+  _check_streaming(canon_model, eviction, n_passes)
+
+
+def _check_streaming(model, eviction, n_passes):
   tokens = jax.random.randint(jax.random.key(1), (2, 11), 0, VOCAB, dtype=jnp.int32)
   sleep = SleepConfig(window=3, n_passes=n_passes, eviction=eviction)
   ref = _reference(model, tokens, sleep)
