@@ -74,6 +74,8 @@ def insert_gdn_blocks(model: HybridLM, positions: Sequence[int], *, rngs: nnx.Rn
     nnx.update(new.lm_head, nnx.state(model.lm_head))
   for i, j in enumerate(old_to_new):
     nnx.update(new.blocks[j], nnx.state(model.blocks[i]))
+  if cfg.sleep_reinject != "none":  # a trained re-injection adapter is the model's, not a new block's
+    nnx.update(new.sleep_adapter, nnx.state(model.sleep_adapter))
   for j in pos:
     block = new.blocks[j]
     block.mixer.o_proj.kernel[...] = jnp.zeros_like(block.mixer.o_proj.kernel[...])

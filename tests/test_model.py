@@ -166,6 +166,23 @@ def test_inserted_gdn_blocks_leave_logits_unchanged():
     insert_gdn_blocks(old, [9], rngs=nnx.Rngs(1))
 
 
+def test_inserted_gdn_blocks_keep_a_trained_sleep_adapter():
+  """A model with input re-injection keeps its adapter through insertion: the sleeping logits are unchanged."""
+  from sleep_jax.config import SleepConfig
+  from sleep_jax.retrofit import insert_gdn_blocks
+  from sleep_jax.windowed import windowed_forward
+
+  old = HybridLM(_config(layout=("attn", "gdn"), sleep_reinject="embedding"), rngs=nnx.Rngs(0))
+  kernel = old.sleep_adapter.kernel
+  kernel[...] = 0.3 * jax.random.normal(jax.random.key(5), kernel[...].shape)  # a "trained", nonzero adapter
+  new = insert_gdn_blocks(old, [2], rngs=nnx.Rngs(1))
+  np.testing.assert_array_equal(np.asarray(new.sleep_adapter.kernel[...]), np.asarray(kernel[...]))
+  tokens = jax.random.randint(jax.random.key(3), (2, 6), 0, 7, dtype=jnp.int32)
+  sleep = SleepConfig(window=3, n_passes=3)
+  assert_close(windowed_forward(old, tokens, None, sleep).logits, windowed_forward(new, tokens, None, sleep).logits,
+               what="sleeping logits after insertion with a trained adapter")
+
+
 def test_fused_gdn_projections_equal_one_matmul_per_layer_in_values_and_gradients():
   """GatedDeltaNet runs its six input projections as one matmul; the numbers are the per-layer ones."""
   from sleep_jax.nn import gated_deltanet
