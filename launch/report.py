@@ -204,13 +204,18 @@ def _retrofit_insert() -> str:
 
 
 def evals_table(root: str, runs_: dict[str, str], depths: Sequence, depth_name: str) -> str:
-  """Accuracy over training: per run, its evaluations (``evals.json``: a list of eval records) ``a / b / ...``."""
+  """Accuracy over training: per run, its evaluations (``evals.json``: a list of eval records) ``a / b / ...``,
+  then the last evaluation's majority baseline at that depth."""
   lines = ["| run | steps | " + " | ".join(_head(depths, depth_name)) + " |", "|---|---|" + "---|" * len(depths)]
   for name, label in runs_.items():
     with open(os.path.join(root, name, "evals.json")) as f:
       evals = sorted(json.load(f), key=lambda r: r["step"])
-    cell = lambda d: (" / ".join(_fmt(_acc(r, d)) for r in evals) if any(_acc(r, d) is not None for r in evals)
-                      else "")
+    def cell(d):
+      if all(_acc(r, d) is None for r in evals):
+        return ""
+      majority = evals[-1].get("majority" if d == "all" else f"majority/depth={d}")
+      return (" / ".join(_fmt(_acc(r, d)) for r in evals)
+              + ("" if majority is None else f" (majority {_fmt(majority)})"))
     lines.append(f"| {label} | " + " / ".join(f"{r['step']:,}" for r in evals) + " | "
                  + " | ".join(cell(d) for d in depths) + " |")
   return "\n".join(lines) + "\n"
@@ -245,6 +250,28 @@ def _depo_small_d4() -> str:
 def _depo_d4_lr() -> str:
   runs_ = {"d4_n4_s1_lr2e3": "the Depo demo (D4), N = 4, seed 1, AdamW 2e-3 (the demo's 1e-3 learned nothing on this seed)"}
   return evals_table(os.path.join(REPO, "results", "depo_demo_search"), runs_, (1, 2, 3), "k")
+
+
+@table("depo_small_preset")
+def _depo_small_preset() -> str:
+  runs_ = {"depo_d4_alt4_lr2e3": "seed 0, lr 2e-3, 2,000 steps (the cosine decays over 2,000; the preset's other settings)",
+           "depo_d4_alt4_lr2e3_canon4": "seed 0, lr 2e-3, `model.canon_size=4` (stopped at 1,250)",
+           "depo_d4_alt4_lr2e3_s1": "seed 1, lr 2e-3",
+           "depo_d4_alt4_lr2e3_kw_s1": "seed 1, `k_weights=(1,2,1)` (stopped at 1,000)",
+           "depo_d4_alt4_lr2e3_kwc_s1": "seed 1, `k_weights=(1,2,1)`, `canon_size=4` (stopped at 750)",
+           "depo_d4_alt4_lr3e3_s1": "seed 1, lr 3e-3 (stopped at 1,250)",
+           "depo_small_k2_s1": "**k in 1..2 (the preset as shipped)**, seed 1",
+           "depo_small_k2_s0": "**k in 1..2 (the preset as shipped)**, seed 0",
+           "depo_small_k2_s2": "**k in 1..2 (the preset as shipped)**, seed 2"}
+  return evals_table(os.path.join(REPO, "results", "depo_small_search"), runs_, (1, 2, 3), "k")
+
+
+@table("gsm_small_search")
+def _gsm_small_search() -> str:
+  runs_ = {"g1": "op = 1, `+` only, mod 7, topological, T = 128, L = 64, batch 64, lr 3e-3 (stopped after step 500)",
+           "g2": "op = 1, `+` only, mod 5, topological, T = 64, L = 32, batch 128, lr 3e-3 (stopped after step 1,000)",
+           "g3": "as g2 with `canon_size=4`, batch 64, lr 2e-3 (stopped after step 1,000)"}
+  return evals_table(os.path.join(REPO, "results", "gsm_small_search"), runs_, (1,), "op")
 
 
 # -- the Depo sleep demo -------------------------------------------------------------------------------

@@ -137,7 +137,10 @@ def test_plain_transformer_sees_whole_sequence():
 
 
 # The task fields each config file sets over its preset (written out: the reference).
-FILE_TASK_FIELDS = {"rule110_small": dict(n_states=1, t_min=1, t_max=6)}
+FILE_TASK_FIELDS = {"rule110_small": dict(n_states=1, t_min=1, t_max=6),
+                    "depo_small": dict(n_min=7, n_max=8, pool_size=16, context_len=32, window=32, n_queries=5,
+                                       k_max=2, eval_ks=(1, 2), answers_visible=False,
+                                       query_sources="shared")}
 PRESET_CASES = [(f"{task}_{scale}", preset) for task in tasks.list_tasks() for scale in ("small", "paper")
                 for preset in tasks.get_task(task).presets]
 
@@ -178,10 +181,10 @@ def test_load_run_config_reads_new_and_old_config_json(tmp_path):
     json.dump(cfg.to_dict(), f, default=list)
   loaded = experiment.load_run_config(str(tmp_path))
   assert experiment.experiment_from_config(loaded) == experiment.experiment_from_config(cfg)
-  assert loaded.task_config.eval_ks == (1, 2) and loaded.task_config.k_max is None
-  loaded.task_config.k_max = 4  # an unset field is typed again, as --config.task_config.k_max=4 needs
+  assert loaded.task_config.eval_ks == (1, 2) and loaded.task_config.n_sampling is None
+  loaded.task_config.n_sampling = "uniform"  # an unset field is typed again, as --config.task_config.n_sampling=... needs
   with pytest.raises(TypeError):
-    loaded.task_config.k_max = "four"
+    loaded.task_config.n_sampling = 4
   assert loaded.sleep.grad_passes is None and loaded.train.profile_steps is None  # so are the library's
   loaded.sleep.grad_passes = 2
   with pytest.raises(TypeError):

@@ -19,8 +19,8 @@ import pytest
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
-# depo_small and gsm_math_small do not yet learn in their budgets on 2 CPU cores (see RESULTS.md, "Depo"
-# and "GSM"). strict=True: the day they do, this test fails until the mark is removed.
+# gsm_math_small does not yet learn in its budget on 2 CPU cores (see RESULTS.md, S3 and S8). strict=True: the
+# day it does, this test fails until the mark is removed.
 NOT_YET = pytest.mark.xfail(strict=True, reason="does not yet learn its shallow depth in its default CPU budget")
 
 
@@ -82,8 +82,7 @@ def test_check_learned_criterion():
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize("name", ["rule110_small", pytest.param("depo_small", marks=NOT_YET),
-                                  pytest.param("gsm_math_small", marks=NOT_YET)])
+@pytest.mark.parametrize("name", ["rule110_small", "depo_small", pytest.param("gsm_math_small", marks=NOT_YET)])
 def test_small_config_learns_in_its_default_budget(name, tmp_path):
   env = dict(os.environ, JAX_PLATFORMS="cpu")
   env.pop("XLA_FLAGS", None)

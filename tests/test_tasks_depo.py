@@ -222,9 +222,9 @@ def test_k_weights_set_from_the_command_line_reach_the_task():
   from launch import experiment
   from launch.configs import depo_small
   cfg = depo_small.get_config()
-  cfg.task_config.k_weights = (4.0, 2.0, 1.0, 1.0, 1.0, 1.0, 1.0, 1.0)  # what --config.task_config.k_weights=(...) sets
+  cfg.task_config.k_weights = (4.0, 1.0)  # what --config.task_config.k_weights=(...) sets; k_max = 2
   exp = experiment.experiment_from_config(cfg.to_dict())
-  assert exp.task_config.k_weights == (4.0, 2.0, 1.0, 1.0, 1.0, 1.0, 1.0, 1.0) and exp.task_config.k_max == 8
+  assert exp.task_config.k_weights == (4.0, 1.0) and exp.task_config.k_max == 2
   with pytest.raises(TypeError):
     cfg.task_config.k_weights = "4,2"  # a typed placeholder: tuples only
 
