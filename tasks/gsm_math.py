@@ -30,6 +30,19 @@ eviction it lies before the last window, under sliding eviction also outside
 the ``L - 1`` tokens kept from before that window. Paper presets: 2,000-3,300
 tokens with L = 2000 (hard) or L = 512 (sliding).
 
+More answers per example (ours): with ``n_queries = m > 1`` an example asks
+``m`` questions, ``<pad>* Q <v1> ; Q2 <v2> ; ... Qm <vm> ; <lines> A <a1> A2
+<a2> ... Am <am>``. Each query has its own core (its own ``op``, drawn
+independently and uniformly), on variables no other core uses, so the cores
+are disjoint and a teacher-forced earlier answer tells nothing about a later
+one; distractors may read any core. The prompt ``A<i>`` (``A`` for the first)
+has target ``a<i>``: ``m`` supervised tokens per sequence instead of one, all
+in the last window (positions ``T - 2m + 1, T - 2m + 3, ..., T - 1``), and the
+whole question block is evicted as above. Query 1 keeps the tokens ``Q`` and
+``A``; ``Q2 .. Qm``, ``A2 .. Am`` are appended at the end of the vocabulary,
+so ``n_queries = 1`` gives the same vocabulary and examples as without the
+knob.
+
 Depth knob: ``op`` (1 .. 8, GSM-Infinite's range used in the paper). Chance
 baseline: a uniform guess over ``Z_p``, ``1 / p`` (``chance_accuracy``).
 """
@@ -51,7 +64,9 @@ LINE_ORDERS = ("random", "topological")
 EVICTIONS = ("hard", "sliding")
 CONST_TOKENS = 4
 OP_TOKENS = 6
-QUESTION_TOKENS = 3  # Q <var> ;
+MAX_QUERIES = 8
+QUESTION_TOKENS = 3  # Q <var> ; (per query)
+ANSWER_TOKENS = 2  # A <answer> (per query; the last answer is the final target, not an input)
 _SPECIALS = ("<pad>", "Q", "A", "=", ";") + OPERATORS
 _Q, _A, _EQ, _SEMI = 1, 2, 3, 4
 _OP_ID = {o: 5 + i for i, o in enumerate(OPERATORS)}
@@ -79,7 +94,11 @@ class GsmMathConfig:
   Attributes:
     op_min: fewest operations on the queried variable's path (>= 1).
     op_max: most operations (<= 8); ``op`` is uniform on ``[op_min, op_max]``.
-    min_len: shortest example in input tokens (question + context + prompt).
+    n_queries: questions (and answers) per example, 1 .. 8; each has its own
+      core program and ``op``, disjoint from the others' (see "More answers
+      per example"). 1 (the default) is the original one-question task; more
+      give more supervised tokens per sequence at the same length.
+    min_len: shortest example in input tokens (questions + context + prompts).
     seq_len: ``T``, the padded length (the longest example).
     window: the consolidation window ``L``.
     eviction: "hard" or "sliding" (decides which question positions count as
@@ -96,6 +115,7 @@ class GsmMathConfig:
   """
   op_min: int = 1
   op_max: int = 8
+  n_queries: int = 1
   min_len: int = 2000
   seq_len: int = 3300
   window: int = 2000
@@ -117,6 +137,9 @@ class GsmMathConfig:
     req(is_int(self.op_max) and self.op_min <= self.op_max <= MAX_OPS,
         f"GsmMathConfig.op_max must be an integer in [op_min, {MAX_OPS}] (op beyond {MAX_OPS} is not "
         f"supported), got {self.op_max!r}")
+    req(is_int(self.n_queries) and 1 <= self.n_queries <= MAX_QUERIES,
+        f"GsmMathConfig.n_queries must be an integer in [1, {MAX_QUERIES}] (more queries per example are not "
+        f"supported), got {self.n_queries!r}")
     req(self.eviction in EVICTIONS, f"GsmMathConfig.eviction must be one of {EVICTIONS}, got {self.eviction!r}")
     req(is_int(self.modulus) and _is_prime(self.modulus),
         f"GsmMathConfig.modulus must be a prime, got {self.modulus!r}")
@@ -129,18 +152,34 @@ class GsmMathConfig:
       p = getattr(self, name)
       req(isinstance(p, (int, float)) and 0.0 <= p <= 1.0, f"GsmMathConfig.{name} must be in [0, 1], got {p!r}")
     req(is_int(self.window) and self.window >= 1, f"GsmMathConfig.window must be an integer >= 1, got {self.window!r}")
+    if self.n_queries == 1:
+      what = "the question, the answer prompt and the largest core program"
+    else:
+      what = (f"the n_queries = {self.n_queries} questions, their answer prompts and {self.n_queries} largest "
+              "core programs")
     req(is_int(self.min_len) and self.min_len >= self.max_core_len,
-        f"GsmMathConfig.min_len ({self.min_len!r}) must hold the question, the answer prompt and the largest "
-        f"core program (op_max = {self.op_max}): at least {self.max_core_len} tokens")
+        f"GsmMathConfig.min_len ({self.min_len!r}) must hold {what} (op_max = {self.op_max}): at least "
+        f"{self.max_core_len} tokens")
     req(is_int(self.seq_len) and self.seq_len >= self.min_len,
         f"GsmMathConfig.seq_len must be an integer >= min_len ({self.min_len}), got {self.seq_len!r}")
-    # The whole question (Q <var> ;) must be evicted, not only its first token:
-    # the queried variable's name is the question's one informative token.
-    req(self.latest_question_position + QUESTION_TOKENS - 1 < self.last_visible_position,
-        f"GsmMathConfig: the question can occupy positions {self.latest_question_position}.."
-        f"{self.latest_question_position + QUESTION_TOKENS - 1}, which reach the attention cache "
-        f"(positions >= {self.last_visible_position}) when the answer is predicted ({self.eviction} eviction, "
-        f"window {self.window}, seq_len {self.seq_len}, min_len {self.min_len}); raise min_len or lower window")
+    # The whole question block (Q <var> ; ... Qm <var> ;) must be evicted, not
+    # only its first token: the queried variables' names are its informative tokens.
+    question_end = self.latest_question_position + self.question_block_len - 1
+    many = self.n_queries > 1
+    req(question_end < self.last_visible_position,
+        f"GsmMathConfig: the question{'s' if many else ''} can occupy positions "
+        f"{self.latest_question_position}..{question_end}, which reach the attention cache (positions >= "
+        f"{self.last_visible_position}) when the answer{'s are' if many else ' is'} predicted ({self.eviction} "
+        f"eviction, window {self.window}, seq_len {self.seq_len}, min_len {self.min_len}"
+        f"{f', n_queries {self.n_queries}' if many else ''}); raise min_len or lower window"
+        f"{' or n_queries' if many else ''}")
+    # Every answer prompt (the first at T - 2 * n_queries + 1) is predicted in the
+    # last window, which no sleep pass has consolidated; always true for one query.
+    req(self.seq_len - ANSWER_TOKENS * self.n_queries + 1 >= self.last_window_start,
+        f"GsmMathConfig: the n_queries = {self.n_queries} answers take positions "
+        f"{self.seq_len - ANSWER_TOKENS * self.n_queries + 1}..{self.seq_len - 1}, which start before the last "
+        f"window (positions >= {self.last_window_start} for seq_len {self.seq_len}, window {self.window}); "
+        "lower n_queries or change seq_len or window")
     req(is_int(self.n_vars) and self.n_vars >= self.max_lines,
         f"GsmMathConfig.n_vars ({self.n_vars!r}) must be at least the most lines that fit in seq_len = "
         f"{self.seq_len} tokens ({self.max_lines}): every line defines a new variable from the pool")
@@ -150,31 +189,51 @@ class GsmMathConfig:
         f"GsmMathConfig.num_eval_examples must be an integer >= 1, got {self.num_eval_examples!r}")
 
   @property
+  def question_block_len(self) -> int:
+    """Tokens of the questions ``Q <v1> ; ... Qm <vm> ;``."""
+    return QUESTION_TOKENS * self.n_queries
+
+  @property
+  def fixed_len(self) -> int:
+    """Input tokens besides the lines: the questions and the answer block but its last answer (a target)."""
+    return self.question_block_len + ANSWER_TOKENS * self.n_queries - 1
+
+  @property
   def max_core_len(self) -> int:
-    """Question + answer prompt + the longest core (op lines, op + 1 constants)."""
-    return QUESTION_TOKENS + 1 + OP_TOKENS * self.op_max + CONST_TOKENS * (self.op_max + 1)
+    """Questions + answer prompts + ``n_queries`` longest cores (op lines, op + 1 constants each)."""
+    return self.fixed_len + self.n_queries * (OP_TOKENS * self.op_max + CONST_TOKENS * (self.op_max + 1))
 
   @property
   def max_lines(self) -> int:
-    return (self.seq_len - QUESTION_TOKENS - 1) // CONST_TOKENS
+    return (self.seq_len - self.fixed_len) // CONST_TOKENS
 
   @property
   def latest_question_position(self) -> int:
-    """Latest position of the question's first token ``Q``."""
+    """Latest position of the first question's first token ``Q``."""
     # Inputs are left-padded; the shortest example has min_len - 3 tokens.
     return self.seq_len - (self.min_len - 3)
 
   @property
+  def last_window_start(self) -> int:
+    """First position of the last window, where the answers are predicted."""
+    return (self.seq_len - 1) // self.window * self.window
+
+  @property
   def last_visible_position(self) -> int:
-    """Earliest position the answer can still attend to (smaller ones are evicted)."""
-    last_start = (self.seq_len - 1) // self.window * self.window
+    """Earliest position the answers can still attend to (smaller ones are evicted)."""
+    last_start = self.last_window_start
     return last_start if self.eviction == "hard" else max(last_start - (self.window - 1), 0)
 
 
 def tokenizer(config: GsmMathConfig) -> Tokenizer:
-  """Specials and operators, numbers ``0 .. p-1``, variables ``V0 ...``."""
+  """Specials and operators, numbers ``0 .. p-1``, variables ``V0 ...``, then ``Q2 .. Qm``, ``A2 .. Am``.
+
+  The query tokens past the first exist only for ``n_queries = m > 1``, so one
+  query has the original vocabulary.
+  """
+  extra = range(2, config.n_queries + 1)
   return Tokenizer(list(_SPECIALS) + [str(i) for i in range(config.modulus)]
-                   + [f"V{i}" for i in range(config.n_vars)])
+                   + [f"V{i}" for i in range(config.n_vars)] + [f"Q{j}" for j in extra] + [f"A{j}" for j in extra])
 
 
 def _num_id(value):
@@ -183,6 +242,16 @@ def _num_id(value):
 
 def _var_id(config: GsmMathConfig, var):
   return len(_SPECIALS) + config.modulus + var
+
+
+def _question_id(config: GsmMathConfig, j: int) -> int:
+  """The question token of query ``j`` (0-based): ``Q`` for the first, ``Q<j+1>`` after the variables."""
+  return _Q if j == 0 else len(_SPECIALS) + config.modulus + config.n_vars + j - 1
+
+
+def _answer_id(config: GsmMathConfig, j: int) -> int:
+  """The answer prompt of query ``j`` (0-based): ``A`` for the first, ``A<j+1>`` after the ``Q<i>``."""
+  return _A if j == 0 else len(_SPECIALS) + config.modulus + config.n_vars + config.n_queries - 1 + j - 1
 
 
 def _topological_order(a_idx: np.ndarray, b_idx: np.ndarray, is_const: np.ndarray,
@@ -246,18 +315,27 @@ def _core(config: GsmMathConfig, op: int, rng: np.random.Generator):
 
 
 def _build(config: GsmMathConfig, rng: np.random.Generator) -> dict:
-  p = config.modulus
-  op = int(rng.integers(config.op_min, config.op_max + 1))
+  p, m = config.modulus, config.n_queries
+  ops = [int(rng.integers(config.op_min, config.op_max + 1)) for _ in range(m)]
   names = rng.permutation(config.n_vars)  # line i (creation order) defines names[i]
-  kind, a_idx, b_idx, const, answer = _core(config, op, rng)
-  n_core = len(kind)
-  query = int(names[n_core - 1])
+  # The cores one after the other in creation order, each reading only its own
+  # lines (operand indices shifted by the lines before it): disjoint variables,
+  # each core ending in its queried line.
+  cores, answers, query_lines, n_core = [], [], [], 0
+  for op in ops:
+    c_kind, c_a, c_b, c_const, c_answer = _core(config, op, rng)
+    cores.append((c_kind, c_a + n_core, c_b + n_core, c_const))  # constants' -1 operands are reset below
+    n_core += len(c_kind)
+    answers.append(int(c_answer))
+    query_lines.append(n_core - 1)
+  kind, a_idx, b_idx, const = (np.concatenate(parts) for parts in zip(*cores))
+  queries = [int(names[i]) for i in query_lines]
 
   # Distractors: kinds follow the token budget; operands are uniform over all
   # earlier lines (creation order keeps the program acyclic). Their values are
   # never needed, so they are not computed.
   target_len = int(rng.integers(config.min_len, config.seq_len + 1))
-  budget = target_len - QUESTION_TOKENS - 1 - int(np.where(kind < 0, CONST_TOKENS, OP_TOKENS).sum())
+  budget = target_len - config.fixed_len - int(np.where(kind < 0, CONST_TOKENS, OP_TOKENS).sum())
   coins = (rng.random(budget // CONST_TOKENS + 1) < config.p_distractor_const).tolist()
   d_const = []
   while budget >= CONST_TOKENS:
@@ -295,7 +373,9 @@ def _build(config: GsmMathConfig, rng: np.random.Generator) -> dict:
   width = np.where(is_const, CONST_TOKENS, OP_TOKENS)
   keep = np.arange(OP_TOKENS)[None, :] < width[order][:, None]
   body = rows[order][keep]
-  content = np.concatenate([[_Q, _var_id(config, query), _SEMI], body, [_A, _num_id(answer)]])
+  question = [[_question_id(config, j), _var_id(config, v), _SEMI] for j, v in enumerate(queries)]
+  answer = [[_answer_id(config, j), _num_id(a)] for j, a in enumerate(answers)]
+  content = np.concatenate([np.ravel(question), body, np.ravel(answer)])
   stream = np.zeros(config.seq_len + 1, np.int32)
   stream[-len(content):] = content
 
@@ -303,9 +383,13 @@ def _build(config: GsmMathConfig, rng: np.random.Generator) -> dict:
   a_l, b_l = a_idx.tolist(), b_idx.tolist()
   program = [(names_l[i], ("const", const_l[i]) if kind_l[i] < 0
               else (OPERATORS[kind_l[i]], names_l[a_l[i]], names_l[b_l[i]])) for i in order.tolist()]
-  meta = {"op": op, "query": query, "answer": int(answer), "modulus": p, "program": program,
+  meta = {"queries": list(zip(queries, ops, answers)), "modulus": p, "program": program,
           "core_vars": sorted(int(v) for v in names[:n_core])}
-  return ex_lib.pack_example(stream, config.seq_len, [(config.seq_len - 1, op, 0)], meta)
+  if m == 1:
+    meta.update(op=ops[0], query=queries[0], answer=answers[0])
+  # The prompt A<j> sits at T - 1 - 2 (m - 1 - j); its target is the answer.
+  targets = [(config.seq_len - 1 - ANSWER_TOKENS * (m - 1 - j), ops[j], j) for j in range(m)]
+  return ex_lib.pack_example(stream, config.seq_len, targets, meta)
 
 
 def chance_accuracy(config: GsmMathConfig, depth: int) -> float:
@@ -325,10 +409,11 @@ def make_example(config: GsmMathConfig, seed: int, index: int, split: str = "tra
       see ``tasks.example``).
 
   Returns:
-    The example dict; ``meta`` holds ``op``, the queried variable ``query`` (a
-    pool index), its ``answer``, the ``modulus``, the ``program`` as listed
-    (``(var, ("const", value))`` or ``(var, (operator, var_a, var_b))``) and
-    the ``core_vars``.
+    The example dict; ``meta`` holds the ``queries`` as ``(var, op, answer)``
+    per query in question order (``var`` a pool index), the ``modulus``, the
+    ``program`` as listed (``(var, ("const", value))`` or
+    ``(var, (operator, var_a, var_b))``) and the ``core_vars`` of all queries;
+    with one query also its ``op``, queried variable ``query`` and ``answer``.
   """
   if not isinstance(config, GsmMathConfig):
     raise ValueError(f"config must be a GsmMathConfig, got {type(config).__name__}")

@@ -107,9 +107,17 @@ def check_example(task, config, ex, split):
   elif isinstance(config, rule110.Rule110Config):
     np.testing.assert_array_equal(rule110.rule110_steps(meta["states"], meta["t"])[:, 0], meta["labels"])
   else:
-    assert ex["targets"][-1] == task.tokenizer(config).id(str(meta["answer"]))
+    m, tok = config.n_queries, task.tokenizer(config)
+    assert len(meta["queries"]) == m and len({v for v, _, _ in meta["queries"]}) == m
+    assert m > 1 or meta["queries"] == [(meta["query"], meta["op"], meta["answer"])]
+    # The answer prompts end the input, two tokens apart; each one's target is its query's answer.
+    answer_pos = [t - 1 - 2 * (m - 1 - j) for j in range(m)]
+    np.testing.assert_array_equal(np.nonzero(mask)[0], answer_pos)
+    assert ex["targets"][answer_pos].tolist() == [tok.id(str(a)) for _, _, a in meta["queries"]]
+    assert ex["depth"][answer_pos].tolist() == [op for _, op, _ in meta["queries"]]
     q = int(np.nonzero(ex["tokens"] == gsm_math._Q)[0][0])
-    assert q + gsm_math.QUESTION_TOKENS - 1 < config.last_visible_position  # the question is evicted
+    # The whole question block (Q <v1> ; ... Qm <vm> ;) is evicted.
+    assert q + gsm_math.QUESTION_TOKENS * m - 1 < config.last_visible_position
 
 
 def config_property(task_name, overrides):
