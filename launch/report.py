@@ -270,7 +270,9 @@ def _depo_small_preset() -> str:
 def _gsm_small_search() -> str:
   runs_ = {"g1": "op = 1, `+` only, mod 7, topological, T = 128, L = 64, batch 64, lr 3e-3 (stopped after step 500)",
            "g2": "op = 1, `+` only, mod 5, topological, T = 64, L = 32, batch 128, lr 3e-3 (stopped after step 1,000)",
-           "g3": "as g2 with `canon_size=4`, batch 64, lr 2e-3 (stopped after step 1,000)"}
+           "g3": "as g2 with `canon_size=4`, batch 64, lr 2e-3 (stopped after step 1,000)",
+           "g4": "as g2 with `n_queries=4` (four questions and answers per example), T = 96, three windows of 32, "
+                 "batch 64, lr 2e-3 (stopped after step 1,250)"}
   return evals_table(os.path.join(REPO, "results", "gsm_small_search"), runs_, (1,), "op")
 
 
