@@ -140,30 +140,36 @@ def _controls() -> str:
 
 
 def settings_table(variants: dict[str, str], seeds: Sequence[int], labels: Callable[[str], bool],
-                   depths: Sequence) -> str:
+                   depths: Sequence, runs_dir: str = DEMO_RUNS) -> str:
   """Checkpoints evaluated at other sleep settings (``launch.eval``): mean over seeds [every seed].
 
   Args:
-    variants: ``{variant: label}`` of the runs (``<variant>_s<seed>`` under the demo's runs).
+    variants: ``{variant: label}`` of the runs (``<variant>_s<seed>`` under ``runs_dir``); a variant's
+      seeds without a run directory are left out of its rows.
     seeds: the seeds.
     labels: which settings (``N=<k>``, ``tol=<x>``; see ``sweep_results.sleep_settings``) to show.
     depths: the accuracy columns.
+    runs_dir: where the runs are (default: the demo's).
   """
   cell = lambda vals, spec=".3f": (f"{_fmt(sum(vals) / len(vals), spec)} [{' '.join(_fmt(v, spec) for v in vals)}]"
                                    if vals else "-")
   cols = ["trained", "setting", "mean passes", *_head(depths, "t")]
   lines = ["| " + " | ".join(cols) + " |", "|---" * len(cols) + "|"]
   for variant, label in variants.items():
-    per_seed = [results_lib.sleep_settings(os.path.join(DEMO_RUNS, f"{variant}_s{s}")) for s in seeds]
+    per_seed = [results_lib.sleep_settings(os.path.join(runs_dir, f"{variant}_s{s}")) for s in seeds
+                if os.path.isdir(os.path.join(runs_dir, f"{variant}_s{s}"))]
     for setting in [k for k in per_seed[0] if labels(k)]:
       got = [st[setting] for st in per_seed if setting in st]
       lines.append(f"| {label} | {setting} | {cell([g['sleep/passes'] for g in got], '.2f')} | "
                    + " | ".join(cell([_acc(g, d) for g in got]) for d in depths) + " |")
   # The baselines depend on the eval examples only: any setting of each seed's run has them.
   first = next(iter(variants))
-  base = [next(iter(results_lib.sleep_settings(os.path.join(DEMO_RUNS, f"{first}_s{s}")).values())) for s in seeds]
+  base = [next(iter(results_lib.sleep_settings(os.path.join(runs_dir, f"{first}_s{s}")).values())) for s in seeds
+          if os.path.isdir(os.path.join(runs_dir, f"{first}_s{s}"))]
   majority = lambda d: sum(b["majority" if d == "all" else f"majority/depth={d}"] for b in base) / len(base)
-  lines.append(f"| *majority* (mean of {len(seeds)} eval sets) | | | "
+  maj_keys = lambda b: {k: v for k, v in b.items() if k.startswith("majority")}
+  sets = "one eval set" if all(maj_keys(b) == maj_keys(base[0]) for b in base) else f"mean of {len(base)} eval sets"
+  lines.append(f"| *majority* ({sets}) | | | "
                + " | ".join(_fmt(majority(d)) for d in depths) + " |")
   return "\n".join(lines) + "\n"
 
@@ -174,6 +180,14 @@ _TRAINED = {"n4": "fixed N = 4", "nrand4": "randomised N in {1,2,3,4}"}
 @table("test_time_n")
 def _test_time_n() -> str:
   return settings_table(_TRAINED, (0, 1, 2), lambda k: k.startswith("N="), (5, 6, "all"))
+
+
+@table("sleep_longer")
+def _sleep_longer() -> str:
+  variants = {"combined": "`rule110_sleep_longer.py` (all recipes combined)",
+              "reinject": "fixed N = 4 with `sleep_reinject=\"embedding\"` alone"}
+  return settings_table(variants, (0, 1, 2), lambda k: k.startswith("N="), (5, 6, "all"),
+                        runs_dir=os.path.join(REPO, "results", "rule110_sleep_longer"))
 
 
 @table("adaptive")
