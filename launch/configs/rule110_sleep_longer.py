@@ -23,9 +23,9 @@ Evaluation runs at ``sleep.n_passes = 4`` (about the mean training ``N``); the c
 train step (at most 28 here: ``N`` in 2..10 times ``P`` in 0..2, plus ``N = 1``). Training FLOPs per step
 average about those of fixed ``N = 4`` plus one detached forward pass, with less backward
 (``cost.sequence_flops`` gives the expectation). Measured (RESULTS.md, "Sleep longer", every seed): accuracy at
-``t = 6`` is flat to slightly rising from ``N = 2`` to ``N = 8`` (seed 1: 0.627, 0.628, 0.641, 0.648), where
-fixed ``N = 4`` falls from 0.930 at ``N = 4`` to 0.755 at ``N = 8``; but it stays far below fixed ``N = 4``, so
-it does not beat 0.930 at ``N = 8``. Training FLOPs per sequence: 0.947x fixed ``N = 4``'s.
+``t = 6``, mean of seeds 0-2, is 0.624 / 0.651 / 0.655 / 0.657 at ``N = 2 / 4 / 6 / 8`` (flat past the
+trained mean), where fixed ``N = 4`` falls from 0.930 at ``N = 4`` to 0.755 at ``N = 8``; but it stays far
+below fixed ``N = 4``, so it does not beat 0.930 at ``N = 8``. Training FLOPs per sequence: 0.947x fixed ``N = 4``'s.
 """
 from launch.configs import rule110_sleep_demo
 
