@@ -185,7 +185,8 @@ def _test_time_n() -> str:
 @table("sleep_longer")
 def _sleep_longer() -> str:
   variants = {"combined": "`rule110_sleep_longer.py` (all recipes combined)",
-              "reinject": "fixed N = 4 with `sleep_reinject=\"embedding\"` alone"}
+              "reinject": "fixed N = 4 with `sleep_reinject=\"embedding\"` alone",
+              "heavy": "the heavy-tailed N draw alone (mean 4, sigma 0.5, cap 10), full gradients"}
   return settings_table(variants, (0, 1, 2), lambda k: k.startswith("N="), (5, 6, "all"),
                         runs_dir=os.path.join(REPO, "results", "rule110_sleep_longer"))
 
