@@ -276,7 +276,8 @@ def make_example(config: DepoConfig, seed: int, index: int, split: str = "train"
 PRESETS = {
     "paper": DepoConfig(),
     # CPU scale: 9 to 16 nodes (just above k_max = 8), 64 context tokens in 2
-    # windows of 32, 4 queries.
+    # windows of 32, 4 queries. launch/configs/depo_small.py lays a smaller,
+    # learnable task over it (one edge window, hidden answers, k in 1..2).
     "small": DepoConfig(n_min=9, n_max=16, pool_size=24, context_len=64, n_queries=4, window=32, k_max=8,
                         eval_ks=(1, 2, 4, 8), num_eval_examples=1024),
 }
