@@ -172,7 +172,8 @@ def _config_node(flag_values, keys: list[str]):
     return None
 
 
-def _fail(message: str) -> None:
+def fail(message: str) -> None:
+  """Prints ``error: <message>`` on stderr and exits with status 1 (absl's status for a bad flag)."""
   print(f"error: {message}", file=sys.stderr)
   sys.exit(1)
 
@@ -211,7 +212,7 @@ def parse_flags(argv: list[str], define=None, *, flag_values: flags.FlagValues |
       if kind:
         head, _, why = message.partition(": ")
         message = f"{head}: config.{'.'.join(keys)} takes {kind} values ({why})" if why else message
-    _fail(message)
+    fail(message)
   except (AttributeError, KeyError) as e:
     # ml_collections raises AttributeError(KeyError(message)), the message being the quoted name, then
     # (for a near miss) its own suggestion: 'Did you mean "d_model" instead of "d_modle"?'.
@@ -222,4 +223,4 @@ def parse_flags(argv: list[str], define=None, *, flag_values: flags.FlagValues |
     name = lines[0].strip("\"'")
     bad = [a.split("=", 1)[0] for a in argv if a.startswith("--config.") and name in a.split("=", 1)[0].split(".")]
     hint = "".join(f"; {line.strip()[0].lower()}{line.strip()[1:]}" for line in lines[1:] if line.strip())
-    _fail(f"{', '.join(bad) or 'a --config override'}: the config has no field {name!r}{hint}")
+    fail(f"{', '.join(bad) or 'a --config override'}: the config has no field {name!r}{hint}")

@@ -78,8 +78,11 @@ def parse_flags(argv: list[str]) -> list[str]:
   if workdir:
     try:
       cfg = experiment.load_run_config(workdir)
-    except ValueError:
-      pass
+    except ValueError as e:
+      # ``--config.a.b=v`` needs the run's config to type it; say why it is missing rather than
+      # let absl report that the (empty) config has no field ``a``.
+      if any(a.startswith(("--config.", "-config.")) for a in argv):
+        cli.fail(f"--workdir={workdir}: {e} (the --config.* changes need it)")
   def define():
     if "config" not in flags.FLAGS:
       config_flags.DEFINE_config_dict("config", cfg, _CONFIG_HELP, lock_config=True, sys_argv=argv)

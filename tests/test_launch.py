@@ -86,6 +86,10 @@ def test_train_cli_one_step_rule110_then_eval(tmp_path):
     np.testing.assert_allclose(got["loss"], want["loss"], rtol=1e-5)
   p = _launch("launch.eval", f"--workdir={wd}", "--eval_batches=1", "--halt_tol=-1")
   assert p.returncode == 1 and "--halt_tol entries must be >= 0" in p.stderr
+  # A workdir that is not a run, with a --config change: the missing config.json is the error, not absl's
+  # complaint that the (then empty) config has no field "sleep".
+  p = _launch("launch.eval", f"--workdir={tmp_path / 'nope'}", "--config.sleep.max_passes=8")
+  assert p.returncode == 1 and "has no config.json" in p.stderr and "no field" not in p.stderr, p.stderr
 
 
 @pytest.mark.parametrize("name", ["depo_small", "gsm_math_small"])
