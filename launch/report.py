@@ -191,6 +191,41 @@ def _sleep_longer() -> str:
                         runs_dir=os.path.join(REPO, "results", "rule110_sleep_longer"))
 
 
+@table("tradeoff")
+def _tradeoff() -> str:
+  from launch import tradeoff
+  return tradeoff.markdown(tradeoff.points())
+
+
+def exit_table(variants: dict[str, str], seeds: Sequence[int], runs_dir: str, depths: Sequence[int]) -> str:
+  """Adaptive sleep per exit measure (``launch.tradeoff.served_settings``): mean passes at each depth, accuracy.
+
+  One row per trained variant, measure and tolerance: mean passes per sleeping window at each of ``depths``
+  and over all, accuracy at the deepest depth and over all; mean over seeds [every seed].
+  """
+  from launch import tradeoff
+  cell = lambda vals, spec: f"{_fmt(sum(vals) / len(vals), spec)} [{' '.join(_fmt(v, spec) for v in vals)}]"
+  deepest = max(depths)
+  cols = ["trained", "exit", *(f"passes t={d}" for d in depths), "passes all", f"t={deepest}", "all"]
+  lines = ["| " + " | ".join(cols) + " |", "|---" * len(cols) + "|"]
+  for variant, label in variants.items():
+    dirs = [os.path.join(runs_dir, f"{variant}_s{s}") for s in seeds]
+    per_seed = [tradeoff.served_settings(d) for d in dirs if os.path.isdir(d)]
+    for setting in [k for k in per_seed[0] if " tol=" in k]:
+      got = [st[setting][1] for st in per_seed if setting in st]
+      lines.append(f"| {label} | {setting} | "
+                   + " | ".join(cell([g[f"sleep/passes/depth={d}"] for g in got], ".2f") for d in depths)
+                   + f" | {cell([g['sleep/passes'] for g in got], '.2f')} | "
+                   + f"{cell([_acc(g, deepest) for g in got], '.3f')} | {cell([_acc(g, 'all') for g in got], '.3f')} |")
+  return "\n".join(lines) + "\n"
+
+
+@table("exit_passes")
+def _exit_passes() -> str:
+  return exit_table({"heavy": "heavy-tailed N draw alone", "combined": "`rule110_sleep_longer.py` (combined)"},
+                    (0, 1, 2), os.path.join(REPO, "results", "rule110_sleep_longer"), (1, 3, 6))
+
+
 @table("adaptive")
 def _adaptive() -> str:
   return settings_table(_TRAINED, (0, 1, 2), lambda k: k in ("N=4", "N=8") or k.startswith("tol="), (6, "all"))

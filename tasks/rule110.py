@@ -18,6 +18,15 @@ targets at positions ``n_states * W + i``. Paper preset: ``W = 24``,
 ``T = 100`` with the 4 labels as targets at positions 96..99, all in the fifth
 (prediction) window.
 
+Depth announced before sleep (ours, ``announce_t``). In the layout above the
+window that sleeps holds only the state: ``t`` is named after the state is
+evicted, so sleep must compute what any ``t`` would need, and nothing measured
+while sleeping (the fast weights' change, the window's predictions) can follow
+the depth asked. With ``announce_t`` every state window starts with the query
+token ``?<t>`` (the window is ``L = W + 1`` tokens: ``?t``, then the ``W``
+cells), so sleep knows how far to compute; the prediction window is unchanged.
+``T = n_states * (W + 1) + n_states``. Off by default (the paper's layout).
+
 Depth knob: ``t``. With ``t_min < t_max`` each example draws ``t`` uniformly, so
 the per-depth buckets of one evaluation run cover the range (the paper's depth
 study used separate runs at t = 4..16). Chance baseline (the headline is exact
@@ -53,6 +62,9 @@ class Rule110Config:
       ``[t_min, t_max]`` per example.
     num_train_examples: epoch size of the train split (a grain source length).
     num_eval_examples: size of the eval split.
+    announce_t: start every state window with the query token ``?<t>``
+      (``L = W + 1``), so sleeping knows the depth that will be asked (see
+      the module docstring). ``False``: the paper's layout.
   """
   width: int = 24
   n_states: int = 4
@@ -60,6 +72,7 @@ class Rule110Config:
   t_max: int = 32
   num_train_examples: int = 1 << 30
   num_eval_examples: int = 4096
+  announce_t: bool = False
 
   def __post_init__(self):
     req, is_int = ex_lib.require, ex_lib.is_int
@@ -79,14 +92,16 @@ class Rule110Config:
         f"Rule110Config.num_train_examples must be an integer >= 1, got {self.num_train_examples!r}")
     req(is_int(self.num_eval_examples) and self.num_eval_examples >= 1,
         f"Rule110Config.num_eval_examples must be an integer >= 1, got {self.num_eval_examples!r}")
+    req(isinstance(self.announce_t, (bool, np.bool_)),
+        f"Rule110Config.announce_t must be a bool, got {self.announce_t!r}")
 
   @property
   def window(self) -> int:
-    return self.width
+    return self.width + int(self.announce_t)
 
   @property
   def seq_len(self) -> int:
-    return self.n_states * self.width + self.n_states
+    return self.n_states * self.window + self.n_states
 
 
 def rule110_steps(states, t: int) -> np.ndarray:
@@ -128,8 +143,11 @@ def _build(config: Rule110Config, rng: np.random.Generator) -> dict:
   states = rng.integers(0, 2, size=(n, w), dtype=np.uint8)
   labels = rule110_steps(states, t)[:, 0]
   query_id = 3 + t
-  stream = np.concatenate([_BIT_IDS[states.reshape(-1)], [query_id], _BIT_IDS[labels]])
-  answers = [(n * w + i, t, i) for i in range(n)]
+  cells = _BIT_IDS[states]  # [n, W]
+  if config.announce_t:
+    cells = np.concatenate([np.full((n, 1), query_id, np.int32), cells], axis=1)
+  stream = np.concatenate([cells.reshape(-1), [query_id], _BIT_IDS[labels]])
+  answers = [(n * config.window + i, t, i) for i in range(n)]
   meta = {"t": t, "states": states, "labels": labels}
   return ex_lib.pack_example(stream, config.seq_len, answers, meta)
 

@@ -27,24 +27,28 @@ def examples(preset: str, split: str, n: int):
 def check_against_brute_force(config, ex, tok):
   """Re-derives every label from the decoded text alone."""
   w, n = config.width, config.n_states
+  a = int(config.announce_t)  # 1: every state window starts with the query token
+  lw = w + a
   words = tok.decode(ex["tokens"]).split()
-  assert len(words) == config.seq_len == n * w + n
-  # Every state fills one window of L = W tokens exactly.
-  states = [[int(c) for c in words[i * w:(i + 1) * w]] for i in range(n)]
+  assert len(words) == config.seq_len == n * lw + n and config.window == lw
+  # Every state (after its announced query, if any) fills one window of L = W (+ 1) tokens exactly.
+  states = [[int(c) for c in words[i * lw + a:(i + 1) * lw]] for i in range(n)]
   assert all(set(s) <= {0, 1} for s in states)
-  query = words[n * w]
+  query = words[n * lw]
   assert query.startswith("?")
+  if a:
+    assert all(words[i * lw] == query for i in range(n))
   t = int(query[1:])
   labels = []
   for s in states:
     for _ in range(t):
       s = wolfram_step(s)
     labels.append(s[0])
-  answer_pos = np.arange(n * w, n * w + n)
+  answer_pos = np.arange(n * lw, n * lw + n)
   np.testing.assert_array_equal(np.nonzero(ex["loss_mask"])[0], answer_pos)
   assert [int(tok.decode([ex["targets"][p]])) for p in answer_pos] == labels
   # Teacher forcing: label i (i < n - 1) is also the input after the query.
-  assert [int(x) for x in words[n * w + 1:]] == labels[:-1]
+  assert [int(x) for x in words[n * lw + 1:]] == labels[:-1]
   np.testing.assert_array_equal(ex["depth"][answer_pos], t)
   np.testing.assert_array_equal(ex["answer_id"][answer_pos], np.arange(n))
   assert np.all(ex["depth"][ex["loss_mask"] == 0] == -1) and np.all(ex["answer_id"][ex["loss_mask"] == 0] == -1)
@@ -60,6 +64,23 @@ def test_labels_match_independent_simulation(preset, n):
   tok = TASK.tokenizer(config)
   ts = [check_against_brute_force(config, ex, tok) for ex in exs]
   assert set(ts) == set(range(config.t_min, config.t_max + 1))  # every depth bucket is populated
+
+
+@pytest.mark.parametrize("n_states", [1, 3])
+def test_announced_depth_layout_matches_independent_simulation(n_states):
+  # announce_t: "?t" leads every state window (L = W + 1); labels, answers and the prediction window as before.
+  config = rule110.Rule110Config(width=9, n_states=n_states, t_min=0, t_max=5, announce_t=True,
+                                 num_eval_examples=64)
+  tok = TASK.tokenizer(config)
+  assert TASK.window(config) == 10 and TASK.seq_len(config) == n_states * 10 + n_states
+  exs = [TASK.make_example(config, 1, i, split) for i in range(300) for split in ("train", "eval")]
+  ts = [check_against_brute_force(config, ex, tok) for ex in exs]
+  assert set(ts) == set(range(6))
+  # The sleeping windows hold no loss; the last (prediction) window holds every answer.
+  starts = ex_lib.window_starts(TASK.seq_len(config), TASK.window(config))
+  assert starts[-1] == n_states * 10 and all(ex["loss_mask"][:starts[-1]].sum() == 0 for ex in exs)
+  plain = dataclasses.replace(config, announce_t=False)
+  assert TASK.window(plain) == 9 and TASK.seq_len(plain) == n_states * 9 + n_states
 
 
 def test_table_matches_wolfram_code_and_steps():
@@ -126,6 +147,8 @@ def test_deterministic_and_index_sensitive():
     (dict(n_states=0), "n_states"),
     (dict(width=4, n_states=5), "prediction window"),
     (dict(num_train_examples=0), "num_train_examples"),
+    (dict(announce_t=1), "announce_t"),
+    (dict(announce_t="yes"), "announce_t"),
 ])
 def test_bad_config(kwargs, match):
   with pytest.raises(ValueError, match=match):
