@@ -158,6 +158,8 @@ def settings_table(variants: dict[str, str], seeds: Sequence[int], labels: Calla
   for variant, label in variants.items():
     per_seed = [results_lib.sleep_settings(os.path.join(runs_dir, f"{variant}_s{s}")) for s in seeds
                 if os.path.isdir(os.path.join(runs_dir, f"{variant}_s{s}"))]
+    if not per_seed:  # no run of this variant committed yet
+      continue
     for setting in [k for k in per_seed[0] if labels(k)]:
       got = [st[setting] for st in per_seed if setting in st]
       lines.append(f"| {label} | {setting} | {cell([g['sleep/passes'] for g in got], '.2f')} | "
@@ -186,7 +188,9 @@ def _test_time_n() -> str:
 def _sleep_longer() -> str:
   variants = {"combined": "`rule110_sleep_longer.py` (all recipes combined)",
               "reinject": "fixed N = 4 with `sleep_reinject=\"embedding\"` alone",
-              "heavy": "the heavy-tailed N draw alone (mean 4, sigma 0.5, cap 10), full gradients"}
+              "heavy": "the heavy-tailed N draw alone (mean 4, sigma 0.5, cap 10), full gradients",
+              "prog": "fixed N = 4 with the progressive loss alone (`detach_passes_train=2`)",
+              "heavyprog": "heavy-tailed N draw + progressive loss, full gradients, no re-injection"}
   return settings_table(variants, (0, 1, 2), lambda k: k.startswith("N="), (5, 6, "all"),
                         runs_dir=os.path.join(REPO, "results", "rule110_sleep_longer"))
 
@@ -211,6 +215,8 @@ def exit_table(variants: dict[str, str], seeds: Sequence[int], runs_dir: str, de
   for variant, label in variants.items():
     dirs = [os.path.join(runs_dir, f"{variant}_s{s}") for s in seeds]
     per_seed = [tradeoff.served_settings(d) for d in dirs if os.path.isdir(d)]
+    if not per_seed:
+      continue
     for setting in [k for k in per_seed[0] if " tol=" in k]:
       got = [st[setting][1] for st in per_seed if setting in st]
       lines.append(f"| {label} | {setting} | "
