@@ -8,6 +8,8 @@ are compared:
   then the mean over examples): how much pass ``N`` rewrites; a fixed point drives it to 0. (The delta rule
   writes nothing where ``v = S k`` already holds, so converged fast weights stop changing by construction.)
 * ``to_last``: ``|S_N - S_M| / |S_M|``: how far pass ``N`` is from the last one computed.
+* ``norm``: ``|S_N| / |S_1|``: whether the passes grow the fast weights (a change per pass that falls like
+  ``1 / N`` with a norm growing like ``N`` is a constant write per pass, not convergence).
 * ``accuracy``: the full sequence (eval answers) served at ``N`` passes, per depth, as ``launch.eval``
   would score answer tokens.
 
@@ -49,7 +51,7 @@ def trajectory(workdir: str, *, max_passes: int = 16, n_examples: int = 512, ste
   """The fast weights' change per pass and the accuracy at each ``N`` (see the module docstring).
 
   Returns:
-    ``{"passes": [1..M], "depths": [...], "change": {depth or "all": [M]}, "to_last": {...}, "accuracy":
+    ``{"passes": [1..M], "depths": [...], "change": {depth or "all": [M]}, "to_last": {...}, "norm": {...}, "accuracy":
     {...}, "majority": {...}, "count": {...}, "step": int, "sleep_windows": int}``; ``change[..][0]`` is NaN
     (the wake pass has no predecessor).
 
@@ -109,13 +111,15 @@ def trajectory(workdir: str, *, max_passes: int = 16, n_examples: int = 512, ste
   change = [np.full(n_examples, np.nan)] + [norm(states[i] - states[i - 1]) / (norm(states[i]) + eps)
                                             for i in range(1, max_passes)]
   to_last = [norm(s - states[-1]) / (norm(states[-1]) + eps) for s in states]
+  growth = [norm(s) / (norm(states[0]) + eps) for s in states]
   key = lambda g: "all" if g == "all" else str(g)
   result = {"passes": list(range(1, max_passes + 1)), "depths": depths, "step": int(loaded),
             "sleep_windows": int(sum(schedule)), "examples": n_examples,
-            "change": {}, "to_last": {}, "accuracy": {}, "count": {}, "majority": {}}
+            "change": {}, "to_last": {}, "norm": {}, "accuracy": {}, "count": {}, "majority": {}}
   for g, sel in groups.items():
     result["change"][key(g)] = [float(np.mean(c[sel])) for c in change]
     result["to_last"][key(g)] = [float(np.mean(t[sel])) for t in to_last]
+    result["norm"][key(g)] = [float(np.mean(x[sel])) for x in growth]
     result["accuracy"][key(g)] = [float(np.mean(c[sel])) for c in correct]
     result["count"][key(g)] = int(sel.sum())
     # The majority answer of the group (first answer token): the baseline beside every accuracy.
@@ -128,11 +132,12 @@ def trajectory(workdir: str, *, max_passes: int = 16, n_examples: int = 512, ste
 def report(result: dict) -> str:
   """One line per pass: change, distance to the last pass, accuracy (all, then the deepest depth)."""
   deepest = str(max(result["depths"])) if result["depths"] else "all"
-  lines = [f"{'N':>3} {'change':>9} {'to_last':>9} {'acc all':>8} {'acc d=' + deepest:>9}   "
+  lines = [f"{'N':>3} {'change':>9} {'to_last':>9} {'norm':>7} {'acc all':>8} {'acc d=' + deepest:>9}   "
            f"change by depth ({', '.join(map(str, result['depths']))})"]
   for i, n in enumerate(result["passes"]):
     by_depth = " ".join(f"{result['change'][str(d)][i]:.3f}" for d in result["depths"])
     lines.append(f"{n:>3} {result['change']['all'][i]:>9.4f} {result['to_last']['all'][i]:>9.4f} "
+                 f"{result['norm']['all'][i]:>7.3f} "
                  f"{result['accuracy']['all'][i]:>8.3f} {result['accuracy'][deepest][i]:>9.3f}   {by_depth}")
   lines.append(f"majority: all {result['majority']['all']:.3f}, depth {deepest} {result['majority'][deepest]:.3f}"
                f" ({result['examples']} eval examples, checkpoint step {result['step']})")
@@ -153,6 +158,7 @@ def figure(result: dict, title: str = ""):
     b.plot(x, result["accuracy"][str(d)], "o-", color=colour, ms=3, label=f"depth {d}")
     b.axhline(result["majority"][str(d)], color=colour, ls=":", alpha=0.5)
   a.plot(x, result["to_last"]["all"], "k--", label=f"distance to pass {x[-1]}")
+  a.plot(x, result["norm"]["all"], "k:", label="norm / norm after the wake pass")
   a.set_yscale("log")
   a.set_xlabel("passes N (wake pass included)")
   a.set_ylabel("relative change of the fast weights")

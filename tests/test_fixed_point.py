@@ -50,6 +50,7 @@ def test_trajectory_against_direct_forwards_and_launch_eval(run):
     fw[n] = fixed_point._state_matrix(out.fast_weights, 8)
   want = np.mean(np.linalg.norm(fw[3] - fw[2], axis=1) / np.linalg.norm(fw[3], axis=1))
   np.testing.assert_allclose(res["change"]["all"][2], want, rtol=1e-6)
+  assert res["norm"]["all"][0] == pytest.approx(1.0)
   # Accuracy at N = 3 is launch.eval's on the same 8 examples (one eval batch of 8).
   _, ev = experiment.evaluate_run(run, overrides=["sleep.n_passes=3"], eval_batches=1)
   assert ev["count"] == 8
