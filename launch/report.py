@@ -212,6 +212,7 @@ def exit_table(variants: dict[str, str], seeds: Sequence[int], runs_dir: str, de
   deepest = max(depths)
   cols = ["trained", "exit", *(f"passes t={d}" for d in depths), "passes all", f"t={deepest}", "all"]
   lines = ["| " + " | ".join(cols) + " |", "|---" * len(cols) + "|"]
+  majorities = {}
   for variant, label in variants.items():
     dirs = [os.path.join(runs_dir, f"{variant}_s{s}") for s in seeds]
     per_seed = [tradeoff.served_settings(d) for d in dirs if os.path.isdir(d)]
@@ -219,10 +220,13 @@ def exit_table(variants: dict[str, str], seeds: Sequence[int], runs_dir: str, de
       continue
     for setting in [k for k in per_seed[0] if " tol=" in k]:
       got = [st[setting][1] for st in per_seed if setting in st]
+      majorities.setdefault(label, (got[0][f"majority/depth={deepest}"], got[0]["majority"]))
       lines.append(f"| {label} | {setting} | "
                    + " | ".join(cell([g[f"sleep/passes/depth={d}"] for g in got], ".2f") for d in depths)
                    + f" | {cell([g['sleep/passes'] for g in got], '.2f')} | "
                    + f"{cell([_acc(g, deepest) for g in got], '.3f')} | {cell([_acc(g, 'all') for g in got], '.3f')} |")
+  for label, (deep, overall) in majorities.items():
+    lines.append(f"| *majority* ({label}'s eval set) | |" + " |" * (len(depths) + 1) + f" {_fmt(deep)} | {_fmt(overall)} |")
   return "\n".join(lines) + "\n"
 
 
@@ -230,6 +234,53 @@ def exit_table(variants: dict[str, str], seeds: Sequence[int], runs_dir: str, de
 def _exit_passes() -> str:
   return exit_table({"heavy": "heavy-tailed N draw alone", "combined": "`rule110_sleep_longer.py` (combined)"},
                     (0, 1, 2), os.path.join(REPO, "results", "rule110_sleep_longer"), (1, 3, 6))
+
+
+@table("announce_exit")
+def _announce_exit() -> str:
+  return exit_table({"ann_heavy": "heavy-tailed N, depth announced (`announce_t`)"}, (0, 1, 2),
+                    os.path.join(REPO, "results", "rule110_sleep_longer"), (1, 2, 3, 4, 5, 6))
+
+
+@table("announce")
+def _announce() -> str:
+  return settings_table({"ann_heavy": "heavy-tailed N draw alone, depth announced (`announce_t`)"}, (0, 1, 2),
+                        lambda k: k.startswith("N="), (5, 6, "all"),
+                        runs_dir=os.path.join(REPO, "results", "rule110_sleep_longer"))
+
+
+@table("fixed_point")
+def _fixed_point() -> str:
+  """``launch.fixed_point`` per recipe: change per pass, norm growth, accuracy at t = 6; mean over seeds [every seed]."""
+  root = os.path.join(REPO, "results", "rule110_sleep_longer")
+  variants = {"reinject": "fixed N = 4, re-injection", "heavy": "heavy-tailed N draw alone",
+              "combined": "`rule110_sleep_longer.py` (combined)", "prog": "fixed N = 4, progressive loss",
+              "heavyprog": "heavy-tailed N + progressive loss"}
+  passes = (2, 4, 8, 12, 16)
+  cols = ["trained", "measure", *(f"N={n}" for n in passes)]
+  lines = ["| " + " | ".join(cols) + " |", "|---" * len(cols) + "|"]
+  cell = lambda vals, spec: f"{_fmt(sum(vals) / len(vals), spec)} [{' '.join(_fmt(v, spec) for v in vals)}]"
+  majority = []
+  for variant, label in variants.items():
+    got = []
+    for seed in (0, 1, 2):
+      path = os.path.join(root, f"{variant}_s{seed}", "fixed_point.json")
+      if os.path.exists(path):
+        with open(path) as f:
+          got.append(json.load(f))
+    if not got:
+      continue
+    deepest = str(max(got[0]["depths"]))
+    majority.append(got[0]["majority"][deepest])
+    rows = (("change per pass", lambda r, i: r["change"]["all"][i], ".3f"),
+            ("norm / wake", lambda r, i: r["norm"]["all"][i] if "norm" in r else float("nan"), ".2f"),
+            (f"accuracy t={deepest}", lambda r, i: r["accuracy"][deepest][i], ".3f"))
+    for name, value, spec in rows:
+      lines.append(f"| {label} | {name} | " + " | ".join(cell([value(r, n - 1) for r in got], spec) for n in passes)
+                   + " |")
+  if majority:
+    lines.append(f"| *majority* (first 512 eval examples) | accuracy | {_fmt(majority[0])} |" + " |" * (len(passes) - 1))
+  return "\n".join(lines) + "\n"
 
 
 @table("adaptive")
