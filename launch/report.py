@@ -186,10 +186,10 @@ def _test_time_n() -> str:
 
 @table("sleep_longer")
 def _sleep_longer() -> str:
-  variants = {"combined": "`rule110_sleep_longer.py` (all recipes combined)",
+  variants = {"combined": "all recipes combined (`rule110_sleep_longer_combined.py`)",
               "reinject": "fixed N = 4 with `sleep_reinject=\"embedding\"` alone",
               "heavy": "the heavy-tailed N draw alone (mean 4, sigma 0.5, cap 10), full gradients",
-              "prog": "fixed N = 4 with the progressive loss alone (`detach_passes_train=2`)",
+              "prog": "fixed N = 4 with the progressive loss alone (`rule110_sleep_longer.py`)",
               "heavyprog": "heavy-tailed N draw + progressive loss, full gradients, no re-injection"}
   return settings_table(variants, (0, 1, 2), lambda k: k.startswith("N="), (5, 6, "all"),
                         runs_dir=os.path.join(REPO, "results", "rule110_sleep_longer"))
@@ -232,7 +232,7 @@ def exit_table(variants: dict[str, str], seeds: Sequence[int], runs_dir: str, de
 
 @table("exit_passes")
 def _exit_passes() -> str:
-  return exit_table({"heavy": "heavy-tailed N draw alone", "combined": "`rule110_sleep_longer.py` (combined)"},
+  return exit_table({"heavy": "heavy-tailed N draw alone", "combined": "all combined (`rule110_sleep_longer_combined.py`)"},
                     (0, 1, 2), os.path.join(REPO, "results", "rule110_sleep_longer"), (1, 3, 6))
 
 
@@ -254,7 +254,7 @@ def _fixed_point() -> str:
   """``launch.fixed_point`` per recipe: change per pass, norm growth, accuracy at t = 6; mean over seeds [every seed]."""
   root = os.path.join(REPO, "results", "rule110_sleep_longer")
   variants = {"reinject": "fixed N = 4, re-injection", "heavy": "heavy-tailed N draw alone",
-              "combined": "`rule110_sleep_longer.py` (combined)", "prog": "fixed N = 4, progressive loss",
+              "combined": "all combined (`rule110_sleep_longer_combined.py`)", "prog": "fixed N = 4, progressive loss",
               "heavyprog": "heavy-tailed N + progressive loss"}
   passes = (2, 4, 8, 12, 16)
   cols = ["trained", "measure", *(f"N={n}" for n in passes)]

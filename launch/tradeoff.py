@@ -179,7 +179,7 @@ def points(recipes: Sequence[Recipe] = RECIPES) -> list[Point]:
   out = []
   for recipe in recipes:
     dirs = {s: os.path.join(recipe.root, f"{recipe.variant}_s{s}") for s in recipe.seeds}
-    dirs = {s: d for s, d in dirs.items() if os.path.isdir(d)}
+    dirs = {s: d for s, d in dirs.items() if os.path.isfile(os.path.join(d, "config.json"))}
     per_seed = {s: served_settings(d) for s, d in dirs.items()}
     labels = list(dict.fromkeys(label for settings in per_seed.values() for label in settings))
     for label in labels:

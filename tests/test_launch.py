@@ -99,14 +99,23 @@ def test_one_step_other_tasks(tmp_path, name):
   assert result.step == 1 and 0.0 <= result.eval["accuracy"] <= 1.0
 
 
-def test_rule110_sleep_longer_trains_one_step(tmp_path):
-  # The recipe config against the demo's: same task, tokens and eval set; one step trains with its options.
-  cfg, demo = _config("rule110_sleep_longer"), _config("rule110_sleep_demo")
+@pytest.mark.parametrize("name", ["rule110_sleep_longer", "rule110_sleep_longer_combined"])
+def test_rule110_sleep_longer_trains_one_step(tmp_path, name):
+  # The recipe configs against the demo's: same task, tokens and eval set; one step trains with their options.
+  cfg, demo = _config(name), _config("rule110_sleep_demo")
   assert (cfg.task, cfg.task_preset, cfg.task_config.to_dict(), cfg.train.to_dict()) == (
       demo.task, demo.task_preset, demo.task_config.to_dict(), demo.train.to_dict())
   exp = experiment.experiment_from_config(cfg)
-  assert exp.sleep.n_passes_train_mean == 4.0 and exp.sleep.detach_passes_train == 2
-  assert exp.model.sleep_reinject == "embedding" and exp.sleep.halt_measure == "kl"
+  assert exp.sleep.n_passes == 4 and exp.sleep.detach_passes_train == 2
+  if name.endswith("combined"):
+    assert exp.sleep.n_passes_train_mean == 4.0 and exp.sleep.grad_passes == 3
+    assert exp.model.sleep_reinject == "embedding" and exp.sleep.halt_measure == "kl"
+  else:  # the progressive loss alone: what RESULTS.md's "progressive loss alone" runs trained with
+    with open(os.path.join(REPO, "results", "rule110_sleep_longer", "prog_s0", "config.json")) as f:
+      ran = json.load(f)
+    trained = experiment.experiment_from_config(ran)
+    assert (trained.sleep, trained.model, trained.task_config) == (exp.sleep, exp.model, exp.task_config)
+    assert exp.sleep.n_passes_train_mean is None and exp.model.sleep_reinject == "none"
   result = experiment.run(_tiny(cfg), str(tmp_path))
   assert result.step == 1 and 0.0 <= result.eval["accuracy"] <= 1.0
 
