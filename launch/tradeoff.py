@@ -270,7 +270,8 @@ def figure(pts: Sequence[Point], *, title: str = "Rule 110 demo: accuracy at t =
 def main(argv: Sequence[str] | None = None) -> int:
   import argparse
   parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-  parser.add_argument("--output", default=DEFAULT_OUTPUT, help="PNG path of the figure")
+  from launch import cli
+  parser.add_argument("--output", default=DEFAULT_OUTPUT, type=cli.user_path, help="PNG path of the figure")
   args = parser.parse_args(argv)
   pts = points()
   print(markdown(pts))
