@@ -23,6 +23,7 @@ Prints a table and writes ``<workdir>/fixed_point.json`` and ``.png`` (or ``--ou
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
 import os
 import sys
@@ -77,8 +78,7 @@ def trajectory(workdir: str, *, max_passes: int = 16, n_examples: int = 512, ste
   if not any(schedule):
     raise ValueError(f"{workdir}: no window of its task sleeps")
   model = HybridLM(exp.model, rngs=nnx.Rngs(0))
-  abstract = nnx.split(nnx.eval_shape(lambda: HybridLM(exp.model, rngs=nnx.Rngs(0))), nnx.Param, ...)[1]
-  params, loaded = ckpt_lib.load_params(workdir, abstract, step=step, return_step=True)
+  params, loaded = ckpt_lib.load_params(workdir, nnx.split(model, nnx.Param, ...)[1], step=step, return_step=True)
   nnx.update(model, params)
   model.eval()
 
@@ -90,14 +90,10 @@ def trajectory(workdir: str, *, max_passes: int = 16, n_examples: int = 512, ste
   depths = sorted(int(d) for d in set(depth.tolist()) if d >= 0)
   groups = {"all": np.ones_like(depth, bool), **{d: depth == d for d in depths}}
 
-  base = exp.sleep
-  clear = dict(halt_tol=None, n_passes_train=None, n_passes_train_weights=None, n_passes_train_mean=None,
-               n_passes_train_max=None, detach_passes_train=None)
-  import dataclasses
   states, correct = [], []
   mask = data["loss_mask"] > 0
   for n in range(1, max_passes + 1):
-    sleep = dataclasses.replace(base, n_passes=n, **clear)
+    sleep = dataclasses.replace(exp.sleep.with_n_passes(n), halt_tol=None)  # fixed N, no training draw
     out = windowed.windowed_forward(model, data["tokens"][:, :prefix], None, sleep,
                                     return_logits="none", sleep_schedule=tuple(schedule[:last + 1]))
     states.append(_state_matrix(out.fast_weights, n_examples))
@@ -113,6 +109,7 @@ def trajectory(workdir: str, *, max_passes: int = 16, n_examples: int = 512, ste
   to_last = [norm(s - states[-1]) / (norm(states[-1]) + eps) for s in states]
   growth = [norm(s) / (norm(states[0]) + eps) for s in states]
   key = lambda g: "all" if g == "all" else str(g)
+  first_answer = data["targets"][np.arange(n_examples), np.argmax(mask, axis=1)]
   result = {"passes": list(range(1, max_passes + 1)), "depths": depths, "step": int(loaded),
             "sleep_windows": int(sum(schedule)), "examples": n_examples,
             "change": {}, "to_last": {}, "norm": {}, "accuracy": {}, "count": {}, "majority": {}}
@@ -123,8 +120,7 @@ def trajectory(workdir: str, *, max_passes: int = 16, n_examples: int = 512, ste
     result["accuracy"][key(g)] = [float(np.mean(c[sel])) for c in correct]
     result["count"][key(g)] = int(sel.sum())
     # The majority answer of the group (first answer token): the baseline beside every accuracy.
-    first = np.argmax(mask, axis=1)
-    answers = data["targets"][np.arange(n_examples), first][sel]
+    answers = first_answer[sel]
     result["majority"][key(g)] = float(np.bincount(answers).max() / max(len(answers), 1))
   return result
 

@@ -273,7 +273,7 @@ def _fixed_point() -> str:
     deepest = str(max(got[0]["depths"]))
     majority.append(got[0]["majority"][deepest])
     rows = (("change per pass", lambda r, i: r["change"]["all"][i], ".3f"),
-            ("norm / wake", lambda r, i: r["norm"]["all"][i] if "norm" in r else float("nan"), ".2f"),
+            ("norm / wake", lambda r, i: r["norm"]["all"][i], ".2f"),
             (f"accuracy t={deepest}", lambda r, i: r["accuracy"][deepest][i], ".3f"))
     for name, value, spec in rows:
       lines.append(f"| {label} | {name} | " + " | ".join(cell([value(r, n - 1) for r in got], spec) for n in passes)

@@ -25,6 +25,7 @@ Commands (from the repository root)::
 from __future__ import annotations
 
 import dataclasses
+import functools
 import json
 import math
 import os
@@ -154,24 +155,31 @@ def served_settings(workdir: str) -> dict[str, tuple[dict, dict]]:
   return out
 
 
-def _costs(workdir: str, changes: dict, passes: float) -> tuple[float, float, float]:
-  """``(wake FLOPs per token, sleep FLOPs per sleeping window at mean passes, training FLOPs)``."""
+@functools.lru_cache(maxsize=None)
+def _run_costs(workdir: str):
+  """``(experiment, wake FLOPs per token, training FLOPs)`` of a run: read once, shared by its servings."""
   from launch import experiment
   from sleep_jax import cost
   rec = results_lib.read_run(workdir)
   exp = experiment.experiment_from_config(_read(os.path.join(workdir, "config.json")))
   seq_len = exp.task.seq_len(exp.task_config)
-  if exp.plain_transformer:
-    return cost.sequence_flops(exp.model, exp.sleep, [False] * len(cost.window_spans(seq_len, exp.sleep.window)),
-                               seq_len).forward / seq_len, 0.0, rec.train_flops
-  awake = dataclasses.replace(exp.sleep, n_passes=1, halt_tol=None, n_passes_train=None,
-                              n_passes_train_weights=None, n_passes_train_mean=None, n_passes_train_max=None,
-                              detach_passes_train=None)
   schedule = [False] * len(cost.window_spans(seq_len, exp.sleep.window))
+  # The wake pass alone: no window sleeps, whatever N the run trained or serves with.
+  awake = exp.sleep if exp.plain_transformer else dataclasses.replace(exp.sleep.with_n_passes(1), halt_tol=None)
   wake = cost.sequence_flops(exp.model, awake, schedule, seq_len).forward / seq_len
-  served = dataclasses.replace(awake, **{k: v for k, v in changes.items() if k != "n_passes"})
+  return exp, wake, rec.train_flops
+
+
+def _costs(workdir: str, changes: dict, passes: float) -> tuple[float, float, float]:
+  """``(wake FLOPs per token, sleep FLOPs per sleeping window at mean passes, training FLOPs)``."""
+  from sleep_jax import cost
+  exp, wake, train = _run_costs(workdir)
+  if exp.plain_transformer:
+    return wake, 0.0, train
+  served = dataclasses.replace(exp.sleep.with_n_passes(1),
+                               **{"halt_tol": None, **{k: v for k, v in changes.items() if k != "n_passes"}})
   window = cost.window_flops(exp.model, served, exp.sleep.window)
-  return wake, float(window.sleep(passes)), rec.train_flops
+  return wake, float(window.sleep(passes)), train
 
 
 def points(recipes: Sequence[Recipe] = RECIPES) -> list[Point]:
