@@ -239,18 +239,18 @@ def experiment_from_config(cfg) -> Experiment:
 
 
 def task_schedule(exp: Experiment, n_examples: int = 16) -> tuple[bool, ...]:
-  """Which windows sleep (loss mask all zero), from the task's first examples."""
+  """Which windows sleep (no scored answer in them), from the task's first examples."""
   import numpy as np
   from sleep_jax.windowed import schedule_from_mask
-  masks = np.stack([exp.task.make_example(exp.task_config, exp.train.seed, i)["loss_mask"]
-                    for i in range(n_examples)])
-  return schedule_from_mask(masks, exp.sleep.window)
+  exs = [exp.task.make_example(exp.task_config, exp.train.seed, i) for i in range(n_examples)]
+  return schedule_from_mask(np.stack([e["loss_mask"] for e in exs]), exp.sleep.window,
+                            np.stack([e["depth"] for e in exs]))
 
 
 def check_sleep_happens(exp: Experiment, schedule: tuple[bool, ...]) -> None:
   """Refuses a config that asks for sleep (some ``N != 1``) when no window of the task ever sleeps.
 
-  A window sleeps when its loss mask is all zero, so a task whose sequences
+  A window sleeps when it holds no scored answer, so a task whose sequences
   are no longer than the window (``T <= L``), or whose every window holds loss
   tokens, runs any ``N`` exactly as ``N = 1``: a run or evaluation at
   ``N = 4`` would silently be the plain model's.

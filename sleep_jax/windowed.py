@@ -128,9 +128,16 @@ def serving_schedule(length: int, window: int) -> tuple[bool, ...]:
   return tuple(stop - start == window for start, stop in window_spans(length, window))
 
 
-def schedule_from_mask(loss_mask, window: int) -> tuple[bool, ...]:
-  """Static schedule from a concrete mask: a window sleeps iff its mask is all zero."""
+def schedule_from_mask(loss_mask, window: int, depth=None) -> tuple[bool, ...]:
+  """Static schedule from a concrete mask: a window sleeps iff its mask is all zero.
+
+  With ``depth`` (``[B, T]``, a task batch's), only the scored positions count
+  (``depth >= 0``): auxiliary targets (``tasks.example``) do not keep a window
+  awake.
+  """
   m = np.asarray(loss_mask)
+  if depth is not None:
+    m = np.where(np.asarray(depth) >= 0, m, 0)
   return tuple(bool(np.all(m[:, a:b] == 0)) for a, b in window_spans(m.shape[1], window))
 
 
@@ -166,7 +173,7 @@ class CheckedSchedule:
     batch = next(self.it)
     if self.vocab_size is not None:
       check_token_ids(np.asarray(batch["tokens"]), self.vocab_size, name="a batch's tokens")
-    got = schedule_from_mask(batch["loss_mask"], self.window)
+    got = schedule_from_mask(batch["loss_mask"], self.window, batch.get("depth"))
     if got != self.schedule:
       raise ValueError(f"a batch's consolidation windows {got} differ from the task's {self.schedule}; "
                        "this task needs a per-batch schedule")

@@ -56,8 +56,9 @@ def show(task_name: str, preset: str, n: int, split: str, seed: int, start: int)
     words = tok.decode(ex["tokens"]).split(" ")
     lines.append(f"\n[{index}] {_collapse_pads(words)}")
     for pos in np.nonzero(ex["loss_mask"])[0]:
-      lines.append(f"  target[{pos}] = {tok.decode([ex['targets'][pos]])!r} after {words[pos]!r}  "
-                   f"({task.depth_name}={ex['depth'][pos]}, answer_id={ex['answer_id'][pos]})")
+      what = (f"({task.depth_name}={ex['depth'][pos]}, answer_id={ex['answer_id'][pos]})" if ex["depth"][pos] >= 0
+              else "(auxiliary: trained on, not scored)")
+      lines.append(f"  target[{pos}] = {tok.decode([ex['targets'][pos]])!r} after {words[pos]!r}  {what}")
     lines.append("  meta:\n" + _format_meta(ex["meta"]))
   return "\n".join(lines)
 

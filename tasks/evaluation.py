@@ -1,6 +1,6 @@
 """Depth-sliced evaluation of next-token predictions on answer tokens.
 
-Units. A *position* is one target with ``loss_mask > 0``. An *answer* is the
+Units. A *position* is one scored target: ``loss_mask > 0`` and ``depth >= 0``. An *answer* is the
 set of positions of one example sharing an ``answer_id`` (a multi-token answer
 is right only if all its tokens are). An *example* is right only if all its
 answers are. Each task picks which unit its headline ``accuracy`` counts:
@@ -14,6 +14,12 @@ is the headline unit's accuracy in bucket ``d``; ``loss/depth=<d>`` is the mean
 ``token_loss`` over the positions of bucket ``d``; ``count/depth=<d>`` is the
 number of headline units in bucket ``d`` (so a standard error
 ``sqrt(acc * (1 - acc) / count)`` can be printed beside the accuracy).
+
+Auxiliary targets. A position with ``loss_mask > 0`` and ``depth < 0`` is an
+auxiliary training target (``tasks.example``: e.g. the math task's hidden
+line values): the trainer's loss includes it, the headline metrics above never
+count it. Its next-token accuracy is reported apart as ``aux_accuracy`` (with
+``aux_count``), present only when a batch had any.
 
 Baselines. Beside every accuracy stand two floors for the same units:
 
@@ -98,6 +104,7 @@ class Evaluator:
     self._answers = [0, 0]
     self._examples = [0, 0]
     self._tokens = [0, 0]
+    self._aux = [0, 0]
 
   def update(self, batch, predictions, token_loss) -> None:
     """Adds one batch.
@@ -117,13 +124,17 @@ class Evaluator:
         raise ValueError(f"batch is missing {key!r}; it has {sorted(batch)}")
     targets = _as_2d("batch['targets']", batch["targets"])
     shape = targets.shape
-    mask = _as_2d("batch['loss_mask']", batch["loss_mask"], shape) > 0
+    trained = _as_2d("batch['loss_mask']", batch["loss_mask"], shape) > 0
     depth = _as_2d("batch['depth']", batch["depth"], shape).astype(np.int64)
     aid = _as_2d("batch['answer_id']", batch["answer_id"], shape).astype(np.int64)
     preds = _as_2d("predictions", predictions, shape)
     loss = _as_2d("token_loss", token_loss, shape).astype(np.float64)
+    mask = trained & (depth >= 0)  # scored positions; the rest of the trained ones are auxiliary
+    aux = trained & ~mask
+    self._aux[0] += int((aux & (preds == targets)).sum())
+    self._aux[1] += int(aux.sum())
     if np.any(mask & (aid < 0)):
-      raise ValueError("batch['answer_id'] must be >= 0 wherever loss_mask > 0")
+      raise ValueError("batch['answer_id'] must be >= 0 wherever loss_mask > 0 and depth >= 0")
 
     wrong = mask & (preds != targets)
     self._tokens[0] += int(mask.sum() - wrong.sum())
@@ -212,4 +223,7 @@ class Evaluator:
       out[f"loss/depth={d}"] = ratio(self._loss[d])
     for i in sorted(self._slot):
       out[f"accuracy/answer_id={i}"] = ratio(self._slot[i])
+    if self._aux[1]:
+      out["aux_accuracy"] = ratio(self._aux)
+      out["aux_count"] = float(self._aux[1])
     return out

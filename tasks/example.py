@@ -8,10 +8,20 @@ sequence length), plus a ``meta`` dict of structured ground truth:
   writes a stream of ``T + 1`` tokens, so the last target is the stream's final
   token (typically the last answer token) rather than padding; where a stream
   has only ``T`` tokens the last target is 0 (``<pad>``).
-- ``loss_mask`` float32: 1.0 where ``targets[t]`` is an answer token.
+- ``loss_mask`` float32: 1.0 where ``targets[t]`` is trained on: an answer
+  token, or an auxiliary target.
 - ``depth`` int32: the depth knob of the answer targeted at ``t``, -1 elsewhere.
 - ``answer_id`` int32: which answer (query) of the example the targeted token
   belongs to, -1 elsewhere; the tokens of one multi-token answer share an id.
+
+Auxiliary targets (ours). A position with ``loss_mask = 1`` and ``depth = -1``
+(``answer_id = -1``) is trained on but never scored (``tasks.evaluation``) and
+does not keep its window awake (:func:`scored_mask`): its ``targets`` entry may
+be any token, not the next input, so a task can supervise a value it never
+shows (the math task's ``line_values``). Every window still sleeps or not by
+where the scored answers are, so such targets may sit in windows that are
+consolidated: their logits are the wake pass's, which reads only what came
+before them.
 
 Seeding. ``make_example(config, seed, index, split)`` draws everything from
 ``np.random.default_rng([seed, split_id, index, attempt])``, so an example is a
@@ -107,7 +117,7 @@ def draw_in_split(build: Callable[[np.random.Generator], dict[str, Any]], seed: 
 
 
 def pack_example(stream: Sequence[int] | np.ndarray, seq_len: int, answers: Sequence[tuple[int, int, int]],
-                 meta: dict[str, Any]) -> dict[str, Any]:
+                 meta: dict[str, Any], aux: Sequence[tuple[int, int]] = ()) -> dict[str, Any]:
   """Turns a token stream and its answer positions into the example arrays.
 
   Args:
@@ -117,9 +127,15 @@ def pack_example(stream: Sequence[int] | np.ndarray, seq_len: int, answers: Sequ
       ``target_position`` indexes ``targets`` (the answer token is
       ``stream[target_position + 1]``).
     meta: structured ground truth, stored under ``"meta"``.
+    aux: ``(target_position, token)`` per auxiliary target: ``targets`` gets
+      ``token`` there (the input is unchanged), trained on with depth -1.
 
   Returns:
     The example dict (see the module docstring).
+
+  Raises:
+    ValueError: a position outside ``[0, T)`` or an auxiliary target on an
+      answer's position.
   """
   stream = np.asarray(stream, dtype=np.int32)
   if stream.shape not in ((seq_len,), (seq_len + 1,)):
@@ -136,8 +152,21 @@ def pack_example(stream: Sequence[int] | np.ndarray, seq_len: int, answers: Sequ
     loss_mask[pos] = 1.0
     depth[pos] = d
     answer_id[pos] = aid
+  for pos, token in aux:
+    if not 0 <= pos < seq_len:
+      raise ValueError(f"auxiliary target position {pos} is outside [0, {seq_len})")
+    if loss_mask[pos]:
+      raise ValueError(f"auxiliary target position {pos} is already trained on (an answer or another target)")
+    loss_mask[pos] = 1.0
+    targets[pos] = token
   return {"tokens": tokens, "targets": targets, "loss_mask": loss_mask, "depth": depth,
           "answer_id": answer_id, "meta": meta}
+
+
+def scored_mask(loss_mask, depth) -> np.ndarray:
+  """The positions scored as answers: ``loss_mask`` where ``depth >= 0`` (auxiliary targets dropped)."""
+  loss_mask, depth = np.asarray(loss_mask), np.asarray(depth)
+  return np.where(depth >= 0, loss_mask, np.zeros_like(loss_mask))
 
 
 def window_starts(seq_len: int, window: int) -> list[int]:

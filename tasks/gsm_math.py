@@ -43,6 +43,16 @@ whole question block is evicted as above. Query 1 keeps the tokens ``Q`` and
 so ``n_queries = 1`` gives the same vocabulary and examples as without the
 knob.
 
+Hidden line values (ours, ``line_values=True``). Every operation line whose
+operands are both listed above it (in topological order: every one) is also
+an auxiliary training target (``tasks.example``): at its ``;`` the target is
+the line's value instead of the next token, and the input is unchanged, so the
+value is never shown. This supervises computing each value while the program
+is read, one target per operation line, where the plain task has one answer
+per sequence; the targets are never scored (``aux_accuracy`` reports them) and
+do not change which windows sleep. The examples' tokens are those of
+``line_values=False``.
+
 Depth knob: ``op`` (1 .. 8, GSM-Infinite's range used in the paper). Chance
 baseline: a uniform guess over ``Z_p``, ``1 / p`` (``chance_accuracy``).
 """
@@ -107,6 +117,8 @@ class GsmMathConfig:
     n_vars: variable names in the pool; at least the most lines that fit.
     operators: operators used, a subset of ``("+", "-", "*")``.
     line_order: "random" or "topological".
+    line_values: also train on each operation line's value at its ``;``
+      (hidden; see "Hidden line values").
     p_new_leaf: probability that a core operand is a fresh constant rather
       than an earlier core variable.
     p_distractor_const: probability that a distractor line is a constant.
@@ -124,6 +136,7 @@ class GsmMathConfig:
   n_vars: int = 1000
   operators: tuple[str, ...] = OPERATORS
   line_order: str = "random"
+  line_values: bool = False
   p_new_leaf: float = 0.5
   p_distractor_const: float = 0.3
   num_train_examples: int = 1 << 30
@@ -148,6 +161,9 @@ class GsmMathConfig:
         f"GsmMathConfig.operators must be distinct elements of {OPERATORS}, got {self.operators!r}")
     req(self.line_order in LINE_ORDERS,
         f"GsmMathConfig.line_order must be one of {LINE_ORDERS}, got {self.line_order!r}")
+    req(isinstance(self.line_values, (bool, np.bool_)),
+        f"GsmMathConfig.line_values must be a bool, got {self.line_values!r}")
+    object.__setattr__(self, "line_values", bool(self.line_values))
     for name in ("p_new_leaf", "p_distractor_const"):
       p = getattr(self, name)
       req(isinstance(p, (int, float)) and 0.0 <= p <= 1.0, f"GsmMathConfig.{name} must be in [0, 1], got {p!r}")
@@ -389,7 +405,26 @@ def _build(config: GsmMathConfig, rng: np.random.Generator) -> dict:
     meta.update(op=ops[0], query=queries[0], answer=answers[0])
   # The prompt A<j> sits at T - 1 - 2 (m - 1 - j); its target is the answer.
   targets = [(config.seq_len - 1 - ANSWER_TOKENS * (m - 1 - j), ops[j], j) for j in range(m)]
-  return ex_lib.pack_example(stream, config.seq_len, targets, meta)
+  aux = []
+  if config.line_values:
+    values = _line_values(kind_l, a_l, b_l, const_l, p)
+    listed_at = np.empty(n, np.int64)
+    listed_at[order] = np.arange(n)
+    # Stream index of each listed line's last token ";": after the padding and the questions.
+    semis = len(stream) - len(content) + len(question) * QUESTION_TOKENS + np.cumsum(width[order]) - 1
+    shown = [(int(semis[j]), i) for j, i in enumerate(order.tolist())
+             if kind_l[i] >= 0 and listed_at[a_l[i]] < j and listed_at[b_l[i]] < j]
+    aux = [(pos, _num_id(values[i])) for pos, i in shown]
+    meta["line_targets"] = [(pos, names_l[i], values[i]) for pos, i in shown]
+  return ex_lib.pack_example(stream, config.seq_len, targets, meta, aux)
+
+
+def _line_values(kind, a_idx, b_idx, const, modulus: int) -> list[int]:
+  """Every line's value, in creation order (operands are always earlier lines)."""
+  values = []
+  for k, a, b, c in zip(kind, a_idx, b_idx, const):
+    values.append(c % modulus if k < 0 else apply_op(OPERATORS[k], values[a], values[b], modulus))
+  return values
 
 
 def chance_accuracy(config: GsmMathConfig, depth: int) -> float:
@@ -413,7 +448,9 @@ def make_example(config: GsmMathConfig, seed: int, index: int, split: str = "tra
     per query in question order (``var`` a pool index), the ``modulus``, the
     ``program`` as listed (``(var, ("const", value))`` or
     ``(var, (operator, var_a, var_b))``) and the ``core_vars`` of all queries;
-    with one query also its ``op``, queried variable ``query`` and ``answer``.
+    with one query also its ``op``, queried variable ``query`` and ``answer``;
+    with ``line_values`` the ``line_targets`` as ``(target_position, var,
+    value)`` per supervised operation line, in listed order.
   """
   if not isinstance(config, GsmMathConfig):
     raise ValueError(f"config must be a GsmMathConfig, got {type(config).__name__}")

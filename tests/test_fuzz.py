@@ -84,15 +84,23 @@ def check_example(task, config, ex, split):
     assert ex[key].shape == (t,) and ex[key].dtype == dtype, key
   assert ex["tokens"].min() >= 0 and ex["tokens"].max() < vocab
   assert ex["targets"].min() >= 0 and ex["targets"].max() < vocab
-  mask = ex["loss_mask"] > 0
+  trained = ex["loss_mask"] > 0
+  mask = trained & (ex["depth"] >= 0)  # scored answers; the rest are auxiliary targets (math line values only)
+  aux = trained & ~mask
+  if getattr(config, "line_values", False):
+    assert aux.sum() == len(ex["meta"]["line_targets"])
+    assert np.all(ex["tokens"][aux] == gsm_math._SEMI) and np.all(ex["answer_id"][aux] == -1)
+  else:
+    assert not aux.any()
   shifted = ex["tokens"][1:].copy()
+  shifted[aux[:-1]] = ex["targets"][:-1][aux[:-1]]
   if not getattr(config, "answers_visible", True):  # Depo's hidden answers: <pad> in the input after "="
     hidden = np.nonzero(mask[:-1])[0]
     assert np.all(shifted[hidden] == 0)
     shifted[hidden] = ex["targets"][hidden]
   np.testing.assert_array_equal(ex["targets"][:-1], shifted)
   assert set(np.unique(ex["loss_mask"]).tolist()) <= {0.0, 1.0} and mask.any()
-  assert np.all(ex["depth"][mask] >= 0) and np.all(ex["depth"][~mask] == -1)
+  assert np.all(ex["depth"][~mask] == -1)
   assert np.all(ex["answer_id"][mask] >= 0) and np.all(ex["answer_id"][~mask] == -1)
   # Every answer is predicted in the last (never slept on) window.
   assert np.nonzero(mask)[0].min() >= ex_lib.window_starts(t, window)[-1]

@@ -210,3 +210,28 @@ def test_bad_inputs():
   with pytest.raises(ValueError, match="headline"):
     Evaluator("token")
   assert math.isnan(Evaluator().result()["accuracy"])
+
+
+def test_auxiliary_targets_are_reported_apart_and_never_scored():
+  task, config, batch = stacked("depo", 16)
+  rng = np.random.default_rng(0)
+  preds, loss = noisy_predictions(batch, task.vocab_size(config), 0.3, rng)
+  plain = Evaluator("answer")
+  plain.update(batch, preds, loss)
+  # Auxiliary targets on unmasked positions: half predicted right, with a huge loss.
+  aux_batch = {k: v.copy() for k, v in batch.items()}
+  free = np.argwhere(batch["loss_mask"] == 0)[::7][:40]
+  aux_preds, aux_loss = preds.copy(), loss.copy()
+  for n, (b, t) in enumerate(free):
+    aux_batch["loss_mask"][b, t] = 1.0
+    aux_batch["targets"][b, t] = 5
+    aux_preds[b, t] = 5 if n % 2 == 0 else 6
+    aux_loss[b, t] = 1e3
+  with_aux = Evaluator("answer")
+  with_aux.update(aux_batch, aux_preds, aux_loss)
+  got, want = with_aux.result(), plain.result()
+  assert got.pop("aux_count") == len(free) and got.pop("aux_accuracy") == pytest.approx(0.5, abs=1 / len(free))
+  assert "aux_accuracy" not in want
+  assert set(got) == set(want)
+  for key in want:  # accuracies, counts, baselines and losses: the scored positions' alone
+    assert got[key] == pytest.approx(want[key], nan_ok=True), key

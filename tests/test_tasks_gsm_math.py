@@ -350,3 +350,61 @@ def test_several_queries_need_room_eviction_and_the_last_window():
   gsm_math.GsmMathConfig(**edge)
   with pytest.raises(ValueError, match=r"n_queries = 2 answers take positions 254\.\.256, .* last window"):
     gsm_math.GsmMathConfig(n_queries=2, **edge)
+
+
+@pytest.mark.parametrize("line_order", gsm_math.LINE_ORDERS)
+def test_line_values_are_hidden_targets_of_the_lines_computable_when_read(line_order):
+  plain = dataclasses.replace(TASK.preset("small"), line_order=line_order, op_max=3)
+  config = dataclasses.replace(plain, line_values=True)
+  tok = TASK.tokenizer(config)
+  assert TASK.tokenizer(plain).vocab == tok.vocab
+  n_targets = n_op_lines = 0
+  for i in range(40):
+    ex, ref = TASK.make_example(config, 0, i), TASK.make_example(plain, 0, i)
+    for key in ("tokens", "depth", "answer_id"):  # the same example; only targets and the mask gain entries
+      np.testing.assert_array_equal(ex[key], ref[key])
+    meta = ex["meta"]
+    values = resolve(meta["program"], config.modulus)
+    aux = (ex["loss_mask"] > 0) & (ex["depth"] < 0)
+    scored = (ex["loss_mask"] > 0) & (ex["depth"] >= 0)
+    np.testing.assert_array_equal(scored, ref["loss_mask"] > 0)
+    np.testing.assert_array_equal(ex["targets"][scored], ref["targets"][scored])
+    # Decode the listed lines from the tokens and find which are computable when their ";" is read.
+    words = [tok.vocab[t] for t in ex["tokens"]]
+    want, defined = {}, set()
+    start = words.index("Q") + 3
+    pos = start
+    for var, rhs in meta["program"]:
+      width = gsm_math.CONST_TOKENS if rhs[0] == "const" else gsm_math.OP_TOKENS
+      assert words[pos] == f"V{var}" and words[pos + width - 1] == ";"
+      if rhs[0] != "const":
+        n_op_lines += 1
+        if rhs[1] in defined and rhs[2] in defined:
+          want[pos + width - 1] = (var, values[var])
+      defined.add(var)
+      pos += width
+    assert sorted(want) == np.nonzero(aux)[0].tolist()
+    assert [(p, v, x) for p, v, x in meta["line_targets"]] == [(p, *want[p]) for p in sorted(want)]
+    for p, (var, value) in want.items():
+      assert ex["targets"][p] == tok.id(str(value)) and ex["tokens"][p] == gsm_math._SEMI
+      assert ex["answer_id"][p] == -1
+    n_targets += len(want)
+  if line_order == "topological":
+    assert n_targets == n_op_lines  # every operation line is computable where it is read
+  else:
+    assert 0 < n_targets < n_op_lines
+
+
+def test_line_values_leave_the_schedule_to_the_scored_answer():
+  from sleep_jax.windowed import schedule_from_mask
+  config = dataclasses.replace(TASK.preset("small"), line_values=True, line_order="topological")
+  exs = [TASK.make_example(config, 0, i) for i in range(16)]
+  mask, depth = (np.stack([e[k] for e in exs]) for k in ("loss_mask", "depth"))
+  assert schedule_from_mask(mask, config.window, depth) == (True, True, True, False)
+  # Counted as answers, the targets would keep the middle windows awake (the first is mostly padding).
+  assert schedule_from_mask(mask, config.window)[1:] == (False, False, False)
+
+
+def test_line_values_must_be_a_bool():
+  with pytest.raises(ValueError, match="line_values must be a bool"):
+    dataclasses.replace(TASK.preset("small"), line_values=1)

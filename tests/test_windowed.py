@@ -78,6 +78,14 @@ def test_window_spans_and_schedules():
   mask[1, 9] = 1
   mask[0, 5] = 1
   assert schedule_from_mask(mask, 4) == (True, False, False)
+  # Auxiliary targets (depth < 0) do not keep a window awake; scored ones (depth >= 0) do.
+  depth = np.where(mask > 0, 2, -1)
+  aux = mask.copy()
+  aux[0, 1] = 1
+  assert schedule_from_mask(aux, 4) == (False, False, False)
+  assert schedule_from_mask(aux, 4, depth) == (True, False, False)
+  depth[0, 1] = 0
+  assert schedule_from_mask(aux, 4, depth) == (False, False, False)
 
 
 class _Batches:
@@ -106,6 +114,18 @@ def test_checked_schedule_passes_matching_batches_and_rejects_others():
     next(it)
   from launch import experiment
   assert experiment.CheckedSchedule is CheckedSchedule  # its old home still works
+
+
+def test_checked_schedule_ignores_auxiliary_targets():
+  mask, depth = np.zeros((2, 8)), np.full((2, 8), -1)
+  mask[:, 7], depth[:, 7] = 1, 3  # the scored answer: the last window stays awake
+  mask[0, 2] = 1  # an auxiliary target in the first window of one row only
+  batch = {"loss_mask": mask, "depth": depth}
+  assert next(CheckedSchedule(iter([batch]), (True, False), 4)) is batch
+  depth = depth.copy()
+  depth[0, 2] = 0  # the same position scored: that row's first window is awake
+  with pytest.raises(ValueError, match="differ from the task's"):
+    next(CheckedSchedule(iter([{"loss_mask": mask, "depth": depth}]), (True, False), 4))
 
 
 def test_n1_hard_equals_window_by_window(model):
