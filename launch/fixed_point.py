@@ -91,7 +91,8 @@ def trajectory(workdir: str, *, max_passes: int = 16, n_examples: int = 512, ste
   groups = {"all": np.ones_like(depth, bool), **{d: depth == d for d in depths}}
 
   states, correct = [], []
-  mask = data["loss_mask"] > 0
+  from tasks import example as ex_lib
+  mask = ex_lib.scored_mask(data["loss_mask"], data["depth"]) > 0  # auxiliary targets are not scored
   for n in range(1, max_passes + 1):
     sleep = dataclasses.replace(exp.sleep.with_n_passes(n), halt_tol=None)  # fixed N, no training draw
     out = windowed.windowed_forward(model, data["tokens"][:, :prefix], None, sleep,

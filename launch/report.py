@@ -310,10 +310,14 @@ def _retrofit_insert() -> str:
   return "\n".join(lines) + "\n"
 
 
-def evals_table(root: str, runs_: dict[str, str], depths: Sequence, depth_name: str) -> str:
+def evals_table(root: str, runs_: dict[str, str], depths: Sequence, depth_name: str,
+                extra: Sequence[tuple[str, str]] = ()) -> str:
   """Accuracy over training: per run, its evaluations (``evals.json``: a list of eval records) ``a / b / ...``,
-  then the last evaluation's majority baseline at that depth."""
-  lines = ["| run | steps | " + " | ".join(_head(depths, depth_name)) + " |", "|---|---|" + "---|" * len(depths)]
+  then the last evaluation's majority baseline at that depth; ``extra`` adds ``(metric key, column title)``
+  columns over the same evaluations (empty where a run has no such metric)."""
+  cols = len(depths) + len(extra)
+  lines = ["| run | steps | " + " | ".join(list(_head(depths, depth_name)) + [t for _, t in extra]) + " |",
+           "|---|---|" + "---|" * cols]
   for name, label in runs_.items():
     with open(os.path.join(root, name, "evals.json")) as f:
       evals = sorted(json.load(f), key=lambda r: r["step"])
@@ -323,8 +327,10 @@ def evals_table(root: str, runs_: dict[str, str], depths: Sequence, depth_name: 
       majority = evals[-1].get("majority" if d == "all" else f"majority/depth={d}")
       return (" / ".join(_fmt(_acc(r, d)) for r in evals)
               + ("" if majority is None else f" (majority {_fmt(majority)})"))
+    def extra_cell(key):
+      return "" if all(key not in r for r in evals) else " / ".join(_fmt(r.get(key)) for r in evals)
     lines.append(f"| {label} | " + " / ".join(f"{r['step']:,}" for r in evals) + " | "
-                 + " | ".join(cell(d) for d in depths) + " |")
+                 + " | ".join([cell(d) for d in depths] + [extra_cell(k) for k, _ in extra]) + " |")
   return "\n".join(lines) + "\n"
 
 
@@ -379,8 +385,14 @@ def _gsm_small_search() -> str:
            "g2": "op = 1, `+` only, mod 5, topological, T = 64, L = 32, batch 128, lr 3e-3 (stopped after step 1,000)",
            "g3": "as g2 with `canon_size=4`, batch 64, lr 2e-3 (stopped after step 1,000)",
            "g4": "as g2 with `n_queries=4` (four questions and answers per example), T = 96, three windows of 32, "
-                 "batch 64, lr 2e-3 (stopped after step 1,250)"}
-  return evals_table(os.path.join(REPO, "results", "gsm_small_search"), runs_, (1,), "op")
+                 "batch 64, lr 2e-3 (stopped after step 1,250)",
+           "g5": "as g2 with `line_values=True` (every operation line's value a hidden target), 2,000 steps",
+           "g6": "the preset's task (op 1..8, mod 23, `+ - *`, T = 256, L = 64) in topological order with "
+                 "`line_values=True`, batch 64, lr 2e-3 (stopped after step 250)",
+           "g7": "as g5 with op 1..2 and `p_distractor_const=1.0` (every distractor a constant, so only the core's "
+                 "one or two lines are line-value targets) (stopped after step 1,250)"}
+  return evals_table(os.path.join(REPO, "results", "gsm_small_search"), runs_, (1, 2), "op",
+                     extra=(("aux_accuracy", "line values (aux)"),))
 
 
 # -- the Depo sleep demo -------------------------------------------------------------------------------
