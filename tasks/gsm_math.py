@@ -71,6 +71,7 @@ from tasks.tokenizer import Tokenizer
 MAX_OPS = 8
 OPERATORS = ("+", "-", "*")
 LINE_ORDERS = ("random", "topological")
+DISTRACTOR_READS = ("any", "constants")
 EVICTIONS = ("hard", "sliding")
 CONST_TOKENS = 4
 OP_TOKENS = 6
@@ -122,6 +123,11 @@ class GsmMathConfig:
     p_new_leaf: probability that a core operand is a fresh constant rather
       than an earlier core variable.
     p_distractor_const: probability that a distractor line is a constant.
+    distractor_reads: what a distractor operation line reads: "any" earlier
+      line (the default), or only earlier "constants" (a curriculum knob:
+      every distractor's value then takes one operation on two looked-up
+      constants, the computation an ``op = 1`` answer needs; with
+      ``line_values`` those are most of the targets).
     num_train_examples: epoch size of the train split.
     num_eval_examples: size of the eval split.
   """
@@ -139,6 +145,7 @@ class GsmMathConfig:
   line_values: bool = False
   p_new_leaf: float = 0.5
   p_distractor_const: float = 0.3
+  distractor_reads: str = "any"
   num_train_examples: int = 1 << 30
   num_eval_examples: int = 2048
 
@@ -161,6 +168,8 @@ class GsmMathConfig:
         f"GsmMathConfig.operators must be distinct elements of {OPERATORS}, got {self.operators!r}")
     req(self.line_order in LINE_ORDERS,
         f"GsmMathConfig.line_order must be one of {LINE_ORDERS}, got {self.line_order!r}")
+    req(self.distractor_reads in DISTRACTOR_READS,
+        f"GsmMathConfig.distractor_reads must be one of {DISTRACTOR_READS}, got {self.distractor_reads!r}")
     req(isinstance(self.line_values, (bool, np.bool_)),
         f"GsmMathConfig.line_values must be a bool, got {self.line_values!r}")
     object.__setattr__(self, "line_values", bool(self.line_values))
@@ -348,8 +357,8 @@ def _build(config: GsmMathConfig, rng: np.random.Generator) -> dict:
   queries = [int(names[i]) for i in query_lines]
 
   # Distractors: kinds follow the token budget; operands are uniform over all
-  # earlier lines (creation order keeps the program acyclic). Their values are
-  # never needed, so they are not computed.
+  # earlier lines, or over the earlier constants (creation order keeps the
+  # program acyclic). Their values are computed only for ``line_values``.
   target_len = int(rng.integers(config.min_len, config.seq_len + 1))
   budget = target_len - config.fixed_len - int(np.where(kind < 0, CONST_TOKENS, OP_TOKENS).sum())
   coins = (rng.random(budget // CONST_TOKENS + 1) < config.p_distractor_const).tolist()
@@ -360,8 +369,14 @@ def _build(config: GsmMathConfig, rng: np.random.Generator) -> dict:
     budget -= CONST_TOKENS if c else OP_TOKENS
   n_d = len(d_const)
   n_before = n_core + np.arange(n_d)
-  d_a = (rng.random(n_d) * n_before).astype(np.int64)
-  d_b = (rng.random(n_d) * n_before).astype(np.int64)
+  u_a, u_b = rng.random(n_d), rng.random(n_d)
+  if config.distractor_reads == "any":
+    d_a, d_b = (u_a * n_before).astype(np.int64), (u_b * n_before).astype(np.int64)
+  else:  # the same uniform draws over the earlier constant lines only (the core always has two or more)
+    is_c = np.concatenate([kind < 0, np.asarray(d_const, bool)])
+    const_lines = np.nonzero(is_c)[0]
+    n_const_before = np.cumsum(is_c)[n_before - 1]  # constant lines among 0 .. n_core + j - 1
+    d_a, d_b = (const_lines[(u * n_const_before).astype(np.int64)] for u in (u_a, u_b))
   op_choices = np.array([OPERATORS.index(o) for o in config.operators])
   d_kind = np.where(d_const, -1, op_choices[rng.integers(len(op_choices), size=n_d)])
   d_val = rng.integers(p, size=n_d)

@@ -37,7 +37,8 @@ def names(message: str, *args: str) -> bool:
 
 # -- task configurations ------------------------------------------------------------------------------
 STRING_CHOICES = {"n_sampling": depo.N_SAMPLINGS, "query_sources": depo.QUERY_SOURCES, "eviction": gsm_math.EVICTIONS,
-                  "line_order": gsm_math.LINE_ORDERS}
+                  "line_order": gsm_math.LINE_ORDERS,
+                  "distractor_reads": gsm_math.DISTRACTOR_READS}
 WRONG_TYPES = st.sampled_from([None, "3", 2.5, True, float("nan"), (1,)])
 
 

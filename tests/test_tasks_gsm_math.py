@@ -1,4 +1,5 @@
 """GSM-style math task: answers by an independent evaluation of the decoded program."""
+import collections
 import dataclasses
 import functools
 import hashlib
@@ -408,3 +409,24 @@ def test_line_values_leave_the_schedule_to_the_scored_answer():
 def test_line_values_must_be_a_bool():
   with pytest.raises(ValueError, match="line_values must be a bool"):
     dataclasses.replace(TASK.preset("small"), line_values=1)
+
+
+def test_distractors_reading_constants_read_only_earlier_constants():
+  config = dataclasses.replace(TASK.preset("small"), op_max=3, distractor_reads="constants")
+  uses = collections.Counter()
+  for i in range(200):
+    meta = TASK.make_example(config, 0, i)["meta"]
+    rhs = dict(meta["program"])
+    values = resolve(meta["program"], config.modulus)  # acyclic, every variable defined
+    assert meta["answer"] == values[meta["query"]]
+    core = set(meta["core_vars"])
+    for var, r in meta["program"]:
+      if r[0] != "const" and var not in core:
+        assert rhs[r[1]][0] == "const" and rhs[r[2]][0] == "const"
+        uses.update(("core" if v in core else "distractor") for v in (r[1], r[2]))
+  assert uses["core"] > 50 and uses["distractor"] > 50  # both kinds of constants are read
+
+
+def test_bad_distractor_reads():
+  with pytest.raises(ValueError, match="distractor_reads must be one of"):
+    dataclasses.replace(TASK.preset("small"), distractor_reads="ops")
