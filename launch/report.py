@@ -390,7 +390,13 @@ def _gsm_small_search() -> str:
            "g6": "the preset's task (op 1..8, mod 23, `+ - *`, T = 256, L = 64) in topological order with "
                  "`line_values=True`, batch 64, lr 2e-3 (stopped after step 250)",
            "g7": "as g5 with op 1..2 and `p_distractor_const=1.0` (every distractor a constant, so only the core's "
-                 "one or two lines are line-value targets) (stopped after step 1,250)"}
+                 "one or two lines are line-value targets) (stopped after step 1,250)",
+           "g8": "as g5 with op 1..2, 1,200 steps (stopped after step 1,000)",
+           "g9": "as g8 with `d_model=128`, 4 heads (0.8 steps/s against g8's 1.8; stopped after step 200)",
+           "g10": "as g8 with `distractor_reads=constants` (every distractor operation reads two constants), "
+                  "1,200 steps",
+           "g11": "as g10 with batch 64 and 2,000 steps (128 k training examples against g10's 154 k; 9 minutes on "
+                  "one core; evaluated on 512 examples where the runs above use 1,024)"}
   return evals_table(os.path.join(REPO, "results", "gsm_small_search"), runs_, (1, 2), "op",
                      extra=(("aux_accuracy", "line values (aux)"),))
 
