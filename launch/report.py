@@ -396,7 +396,11 @@ def _gsm_small_search() -> str:
            "g10": "as g8 with `distractor_reads=constants` (every distractor operation reads two constants), "
                   "1,200 steps",
            "g11": "as g10 with batch 64 and 2,000 steps (128 k training examples against g10's 154 k; 9 minutes on "
-                  "one core; evaluated on 512 examples where the runs above use 1,024)"}
+                  "one core; evaluated on 512 examples where the runs above use 1,024)",
+           "g12": "as g11 with lr 5e-3 (stopped after step 1,000)",
+           "g13": "as g11 with the cosine over 3,000 steps (stopped after step 2,500; its first 2,000 steps are "
+                  "the shipped preset's, seed 0; 512 eval examples)",
+           "g14": "as g11 with batch 32, lr 2e-3, 4,000 steps (1,024 eval examples; stopped after step 3,500)"}
   return evals_table(os.path.join(REPO, "results", "gsm_small_search"), runs_, (1, 2), "op",
                      extra=(("aux_accuracy", "line values (aux)"),))
 
