@@ -400,7 +400,10 @@ def _gsm_small_search() -> str:
            "g12": "as g11 with lr 5e-3 (stopped after step 1,000)",
            "g13": "as g11 with the cosine over 3,000 steps (stopped after step 2,500; its first 2,000 steps are "
                   "the shipped preset's, seed 0; 512 eval examples)",
-           "g14": "as g11 with batch 32, lr 2e-3, 4,000 steps (1,024 eval examples; stopped after step 3,500)"}
+           "g14": "as g11 with batch 32, lr 2e-3, 4,000 steps (1,024 eval examples; stopped after step 3,500)",
+           "preset_s1": "**the preset as shipped**, seed 1 (fixed before it ran)",
+           "preset_s2": "**the preset as shipped**, seed 2 (fixed before it ran)",
+           "preset_s1_3000": "seed 1 continued from its step-2,000 checkpoint to 3,000, the end of its cosine"}
   return evals_table(os.path.join(REPO, "results", "gsm_small_search"), runs_, (1, 2), "op",
                      extra=(("aux_accuracy", "line values (aux)"),))
 

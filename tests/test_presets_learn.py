@@ -19,10 +19,6 @@ import pytest
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
-# gsm_math_small does not yet learn in its budget on 2 CPU cores (see RESULTS.md, S3 and S8). strict=True: the
-# day it does, this test fails until the mark is removed.
-NOT_YET = pytest.mark.xfail(strict=True, reason="does not yet learn its shallow depth in its default CPU budget")
-
 
 def _depths(result, key):
   out = {}
@@ -82,7 +78,8 @@ def test_check_learned_criterion():
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize("name", ["rule110_small", "depo_small", pytest.param("gsm_math_small", marks=NOT_YET)])
+# Seed 0, the configs' default. gsm_math_small meets its floor on seeds 0 and 2 but not 1 (RESULTS.md, S8).
+@pytest.mark.parametrize("name", ["rule110_small", "depo_small", "gsm_math_small"])
 def test_small_config_learns_in_its_default_budget(name, tmp_path):
   env = dict(os.environ, JAX_PLATFORMS="cpu")
   env.pop("XLA_FLAGS", None)
