@@ -510,7 +510,10 @@ def windowed_forward(model, tokens: Tokens, loss_mask: Mask | None, sleep: Sleep
     loss_mask: ``[B, T]`` (``b t``) float mask (1 on answer targets) or None. A window
       whose mask is zero across the whole batch is a consolidation window.
       A concrete mask must agree between rows on which windows are all zero
-      (else pass ``sleep_schedule``); a traced one is not checked.
+      (else pass ``sleep_schedule``); a traced one is not checked. The mask
+      alone cannot tell a task's auxiliary targets (``tasks.example``) from
+      its answers: for such a batch pass ``sleep_schedule`` (e.g.
+      ``schedule_from_mask(mask, L, depth)``), as the launch paths do.
     sleep: the ``SleepConfig`` (window ``L``, passes ``N``, eviction mode).
       With ``T < L`` no window fills and nothing sleeps; unless
       ``sleep_schedule`` says otherwise, that is logged once as a warning.
