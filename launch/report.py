@@ -403,7 +403,9 @@ def _gsm_small_search() -> str:
            "g14": "as g11 with batch 32, lr 2e-3, 4,000 steps (1,024 eval examples; stopped after step 3,500)",
            "preset_s1": "**the preset as shipped**, seed 1 (fixed before it ran)",
            "preset_s2": "**the preset as shipped**, seed 2 (fixed before it ran)",
-           "preset_s1_3000": "seed 1 continued from its step-2,000 checkpoint to 3,000, the end of its cosine"}
+           "preset_s1_3000": "seed 1 continued from its step-2,000 checkpoint to 3,000, the end of its cosine",
+           "preset_s3": "**the preset as shipped**, seed 3 (fixed before it ran)",
+           "preset_n4_s1": "the preset as shipped at N = 4 (`--config.sleep.n_passes=4`), seed 1"}
   return evals_table(os.path.join(REPO, "results", "gsm_small_search"), runs_, (1, 2), "op",
                      extra=(("aux_accuracy", "line values (aux)"),))
 
