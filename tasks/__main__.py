@@ -2,11 +2,15 @@
 
   python -m tasks list
   python -m tasks show rule110 --preset small -n 3 [--split eval] [--seed 0] [--start 0]
+  python -m tasks show gsm_math --config launch/configs/gsm_math_small.py -n 2   # what a config file trains on
   python -m tasks bench [--tasks rule110,depo] [--presets paper,small] [--seconds 2] [--workers 0,2]
 
 Each example prints its input text (runs of ``<pad>`` collapsed), the answer
 tokens with their positions, depth and answer id, and the structured ground
 truth (``meta``).
+
+A task preset is where a config file starts; ``--config`` shows the task as a
+launch config file sets it (its ``task_config`` overrides laid over its preset).
 """
 from __future__ import annotations
 
@@ -43,12 +47,36 @@ def _format_meta(meta: dict, limit: int = 400) -> str:
   return "\n".join(parts)
 
 
-def show(task_name: str, preset: str, n: int, split: str, seed: int, start: int) -> str:
-  """Returns the printout of examples ``start .. start + n - 1``."""
+def config_file_task(path: str, task_name: str):
+  """The task config a launch config file (``get_config()``) trains on; raises ValueError if it is another task's."""
+  import importlib.util  # pylint: disable=g-import-not-at-top
+  import os  # pylint: disable=g-import-not-at-top
+  if not os.path.isfile(path):
+    raise ValueError(f"--config {path!r}: no such file")
+  spec = importlib.util.spec_from_file_location("_tasks_show_config", path)
+  module = importlib.util.module_from_spec(spec)
+  spec.loader.exec_module(module)
+  if not hasattr(module, "get_config"):
+    raise ValueError(f"--config {path!r} has no get_config(): not a launch config file")
+  from launch import experiment  # pylint: disable=g-import-not-at-top  (only this option needs launch)
+  exp = experiment.experiment_from_config(module.get_config())
+  if exp.task.name != task_name:
+    raise ValueError(f"--config {path!r} trains task {exp.task.name!r}, not {task_name!r}")
+  return exp.task_config
+
+
+def show(task_name: str, preset: str, n: int, split: str, seed: int, start: int, config=None,
+         source: str | None = None) -> str:
+  """Returns the printout of examples ``start .. start + n - 1``.
+
+  ``config`` (a task config, e.g. from :func:`config_file_task`) replaces the
+  preset; ``source`` names where it came from in the header.
+  """
   task = tasks.get_task(task_name)
-  config = task.preset(preset)
+  config = task.preset(preset) if config is None else config
   tok = task.tokenizer(config)
-  lines = [f"task {task.name} preset {preset!r} split {split!r} seed {seed}: T = {task.seq_len(config)}, "
+  origin = f"preset {preset!r}" if source is None else f"config {source}"
+  lines = [f"task {task.name} {origin} split {split!r} seed {seed}: T = {task.seq_len(config)}, "
            f"L = {task.window(config)} ({task.eviction(config)} eviction), vocab {task.vocab_size(config)}, "
            f"depth knob {task.depth_name}", f"  config: {config}"]
   for index in range(start, start + n):
@@ -109,6 +137,8 @@ def main(argv: list[str] | None = None) -> int:
   p_show = sub.add_parser("show", help="print decoded examples")
   p_show.add_argument("task", choices=tasks.list_tasks())
   p_show.add_argument("--preset", default="small")
+  p_show.add_argument("--config", default=None,
+                      help="a launch config file (launch/configs/*.py): show the task as it sets it, not --preset")
   p_show.add_argument("-n", type=int, default=3, help="number of examples")
   p_show.add_argument("--split", default="train", choices=("train", "eval"))
   p_show.add_argument("--seed", type=int, default=0)
@@ -129,7 +159,9 @@ def main(argv: list[str] | None = None) -> int:
       print(f"{name}: presets {', '.join(tasks.get_task(name).presets)}")
     return 0
   try:
-    print(show(args.task, args.preset, args.n, args.split, args.seed, args.start))
+    config = None if args.config is None else config_file_task(args.config, args.task)
+    print(show(args.task, args.preset, args.n, args.split, args.seed, args.start, config=config,
+               source=args.config))
   except ValueError as e:
     print(f"error: {e}", file=sys.stderr)
     return 2

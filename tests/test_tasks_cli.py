@@ -55,3 +55,27 @@ def test_cli_subprocess():
   bad = subprocess.run([sys.executable, "-m", "tasks", "show", "depo", "--preset", "huge"],
                        capture_output=True, text=True, cwd=REPO, timeout=120)
   assert bad.returncode == 2 and "no preset" in bad.stderr
+
+
+def test_show_config_file(capsys, tmp_path):
+  """--config shows the task a config file trains on (its overrides over the preset), not the preset."""
+  path = os.path.join(REPO, "launch", "configs", "gsm_math_small.py")
+  assert cli.main(["show", "gsm_math", "--config", path, "-n", "1", "--split", "eval"]) == 0
+  out = capsys.readouterr().out
+  from launch import experiment
+  from launch.configs import gsm_math_small
+  exp = experiment.experiment_from_config(gsm_math_small.get_config())
+  assert exp.task_config != tasks.get_task("gsm_math").preset("small")  # the file overrides its preset
+  assert f"config {path}" in out and f"T = {exp.task.seq_len(exp.task_config)}," in out
+  ex = exp.task.make_example(exp.task_config, 0, 0, "eval")
+  words = [w for w in exp.task.tokenizer(exp.task_config).decode(ex["tokens"]).split(" ") if w != "<pad>"]
+  assert " ".join(words) in out
+  assert "(auxiliary: trained on, not scored)" in out  # line_values, which only the file turns on
+  # Bad inputs: another task's config, a missing file, a Python file that is not a config.
+  assert cli.main(["show", "depo", "--config", path]) == 2
+  assert "trains task 'gsm_math', not 'depo'" in capsys.readouterr().err
+  assert cli.main(["show", "depo", "--config", str(tmp_path / "nope.py")]) == 2
+  assert "no such file" in capsys.readouterr().err
+  (tmp_path / "plain.py").write_text("x = 1\n")
+  assert cli.main(["show", "depo", "--config", str(tmp_path / "plain.py")]) == 2
+  assert "no get_config()" in capsys.readouterr().err
