@@ -507,7 +507,7 @@ def _depo_passes_v3() -> str:
 
 
 # -- the Depo demo (D4, the committed config) ----------------------------------------------------------------
-DEPO_RUNS = os.path.join(REPO, "results", "depo_demo", "runs")
+DEPO_RUNS = os.path.join(REPO, "results", "depo_demo_d4", "runs")
 DEPO_DEMO_DEPTHS = (1, 2, 3, "all")
 
 
