@@ -40,6 +40,11 @@ class Experiment:
     sleep: the sleep configuration.
     train: the trainer configuration.
     plain_transformer: the model is the all-attention baseline.
+    curriculum_steps: the first this many training steps draw their batches
+      from ``curriculum_task_config`` instead (0: no curriculum).
+    curriculum_task_config: the task config of those steps (``None`` without
+      a curriculum); the same sequence layout, windows and vocabulary as
+      ``task_config``, checked.
   """
   task_name: str
   task_config: Any
@@ -47,6 +52,8 @@ class Experiment:
   sleep: Any
   train: Any
   plain_transformer: bool = False
+  curriculum_steps: int = 0
+  curriculum_task_config: Any = None
 
   @property
   def task(self):
@@ -234,8 +241,49 @@ def experiment_from_config(cfg) -> Experiment:
   # Resolved where it enters: relative to the current directory, absolute below (orbax refuses relative paths).
   t["init_from"] = cli.user_path(t.get("init_from"))
   train = _build(TrainConfig, "train", {**t, "optimizer": optimizer})
+  steps, cur_config = _curriculum(cfg, task, task_config, train)
   return Experiment(task_name=task.name, task_config=task_config, model=model, sleep=sleep, train=train,
-                    plain_transformer=plain)
+                    plain_transformer=plain, curriculum_steps=steps, curriculum_task_config=cur_config)
+
+
+def _curriculum(cfg, task, task_config, train):
+  """``(steps, task config)`` of the config's ``curriculum`` section; ``(0, None)`` when it is off or absent.
+
+  Raises:
+    ValueError: one line naming the field: steps not an integer in
+      ``[0, train.num_steps)``, steps without a task field set (or fields
+      without steps), or a curriculum task whose sequence length, window,
+      eviction or vocabulary differs from the run's (the model and its
+      sleep schedule are built for the run's).
+  """
+  section = _section(cfg, "curriculum") if "curriculum" in cfg else {}
+  steps = section.get("steps") or 0
+  fields = {k: _tuples(v) for k, v in dict(section.get("task_config") or {}).items() if v is not None}
+  if not isinstance(steps, int) or isinstance(steps, bool) or not 0 <= steps < train.num_steps:
+    raise ValueError(f"config.curriculum.steps must be an integer in [0, train.num_steps = {train.num_steps}), "
+                     f"got {steps!r}")
+  if not steps:
+    if fields:
+      raise ValueError(f"config.curriculum.task_config sets {sorted(fields)} but config.curriculum.steps is 0: "
+                       "set the number of steps they apply to, or unset them")
+    return 0, None
+  if not fields:
+    raise ValueError(f"config.curriculum.steps = {steps} but config.curriculum.task_config sets no field: the "
+                     "curriculum would train on the run's own task; set a field (e.g. "
+                     "--config.curriculum.task_config.k_weights='(1,1,0)') or set steps to 0")
+  cur = _build(task.config_cls, "curriculum.task_config", {**dataclasses.asdict(task_config), **fields})
+  for what, fn in (("sequence length", task.seq_len), ("window", task.window), ("eviction", task.eviction),
+                   ("vocabulary size", task.vocab_size)):
+    if fn(cur) != fn(task_config):
+      raise ValueError(f"config.curriculum.task_config changes the task's {what} ({fn(task_config)!r} -> "
+                       f"{fn(cur)!r}); a curriculum stage must keep the run's layout and vocabulary")
+  return steps, cur
+
+
+def curriculum_seed(seed: int) -> int:
+  """The data seed of a run's curriculum stage: derived from, and distinct from, the run's."""
+  import numpy as np
+  return int(np.random.SeedSequence([seed, 0xC0BB1C]).generate_state(1)[0] >> 1)
 
 
 def task_schedule(exp: Experiment, n_examples: int = 16) -> tuple[bool, ...]:
@@ -314,10 +362,24 @@ def build_run_spec(exp: Experiment, *, meta: dict | None = None, model_factory=N
   check_sleep_happens(exp, schedule)
   vocab = exp.model.vocab_size
 
+  if exp.curriculum_steps:
+    cur_schedule = task_schedule(dataclasses.replace(exp, task_config=exp.curriculum_task_config))
+    if cur_schedule != schedule:
+      raise ValueError(f"config.curriculum.task_config changes which windows sleep ({cur_schedule} against the "
+                       f"run's {schedule}); the compiled step has one schedule")
+
+  def stage(task_config, seed):
+    return lambda: iter(tasks.make_dataset(task, task_config, "train", seed=seed, batch_size=local_batch,
+                                           worker_count=exp.train.data_workers, shard_index=pid,
+                                           shard_count=n_proc))
+
   def train_data():
-    ds = tasks.make_dataset(task, exp.task_config, "train", seed=data_seed, batch_size=local_batch,
-                            worker_count=exp.train.data_workers, shard_index=pid, shard_count=n_proc)
-    return CheckedSchedule(iter(ds), schedule, exp.sleep.window, vocab)
+    if not exp.curriculum_steps:
+      return CheckedSchedule(stage(exp.task_config, data_seed)(), schedule, exp.sleep.window, vocab)
+    # The curriculum's examples come from their own seed, so the run's stream starts where it would without one.
+    it = tasks.StagedIterator([stage(exp.curriculum_task_config, curriculum_seed(data_seed)),
+                               stage(exp.task_config, data_seed)], [exp.curriculum_steps])
+    return CheckedSchedule(it, schedule, exp.sleep.window, vocab)
 
   def eval_data():
     ds = tasks.make_dataset(task, exp.task_config, "eval", seed=eval_seed, batch_size=local_batch, num_epochs=1,

@@ -16,10 +16,11 @@ from tasks.tokenizer import Tokenizer
 # Importing a task module registers it.
 from tasks import depo, gsm_math, rule110  # noqa: E402  pylint: disable=g-bad-import-order
 
-_LAZY = {"make_dataset": "tasks.pipeline", "TaskSource": "tasks.pipeline", "DropMeta": "tasks.pipeline"}
+_LAZY = {"make_dataset": "tasks.pipeline", "TaskSource": "tasks.pipeline", "DropMeta": "tasks.pipeline",
+         "StagedIterator": "tasks.pipeline"}
 
-__all__ = ["DropMeta", "Evaluator", "Task", "TaskSource", "Tokenizer", "get_task", "list_tasks", "make_dataset",
-           "register"]
+__all__ = ["DropMeta", "Evaluator", "StagedIterator", "Task", "TaskSource", "Tokenizer", "get_task", "list_tasks",
+           "make_dataset", "register"]
 
 
 def __getattr__(name):

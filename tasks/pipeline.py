@@ -12,6 +12,10 @@ as
 whose iterator has JSON-serialisable ``get_state()`` / ``set_state()``: a
 restored iterator yields exactly the batches the original would have.
 
+``StagedIterator`` chains such iterators into a curriculum: a fixed number of
+batches from each stage's pipeline, then the last stage's forever, still
+checkpointable.
+
 Workers: with ``worker_count > 0`` grain spawns processes, so the
 caller must run under an ``if __name__ == "__main__":`` guard and have parsed
 absl flags (``absl.app.run`` or ``absl.flags.FLAGS.mark_as_parsed()``). The
@@ -19,7 +23,7 @@ source and transform here are module-level and pickle by task name.
 """
 from __future__ import annotations
 
-from typing import Any
+from typing import Any, Callable, Sequence
 
 import grain
 import numpy as np
@@ -133,3 +137,69 @@ def make_dataset(task: str | Task, config, split: str, *, seed: int, batch_size:
   if worker_count > 0:
     it_ds = it_ds.mp_prefetch(grain.MultiprocessingOptions(num_workers=worker_count))
   return it_ds
+
+
+class StagedIterator:
+  """A curriculum over batches: ``lengths[i]`` batches from stage ``i``, then the last stage forever.
+
+  Each stage is a pipeline (e.g. :func:`make_dataset` of one task config); a
+  stage's iterator is built when the stage begins (or is restored). Like the
+  iterators it chains it has JSON-serialisable ``get_state()`` /
+  ``set_state()``: ``{"stage": i, "taken": batches taken from stage i, "inner":
+  stage i's iterator state}``, so a run restored mid-curriculum goes on with
+  exactly the batches it would have seen.
+  """
+
+  def __init__(self, factories: Sequence[Callable[[], Any]], lengths: Sequence[int]):
+    """Creates the iterator.
+
+    Args:
+      factories: one zero-argument callable per stage, returning that stage's
+        checkpointable iterator.
+      lengths: batches drawn from each stage but the last (``len(factories) -
+        1`` integers >= 1).
+
+    Raises:
+      ValueError: no stage, or lengths that do not match the stages.
+    """
+    ex_lib.require(len(factories) >= 1, "StagedIterator needs at least one stage")
+    ex_lib.require(len(lengths) == len(factories) - 1 and all(ex_lib.is_int(n) and n >= 1 for n in lengths),
+                   f"StagedIterator: lengths must be {len(factories) - 1} integers >= 1 (one per stage but the "
+                   f"last), got {list(lengths)!r}")
+    self._factories = list(factories)
+    self._lengths = [int(n) for n in lengths]
+    self._stage, self._taken = 0, 0
+    self._it = self._factories[0]()
+
+  @property
+  def stage(self) -> int:
+    """The stage the next batch comes from."""
+    return self._stage
+
+  def __iter__(self):
+    return self
+
+  def __next__(self):
+    while self._stage < len(self._lengths) and self._taken >= self._lengths[self._stage]:
+      self._stage, self._taken = self._stage + 1, 0
+      self._it = self._factories[self._stage]()
+    batch = next(self._it)
+    self._taken += 1
+    return batch
+
+  def get_state(self) -> dict:
+    return {"stage": self._stage, "taken": self._taken, "inner": self._it.get_state()}
+
+  def set_state(self, state: dict) -> None:
+    """Restores a state from :meth:`get_state`; raises ValueError for one that does not fit these stages."""
+    ok = (isinstance(state, dict) and {"stage", "taken", "inner"} <= set(state)
+          and ex_lib.is_int(state["stage"]) and 0 <= state["stage"] < len(self._factories)
+          and ex_lib.is_int(state["taken"]) and state["taken"] >= 0
+          and (state["stage"] == len(self._lengths) or state["taken"] <= self._lengths[state["stage"]]))
+    if not ok:
+      raise ValueError(f"StagedIterator.set_state: {state!r} is not a state of this curriculum "
+                       f"({len(self._factories)} stages, lengths {self._lengths}); was the checkpoint written "
+                       "by a run with another curriculum?")
+    self._stage, self._taken = int(state["stage"]), int(state["taken"])
+    self._it = self._factories[self._stage]()
+    self._it.set_state(state["inner"])

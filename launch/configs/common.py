@@ -45,6 +45,15 @@ path builds the task config as the preset named by the *final*
 the fields the config file or the command line set. A run's ``config.json``
 records the same: the preset name and the set fields (unset ones are
 ``null``).
+
+A curriculum (``curriculum``, off by default): the first ``curriculum.steps``
+training steps draw their batches from the task with ``curriculum.task_config``
+(the same kind of placeholders) set over the run's task config, from a data
+seed of their own; the run's own stream then starts as it would without one.
+Evaluation always uses the run's task config. The curriculum must keep the
+sequence layout, windows and vocabulary (``launch/experiment.py`` checks it),
+e.g. Depo with ``k_weights=(1, 1, 0)`` first: the ``k = 3`` token stays in the
+vocabulary, no ``k = 3`` query is drawn.
 """
 from __future__ import annotations
 
@@ -158,6 +167,9 @@ def base_config(task: str, preset: str) -> ml_collections.ConfigDict:
   # Only the fields set over the preset (see the module docstring):
   # --config.task_config.t_min=4 --config.task_config.t_max=4
   c.task_config = task_config_fields(task)
+  # A curriculum: the first `steps` training steps draw from the task with these fields set over task_config
+  # (e.g. --config.curriculum.steps=1500 --config.curriculum.task_config.k_weights='(1,1,0)'); 0: off.
+  c.curriculum = ml_collections.ConfigDict({"steps": 0, "task_config": task_config_fields(task)})
   c.plain_transformer = False
 
   for name, section in library_sections().items():
