@@ -496,6 +496,22 @@ def order_block(paths: dict[str, str]) -> str:
   return "\n".join(lines) + "\n"
 
 
+@table("depo_demo_d5_d6_search")
+def _depo_demo_d5_d6_search() -> str:
+  runs_ = {"d5_pilot_n4_s1": "D5 pilot: the D4 task with k in 1..2, lr 2e-3, 2,000 steps (cosine over 2,000), "
+                             "N = 4, seed 1",
+           "d5_pilot_n4_s2": "D5 pilot, N = 4, seed 2",
+           "d5_n1_s0": "D5 (k in 1..2, lr 2e-3, 3,000 steps), N = 1, seed 0 (stopped after step 2,400)",
+           "d5_n4_s0": "D5, N = 4, seed 0 (stopped after step 800)",
+           "d6_pilot_st1_n1_s0": "two-stage pilot, stage 1: the D4 task (k_max 3) with `k_weights=(1,1,0)`, lr 2e-3, "
+                                 "2,000 steps, N = 1, seed 0",
+           "d6_pilot_st2_n1_s0": "stage 2: k in 1..3, parameters from stage 1 (`train.init_from`), a new optimizer "
+                                 "and cosine, 2,000 steps, N = 1, seed 0",
+           "d6_pilot_st1_n4_s0": "two-stage pilot, stage 1, N = 4, seed 0",
+           "d6_pilot_st2_n4_s0": "stage 2, N = 4, seed 0 (stopped after step 600)"}
+  return evals_table(DEPO_DEMO, runs_, (1, 2, 3), "k")
+
+
 @table("depo_order_v3")
 def _depo_order_v3() -> str:
   return order_block({"D3 N = 1, seed 1": os.path.join(DEPO_DEMO, "v3_n1_s1", "depo_order.json")})
@@ -543,6 +559,56 @@ def _depo_order() -> str:
   paths = {f"N = {n[1]}, seed {n[-1]}": os.path.join(DEPO_RUNS, n, "depo_order.json")
            for n in ("n1_s0", "n1_s1", "n1_s2", "n1_s3", "n1_s4", "n2_s0", "n4_s0", "n4_s1", "n4_s2", "n4_s3", "n4_s4")}
   return order_block({k: v for k, v in paths.items() if os.path.exists(v)})
+
+
+# -- the Depo demo (D6, the committed config: a curriculum over k) --------------------------------------------
+DEPO_D6 = os.path.join(REPO, "results", "depo_demo")
+DEPO_D6_RUNS = os.path.join(DEPO_D6, "runs")
+
+
+def _d6_present(names: Sequence[str]) -> list[str]:
+  return _present(DEPO_D6_RUNS, names) if os.path.isdir(DEPO_D6_RUNS) else []
+
+
+@table("depo_d6_demo")
+def _depo_d6_demo() -> str:
+  names = _d6_present([f"n{n}_s{s}" for n in (1, 2, 4) for s in (0, 1, 2)])
+  return demo_table(_select(DEPO_D6_RUNS, names), DEPO_DEMO_DEPTHS) if names else "No run has finished yet.\n"
+
+
+@table("depo_d6_over_training")
+def _depo_d6_over_training() -> str:
+  names = _d6_present([f"n{n}_s{s}" for n in (1, 2, 4) for s in range(5)] + ["n1_compute4_s0", "deep4_s0"])
+  label = lambda n: {"n1_compute4_s0": "N = 1 compute-matched to N = 4, seed 0",
+                     "deep4_s0": "N = 1, four times the layers, seed 0"}.get(n, f"N = {n[1]}, seed {n[-1]}")
+  return (evals_table(DEPO_D6_RUNS, {n: label(n) for n in names}, DEPO_DEMO_DEPTHS[:-1], "k") if names
+          else "No run has finished yet.\n")
+
+
+@table("depo_d6_unseen_seeds")
+def _depo_d6_unseen_seeds() -> str:
+  names = _d6_present(["n1_s3", "n4_s3", "n1_s4", "n4_s4"])
+  return runs_table(_select(DEPO_D6_RUNS, names), DEPO_DEMO_DEPTHS) if names else "No run has finished yet.\n"
+
+
+@table("depo_d6_controls")
+def _depo_d6_controls() -> str:
+  names = _d6_present(["n1_s0", "n4_s0", "n1_compute4_s0", "deep4_s0"])
+  return runs_table(_select(DEPO_D6_RUNS, names), DEPO_DEMO_DEPTHS) if names else "No run has finished yet.\n"
+
+
+@table("depo_d6_passes")
+def _depo_d6_passes() -> str:
+  path = os.path.join(DEPO_D6_RUNS, "n4_s0", "eval_n_passes.json")
+  return passes_block(path) if os.path.exists(path) else "Not evaluated yet.\n"
+
+
+@table("depo_d6_order")
+def _depo_d6_order() -> str:
+  names = _d6_present([f"n{n}_s{s}" for n in (1, 2, 4) for s in range(5)])
+  paths = {f"N = {n[1]}, seed {n[-1]}": os.path.join(DEPO_D6_RUNS, n, "depo_order.json") for n in names}
+  paths = {k: v for k, v in paths.items() if os.path.exists(v)}
+  return order_block(paths) if paths else "Not probed yet.\n"
 
 
 # -- the paper configs' cost ---------------------------------------------------------------------------

@@ -323,7 +323,8 @@ FIELD_OVERRIDES = {
     "optimizer": {
         "kind": ("muon_adamw", "muon_adamw", ()), "lr": ("0.002", 0.002, ()), "adamw_lr": ("1e-4", 1e-4, ()),
         "schedule": ("linear", "linear", ()), "warmup_steps": ("7", 7, ()), "decay_steps": ("50", 50, ()),
-        "min_lr_ratio": ("0.1", 0.1, ()), "clip_norm": ("0.5", 0.5, ()), "weight_decay": ("0.01", 0.01, ()),
+        "min_lr_ratio": ("0.1", 0.1, ()), "restarts": ("(5,)", (5,), ()), "clip_norm": ("0.5", 0.5, ()),
+        "weight_decay": ("0.01", 0.01, ()),
         "b1": ("0.8", 0.8, ()), "b2": ("0.9", 0.9, ()), "eps": ("1e-6", 1e-6, ()), "muon_beta": ("0.9", 0.9, ()),
         "muon_ns_steps": ("3", 3, ()), "adamw_patterns": ("('embed','norm')", ("embed", "norm"), ()),
     },

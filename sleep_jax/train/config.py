@@ -42,6 +42,12 @@ class OptimizerConfig:
     decay_steps: steps of the whole schedule; ``None`` means the run's
       ``num_steps``.
     min_lr_ratio: final learning rate as a fraction of the peak.
+    restarts: steps at which the schedule starts again (warm-up, then its
+      decay over the segment up to the next restart or the run's end), e.g.
+      where a data curriculum (``curriculum.steps`` in the launch configs)
+      hands over to the run's own task; ``()`` (the default): one schedule.
+      Strictly increasing, each >= 1 and below the run's ``num_steps``;
+      excludes ``decay_steps``.
     clip_norm: clip the global gradient norm to this; ``None`` or 0 disables.
     weight_decay: decoupled weight decay (both optimizers).
     b1: AdamW first-moment decay.
@@ -58,6 +64,7 @@ class OptimizerConfig:
   warmup_steps: int = 100
   decay_steps: int | None = None
   min_lr_ratio: float = 0.0
+  restarts: tuple[int, ...] = ()
   clip_norm: float | None = 1.0
   weight_decay: float = 0.0
   b1: float = 0.9
@@ -69,6 +76,14 @@ class OptimizerConfig:
 
   def __post_init__(self):
     object.__setattr__(self, "adamw_patterns", tuple(self.adamw_patterns))
+    _require(isinstance(self.restarts, (list, tuple))
+             and all(isinstance(r, int) and not isinstance(r, bool) and r >= 1 for r in self.restarts)
+             and all(a < b for a, b in zip(self.restarts, self.restarts[1:])),
+             f"OptimizerConfig.restarts must be strictly increasing integers >= 1, got {self.restarts!r}")
+    object.__setattr__(self, "restarts", tuple(self.restarts))
+    _require(not (self.restarts and self.decay_steps is not None),
+             f"OptimizerConfig.restarts ({self.restarts}) and decay_steps ({self.decay_steps}) exclude each "
+             "other: with restarts each segment decays over its own length")
     _require(self.kind in OPTIMIZERS, f"OptimizerConfig.kind must be one of {OPTIMIZERS}, got {self.kind!r}")
     _require(self.schedule in SCHEDULES,
              f"OptimizerConfig.schedule must be one of {SCHEDULES}, got {self.schedule!r}")

@@ -61,7 +61,22 @@ def describe_param_groups(params, config: OptimizerConfig) -> dict[str, list[str
 
 
 def make_schedule(peak: float, config: OptimizerConfig, num_steps: int) -> optax.Schedule:
-  """Warm-up then cosine / linear / constant; ``decay_steps`` defaults to ``num_steps``."""
+  """Warm-up then cosine / linear / constant; ``decay_steps`` defaults to ``num_steps``.
+
+  With ``config.restarts`` the schedule runs once per segment between restarts
+  (and the run's end), each over its own length.
+
+  Raises:
+    ValueError: a restart at or beyond ``num_steps``.
+  """
+  if config.restarts:
+    if config.restarts[-1] >= num_steps:
+      raise ValueError(f"OptimizerConfig.restarts {config.restarts} must all be below the run's num_steps "
+                       f"({num_steps})")
+    edges = (0, *config.restarts, num_steps)
+    one = dataclasses.replace(config, restarts=())
+    return optax.join_schedules([make_schedule(peak, one, b - a) for a, b in zip(edges, edges[1:])],
+                                list(config.restarts))
   total = max(config.decay_steps or num_steps, 1)
   warmup = min(config.warmup_steps, total)
   end = peak * config.min_lr_ratio
