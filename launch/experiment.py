@@ -251,8 +251,7 @@ def _curriculum(cfg, task, task_config, train):
 
   Raises:
     ValueError: one line naming the field: steps not an integer in
-      ``[0, train.num_steps)``, steps without a task field set (or fields
-      without steps), or a curriculum task whose sequence length, window,
+      ``[0, train.num_steps)``, steps without a task field set, or a curriculum task whose sequence length, window,
       eviction or vocabulary differs from the run's (the model and its
       sleep schedule are built for the run's).
   """
@@ -262,10 +261,7 @@ def _curriculum(cfg, task, task_config, train):
   if not isinstance(steps, int) or isinstance(steps, bool) or not 0 <= steps < train.num_steps:
     raise ValueError(f"config.curriculum.steps must be an integer in [0, train.num_steps = {train.num_steps}), "
                      f"got {steps!r}")
-  if not steps:
-    if fields:
-      raise ValueError(f"config.curriculum.task_config sets {sorted(fields)} but config.curriculum.steps is 0: "
-                       "set the number of steps they apply to, or unset them")
+  if not steps:  # off; fields a config file set stay inert, so --config.curriculum.steps=0 turns it off
     return 0, None
   if not fields:
     raise ValueError(f"config.curriculum.steps = {steps} but config.curriculum.task_config sets no field: the "

@@ -57,8 +57,16 @@ def test_staged_iterator_refuses_bad_stages_and_foreign_states():
     it.set_state(one().get_state())
 
 
-def _spec(steps, **cur_fields):
+def _demo_without_curriculum():
   cfg = depo_sleep_demo.get_config()
+  cfg.curriculum.steps = 0
+  cfg.curriculum.task_config.update({k: None for k in cfg.curriculum.task_config})
+  cfg.optimizer.restarts = ()
+  return cfg
+
+
+def _spec(steps, **cur_fields):
+  cfg = _demo_without_curriculum()
   cfg.train.update(batch_size=BATCH, num_steps=100)
   cfg.curriculum.steps = steps
   cfg.curriculum.task_config.update(cur_fields)
@@ -99,14 +107,13 @@ def test_curriculum_trains_on_its_task_first_then_the_runs_own_stream():
     (100, {"k_weights": (1.0, 1.0, 0.0)}, r"curriculum.steps must be an integer in \[0, train.num_steps = 100\)"),
     (-1, {"k_weights": (1.0, 1.0, 0.0)}, "curriculum.steps must be an integer"),
     (5, {}, "sets no field"),
-    (0, {"k_weights": (1.0, 1.0, 0.0)}, "but config.curriculum.steps is 0"),
     (5, {"k_max": 2, "eval_ks": (1, 2)}, "changes the task's vocabulary size"),
     (5, {"n_queries": 4}, "changes the task's sequence length"),
     (5, {"k_weights": (1.0, 1.0)}, "k_weights must be None or k_max = 3"),
     (5, {"color": 1}, "unknown field"),
 ])
 def test_curriculum_is_validated(steps, fields, match):
-  cfg = depo_sleep_demo.get_config()
+  cfg = _demo_without_curriculum()
   cfg.train.num_steps = 100
   cfg.curriculum.steps = steps
   if "color" in fields:
@@ -114,6 +121,13 @@ def test_curriculum_is_validated(steps, fields, match):
   cfg.curriculum.task_config.update(fields)
   with pytest.raises(ValueError, match=match):
     experiment.experiment_from_config(cfg)
+
+
+def test_steps_zero_turns_a_config_files_curriculum_off():
+  cfg = depo_sleep_demo.get_config()  # the demo sets a curriculum
+  cfg.curriculum.steps = 0  # what --config.curriculum.steps=0 does; its task fields stay set and inert
+  exp = experiment.experiment_from_config(cfg)
+  assert exp.curriculum_steps == 0 and exp.curriculum_task_config is None
 
 
 def test_a_run_config_without_the_section_has_no_curriculum():

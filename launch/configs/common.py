@@ -50,7 +50,8 @@ A curriculum (``curriculum``, off by default): the first ``curriculum.steps``
 training steps draw their batches from the task with ``curriculum.task_config``
 (the same kind of placeholders) set over the run's task config, from a data
 seed of their own; the run's own stream then starts as it would without one.
-Evaluation always uses the run's task config. The curriculum must keep the
+Evaluation always uses the run's task config; ``--config.curriculum.steps=0``
+turns a config file's curriculum off (its fields are then ignored). The curriculum must keep the
 sequence layout, windows and vocabulary (``launch/experiment.py`` checks it),
 e.g. Depo with ``k_weights=(1, 1, 0)`` first: the ``k = 3`` token stays in the
 vocabulary, no ``k = 3`` query is drawn.
