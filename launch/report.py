@@ -508,7 +508,15 @@ def _depo_demo_d5_d6_search() -> str:
            "d6_pilot_st2_n1_s0": "stage 2: k in 1..3, parameters from stage 1 (`train.init_from`), a new optimizer "
                                  "and cosine, 2,000 steps, N = 1, seed 0",
            "d6_pilot_st1_n4_s0": "two-stage pilot, stage 1, N = 4, seed 0",
-           "d6_pilot_st2_n4_s0": "stage 2, N = 4, seed 0 (stopped after step 600)"}
+           "d6_pilot_st2_n4_s0": "stage 2, N = 4, seed 0 (stopped after step 600)",
+           "d6a_n1_s0": "D6a: the curriculum under one cosine (k in 1..2 for 2,000 steps, then 1..3; lr 2e-3, "
+                        "cosine over 3,500 steps, no restart), N = 1, seed 0",
+           "d6a_n4_s0": "D6a, N = 4, seed 0",
+           "d6a_n1_s1": "D6a, N = 1, seed 1 (stopped after step 900)",
+           "d6a_n4_s1": "D6a, N = 4, seed 1 (stopped after step 1,100)",
+           "d6_cont_n1_s0": "the committed D6 run N = 1, seed 0, continued: 2,000 more steps on k in 1..3 "
+                            "(`train.init_from`, a new optimizer and cosine)",
+           "d6_cont_n4_s0": "the same continuation of D6 N = 4, seed 0"}
   return evals_table(DEPO_DEMO, runs_, (1, 2, 3), "k")
 
 
@@ -591,16 +599,14 @@ def _depo_d6_unseen_seeds() -> str:
   return runs_table(_select(DEPO_D6_RUNS, names), DEPO_DEMO_DEPTHS) if names else "No run has finished yet.\n"
 
 
-@table("depo_d6_controls")
-def _depo_d6_controls() -> str:
-  names = _d6_present(["n1_s0", "n4_s0", "n1_compute4_s0", "deep4_s0"])
-  return runs_table(_select(DEPO_D6_RUNS, names), DEPO_DEMO_DEPTHS) if names else "No run has finished yet.\n"
-
-
 @table("depo_d6_passes")
 def _depo_d6_passes() -> str:
-  path = os.path.join(DEPO_D6_RUNS, "n4_s0", "eval_n_passes.json")
-  return passes_block(path) if os.path.exists(path) else "Not evaluated yet.\n"
+  out = []
+  for run in ("n4_s2", "n4_s0"):
+    path = os.path.join(DEPO_D6_RUNS, run, "eval_n_passes.json")
+    if os.path.exists(path):
+      out.append(f"N = 4, seed {run[-1]}:\n\n" + passes_block(path))
+  return "\n".join(out) if out else "Not evaluated yet.\n"
 
 
 @table("depo_d6_order")

@@ -49,6 +49,14 @@ Chance: a guess among the cycle's other nodes, 0.155 (``tasks.depo.chance_accura
 the majority baseline (the most frequent answer per depth) is lower, since
 node names are drawn from a pool of 16.
 
+A curriculum over k (RESULTS.md, "Depo", D5 and D6): the first 2,000 steps
+train on ``k`` in 1..2 only (``curriculum.task_config.k_weights = (1, 1,
+0)``: the ``k3`` token stays in the vocabulary, no ``k = 3`` query is drawn),
+the last 1,000 on ``k`` in 1..3, and the learning rate warms up and decays
+again from the hand-over (``optimizer.restarts``). Trained on ``k`` in 1..2
+at lr 2e-3, N = 4 learned two hops by step 1,500-2,000 on seeds where it had
+not at k in 1..3 and lr 1e-3 (D4).
+
 Budget: 3,000 steps x 64 examples x 62 tokens = 11.9 M training tokens for
 every ``N`` (about 8 / 20 minutes for N = 1 / 4 on one core). Measured
 (RESULTS.md, "Depo", D4, five seeds): not a sleep effect yet. One N = 4 seed
@@ -69,6 +77,10 @@ def get_config():
   # eval_seed: every variant and seed is scored on the same eval examples.
   c.train.update(num_steps=3000, batch_size=64, log_every=100, eval_every=500, eval_batches=16,
                  checkpoint_every=1000, eval_seed=0)
-  c.optimizer.update(kind="adamw", lr=1e-3, warmup_steps=100)
+  # Train on k in 1..2 for the first 2,000 steps, then on k in 1..3; the learning rate warms up and decays
+  # again from the hand-over (restarts), as in the two-stage run that first learned k = 3 (RESULTS.md, D6).
+  c.optimizer.update(kind="adamw", lr=2e-3, warmup_steps=100, restarts=(2000,))
+  c.curriculum.update(steps=2000)
+  c.curriculum.task_config.update(k_weights=(1.0, 1.0, 0.0))
   c.sleep.update(remat_windows=False, remat_passes=False, unroll=True)
   return c
