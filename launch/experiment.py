@@ -258,9 +258,9 @@ def _curriculum(cfg, task, task_config, train):
   section = _section(cfg, "curriculum") if "curriculum" in cfg else {}
   steps = section.get("steps") or 0
   fields = {k: _tuples(v) for k, v in dict(section.get("task_config") or {}).items() if v is not None}
-  if not isinstance(steps, int) or isinstance(steps, bool) or not 0 <= steps < train.num_steps:
-    raise ValueError(f"config.curriculum.steps must be an integer in [0, train.num_steps = {train.num_steps}), "
-                     f"got {steps!r}")
+  if not isinstance(steps, int) or isinstance(steps, bool) or not (steps == 0 or 0 < steps < train.num_steps):
+    raise ValueError(f"config.curriculum.steps must be 0 or an integer in [1, train.num_steps = "
+                     f"{train.num_steps}), got {steps!r}")
   if not steps:  # off; fields a config file set stay inert, so --config.curriculum.steps=0 turns it off
     return 0, None
   if not fields:

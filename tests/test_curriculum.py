@@ -104,8 +104,8 @@ def test_curriculum_trains_on_its_task_first_then_the_runs_own_stream():
 
 
 @pytest.mark.parametrize("steps, fields, match", [
-    (100, {"k_weights": (1.0, 1.0, 0.0)}, r"curriculum.steps must be an integer in \[0, train.num_steps = 100\)"),
-    (-1, {"k_weights": (1.0, 1.0, 0.0)}, "curriculum.steps must be an integer"),
+    (100, {"k_weights": (1.0, 1.0, 0.0)}, r"curriculum.steps must be 0 or an integer in \[1, train.num_steps = 100\)"),
+    (-1, {"k_weights": (1.0, 1.0, 0.0)}, "curriculum.steps must be 0 or an integer"),
     (5, {}, "sets no field"),
     (5, {"k_max": 2, "eval_ks": (1, 2)}, "changes the task's vocabulary size"),
     (5, {"n_queries": 4}, "changes the task's sequence length"),
@@ -128,6 +128,12 @@ def test_steps_zero_turns_a_config_files_curriculum_off():
   cfg.curriculum.steps = 0  # what --config.curriculum.steps=0 does; its task fields stay set and inert
   exp = experiment.experiment_from_config(cfg)
   assert exp.curriculum_steps == 0 and exp.curriculum_task_config is None
+
+
+def test_no_curriculum_needs_no_steps():
+  cfg = _demo_without_curriculum()
+  cfg.train.num_steps = 0  # an evaluation-only run (e.g. from retrofitted parameters)
+  assert experiment.experiment_from_config(cfg).curriculum_steps == 0
 
 
 def test_a_run_config_without_the_section_has_no_curriculum():
