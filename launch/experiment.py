@@ -250,10 +250,11 @@ def _curriculum(cfg, task, task_config, train):
   """``(steps, task config)`` of the config's ``curriculum`` section; ``(0, None)`` when it is off or absent.
 
   Raises:
-    ValueError: one line naming the field: steps not an integer in
-      ``[0, train.num_steps)``, steps without a task field set, or a curriculum task whose sequence length, window,
-      eviction or vocabulary differs from the run's (the model and its
-      sleep schedule are built for the run's).
+    ValueError: one line naming the field: steps neither 0 nor an integer
+      in ``[1, train.num_steps)``, steps without a task field set, or a
+      curriculum task whose sequence length, window, eviction or vocabulary
+      differs from the run's (the model and its sleep schedule are built for
+      the run's).
   """
   section = _section(cfg, "curriculum") if "curriculum" in cfg else {}
   steps = section.get("steps") or 0
@@ -279,6 +280,7 @@ def _curriculum(cfg, task, task_config, train):
 def curriculum_seed(seed: int) -> int:
   """The data seed of a run's curriculum stage: derived from, and distinct from, the run's."""
   import numpy as np
+  # generate_state gives a uint32; shifted into [0, 2**31) so it is a valid seed wherever an int32 is expected.
   return int(np.random.SeedSequence([seed, 0xC0BB1C]).generate_state(1)[0] >> 1)
 
 

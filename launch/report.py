@@ -570,23 +570,18 @@ def _depo_order() -> str:
 
 
 # -- the Depo demo (D6, the committed config: a curriculum over k) --------------------------------------------
-DEPO_D6 = os.path.join(REPO, "results", "depo_demo")
-DEPO_D6_RUNS = os.path.join(DEPO_D6, "runs")
-
-
-def _d6_present(names: Sequence[str]) -> list[str]:
-  return _present(DEPO_D6_RUNS, names) if os.path.isdir(DEPO_D6_RUNS) else []
+DEPO_D6_RUNS = os.path.join(REPO, "results", "depo_demo", "runs")
 
 
 @table("depo_d6_demo")
 def _depo_d6_demo() -> str:
-  names = _d6_present([f"n{n}_s{s}" for n in (1, 2, 4) for s in (0, 1, 2)])
+  names = _present(DEPO_D6_RUNS, [f"n{n}_s{s}" for n in (1, 2, 4) for s in (0, 1, 2)])
   return demo_table(_select(DEPO_D6_RUNS, names), DEPO_DEMO_DEPTHS) if names else "No run has finished yet.\n"
 
 
 @table("depo_d6_over_training")
 def _depo_d6_over_training() -> str:
-  names = _d6_present([f"n{n}_s{s}" for n in (1, 2, 4) for s in range(5)] + ["n1_compute4_s0", "deep4_s0"])
+  names = _present(DEPO_D6_RUNS, [f"n{n}_s{s}" for n in (1, 2, 4) for s in range(5)] + ["n1_compute4_s0", "deep4_s0"])
   label = lambda n: {"n1_compute4_s0": "N = 1 compute-matched to N = 4, seed 0",
                      "deep4_s0": "N = 1, four times the layers, seed 0"}.get(n, f"N = {n[1]}, seed {n[-1]}")
   return (evals_table(DEPO_D6_RUNS, {n: label(n) for n in names}, DEPO_DEMO_DEPTHS[:-1], "k") if names
@@ -595,7 +590,7 @@ def _depo_d6_over_training() -> str:
 
 @table("depo_d6_unseen_seeds")
 def _depo_d6_unseen_seeds() -> str:
-  names = _d6_present(["n1_s3", "n4_s3", "n1_s4", "n4_s4"])
+  names = _present(DEPO_D6_RUNS, ["n1_s3", "n4_s3", "n1_s4", "n4_s4"])
   return runs_table(_select(DEPO_D6_RUNS, names), DEPO_DEMO_DEPTHS) if names else "No run has finished yet.\n"
 
 
@@ -611,7 +606,7 @@ def _depo_d6_passes() -> str:
 
 @table("depo_d6_order")
 def _depo_d6_order() -> str:
-  names = _d6_present([f"n{n}_s{s}" for n in (1, 2, 4) for s in range(5)])
+  names = _present(DEPO_D6_RUNS, [f"n{n}_s{s}" for n in (1, 2, 4) for s in range(5)])
   paths = {f"N = {n[1]}, seed {n[-1]}": os.path.join(DEPO_D6_RUNS, n, "depo_order.json") for n in names}
   paths = {k: v for k, v in paths.items() if os.path.exists(v)}
   return order_block(paths) if paths else "Not probed yet.\n"

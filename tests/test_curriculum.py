@@ -1,4 +1,6 @@
 """A curriculum over the training data: ``tasks.StagedIterator`` and the launch config's ``curriculum`` section."""
+import dataclasses
+
 import numpy as np
 import pytest
 
@@ -12,8 +14,7 @@ BATCH, STEPS = 16, 4
 def _depo_stage(k_weights, seed):
   config = depo_sleep_demo.get_config()
   exp = experiment.experiment_from_config(config)
-  cfg = exp.task_config if k_weights is None else type(exp.task_config)(
-      **{**exp.task_config.__dict__, "k_weights": k_weights})
+  cfg = exp.task_config if k_weights is None else dataclasses.replace(exp.task_config, k_weights=k_weights)
   return lambda: iter(tasks.make_dataset("depo", cfg, "train", seed=seed, batch_size=BATCH))
 
 
