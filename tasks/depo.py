@@ -97,6 +97,16 @@ class DepoConfig:
       ``<pad>`` where ``y`` was (``? x k<k> = <pad> ;``); the target of ``=``
       is still ``y``, so the loss and the eval are unchanged, and the edges
       reach a query only through what the context left behind.
+    edge_targets: ``0`` (the default): the edge list carries no training
+      target. ``h >= 1``: every edge ``x -> y ,`` is also an auxiliary
+      training target (``tasks.example``): at its ``,`` the target is the node
+      ``h`` hops after ``y`` (``h + 1`` after ``x``) instead of the next token.
+      The input is unchanged, the targets are never scored (``aux_accuracy``
+      reports them) and do not change which windows sleep. They supervise
+      chaining edges while the list is read: in the wake pass attention can
+      only reach an edge listed earlier, so at most the edges whose successor
+      came first are answerable there; a sleep pass reads every edge back from
+      the fast weights. Needs ``h + 1 < n_min`` (no wrap to ``x`` itself).
   """
   n_min: int = 17
   n_max: int = 75
@@ -112,6 +122,7 @@ class DepoConfig:
   num_eval_examples: int = 4096
   query_sources: str = "distinct"
   answers_visible: bool = True
+  edge_targets: int = 0
 
   def __post_init__(self):
     req, is_int = ex_lib.require, ex_lib.is_int
@@ -166,6 +177,10 @@ class DepoConfig:
     req(isinstance(self.answers_visible, (bool, np.bool_)),
         f"DepoConfig.answers_visible must be True or False, got {self.answers_visible!r}")
     object.__setattr__(self, "answers_visible", bool(self.answers_visible))
+    req(is_int(self.edge_targets) and 0 <= self.edge_targets < self.n_min - 1,
+        f"DepoConfig.edge_targets must be an integer in [0, n_min - 1 = {self.n_min - 1}) (0: off; h: the "
+        f"node h hops after each edge's head, which must not wrap to its tail), got {self.edge_targets!r}")
+    object.__setattr__(self, "edge_targets", int(self.edge_targets))
     req(self.query_sources != "shared" or not self.answers_visible,
         "DepoConfig: query_sources='shared' needs answers_visible=False: with visible answers two queries "
         "with the same source and k would let attention copy the earlier answer")
@@ -230,7 +245,15 @@ def _build(config: DepoConfig, split: str, rng: np.random.Generator) -> dict:
   answers = [(config.context_len + QUERY_TOKENS * j + 3, int(ks[j]), j) for j in range(q)]
   meta = {"n": n, "cycle": cycle.astype(np.int32), "edge_order": order.astype(np.int32),
           "queries": [(int(cycle[s]), int(k), int(cycle[d])) for s, k, d in zip(src_pos, ks, dst_pos)]}
-  example = ex_lib.pack_example(stream, config.seq_len, answers, meta)
+  aux = []
+  if config.edge_targets:
+    # Edge j (cycle[order[j]] -> succ) ends with its "," at this position of the stream.
+    first = config.context_len - edges.size
+    h = config.edge_targets
+    meta["edge_targets"] = [(first + EDGE_TOKENS * j + EDGE_TOKENS - 1, int(cycle[i]), int(cycle[(i + 1 + h) % n]))
+                            for j, i in enumerate(order)]
+    aux = [(pos, node(target)) for pos, _, target in meta["edge_targets"]]
+  example = ex_lib.pack_example(stream, config.seq_len, answers, meta, aux)
   if not config.answers_visible:
     # The answer stays the target of "="; the input after "=" is <pad>.
     example["tokens"][[pos + 1 for pos, _, _ in answers]] = PAD_ID

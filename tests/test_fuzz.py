@@ -86,11 +86,14 @@ def check_example(task, config, ex, split):
   assert ex["tokens"].min() >= 0 and ex["tokens"].max() < vocab
   assert ex["targets"].min() >= 0 and ex["targets"].max() < vocab
   trained = ex["loss_mask"] > 0
-  mask = trained & (ex["depth"] >= 0)  # scored answers; the rest are auxiliary targets (math line values only)
+  mask = trained & (ex["depth"] >= 0)  # scored answers; the rest are auxiliary targets (math line values, Depo edges)
   aux = trained & ~mask
   if getattr(config, "line_values", False):
     assert aux.sum() == len(ex["meta"]["line_targets"])
     assert np.all(ex["tokens"][aux] == gsm_math._SEMI) and np.all(ex["answer_id"][aux] == -1)
+  elif getattr(config, "edge_targets", 0):
+    assert aux.sum() == ex["meta"]["n"] == len(ex["meta"]["edge_targets"])
+    assert np.all(ex["tokens"][aux] == depo._COMMA) and np.all(ex["answer_id"][aux] == -1)
   else:
     assert not aux.any()
   shifted = ex["tokens"][1:].copy()

@@ -283,3 +283,75 @@ def test_shared_query_sources_ask_about_one_node_and_need_hidden_answers():
     dataclasses.replace(base, answers_visible=False, **few)
   ex = TASK.make_example(dataclasses.replace(base, answers_visible=False, query_sources="shared", **few), 0, 0)
   assert len({s for s, _, _ in ex["meta"]["queries"]}) == 1 and ex["loss_mask"].sum() == 5
+
+
+@pytest.mark.parametrize("h", [1, 3])
+def test_edge_targets_are_the_hidden_h_hop_successors_of_each_edge(h):
+  """Each edge's "," is trained on the node h hops past its head, found by walking the decoded text."""
+  base = dataclasses.replace(TASK.preset("small"), answers_visible=False, query_sources="shared", n_queries=5)
+  config = dataclasses.replace(base, edge_targets=h)
+  tok = TASK.tokenizer(config)
+  assert TASK.tokenizer(base).vocab == tok.vocab
+  answerable = total = 0
+  for split in ("train", "eval"):
+    for i in range(60):
+      ex, ref = TASK.make_example(config, 0, i, split), TASK.make_example(base, 0, i, split)
+      for key in ("tokens", "depth", "answer_id"):  # the same draw; only targets and the mask gain entries
+        np.testing.assert_array_equal(ex[key], ref[key])
+      scored = ex_lib.scored_mask(ex["loss_mask"], ex["depth"]) > 0
+      np.testing.assert_array_equal(scored, ref["loss_mask"] > 0)
+      np.testing.assert_array_equal(ex["targets"][scored], ref["targets"][scored])
+      words = [tok.vocab[t] for t in ex["tokens"]]
+      first = next(i for i, w in enumerate(words) if w != "<pad>")
+      succ, listed = {}, {}
+      for pos in range(first, config.context_len, 4):
+        succ[words[pos]] = words[pos + 2]
+        listed[words[pos]] = pos
+      want = {}
+      for x, pos in listed.items():
+        node = succ[x]
+        for _ in range(h):
+          node = succ[node]
+        want[pos + 3] = node  # the edge's ","
+        # Answerable by attention in the wake pass: every edge of the chain after x's was listed before it.
+        chain, node = [], succ[x]
+        for _ in range(h):
+          chain.append(listed[node])
+          node = succ[node]
+        answerable += max(chain) < pos
+        total += 1
+      aux = (ex["loss_mask"] > 0) & (ex["depth"] < 0)
+      assert sorted(want) == np.nonzero(aux)[0].tolist()
+      assert all(words[p] == "," and tok.vocab[ex["targets"][p]] == w for p, w in want.items())
+      assert np.all(ex["answer_id"][aux] == -1)
+      assert [(p, f"n{x}", f"n{y}") for p, x, y in ex["meta"]["edge_targets"]] == sorted(
+          (p, words[p - 3], w) for p, w in want.items())
+  # The chain of h later edges was listed before the edge with probability 1 / (h + 1) (a random order of
+  # h + 1 distinct edges; 120 examples of 9..16 edges, s.e. below 0.02).
+  assert abs(answerable / total - 1 / (h + 1)) < 0.06, answerable / total
+
+
+def test_edge_targets_leave_the_schedule_to_the_scored_answers():
+  from sleep_jax.windowed import schedule_from_mask
+  config = dataclasses.replace(TASK.preset("small"), edge_targets=1)
+  exs = [TASK.make_example(config, 0, i) for i in range(16)]
+  mask, depth = (np.stack([e[k] for e in exs]) for k in ("loss_mask", "depth"))
+  assert schedule_from_mask(mask, config.window, depth) == (True, True, False)
+  assert schedule_from_mask(mask, config.window) == (False, False, False)  # counted as answers
+
+
+@pytest.mark.parametrize("value", [-1, 8, 1.0, True, "1", None])
+def test_edge_targets_must_be_an_integer_below_n_min_minus_one(value):
+  with pytest.raises(ValueError, match="edge_targets"):
+    dataclasses.replace(TASK.preset("small"), edge_targets=value)  # n_min = 9: h = 8 would wrap to x
+
+
+def test_edge_targets_set_in_a_config_file_reach_the_task():
+  from launch import experiment
+  from launch.configs import depo_small
+  cfg = depo_small.get_config()
+  cfg.task_config.edge_targets = 1
+  exp = experiment.experiment_from_config(cfg.to_dict())
+  assert exp.task_config.edge_targets == 1
+  # Unset (a typed placeholder), the task's default: off.
+  assert experiment.experiment_from_config(depo_small.get_config().to_dict()).task_config.edge_targets == 0
