@@ -520,6 +520,13 @@ def _depo_demo_d5_d6_search() -> str:
   return evals_table(DEPO_DEMO, runs_, (1, 2, 3), "k")
 
 
+@table("depo_d7_pilot")
+def _depo_d7_pilot() -> str:
+  runs_ = {"d7_pilot_n4_s1": "D7 pilot: D6 with `edge_targets = 1` (3,000 steps), N = 4, seed 1",
+           "d7_pilot_n4_s3": "D7 pilot, N = 4, seed 3"}
+  return evals_table(DEPO_DEMO, runs_, (1, 2, 3), "k", extra=(("aux_accuracy", "edge targets"),))
+
+
 @table("depo_order_v3")
 def _depo_order_v3() -> str:
   return order_block({"D3 N = 1, seed 1": os.path.join(DEPO_DEMO, "v3_n1_s1", "depo_order.json")})
@@ -569,47 +576,52 @@ def _depo_order() -> str:
   return order_block({k: v for k, v in paths.items() if os.path.exists(v)})
 
 
-# -- the Depo demo (D6, the committed config: a curriculum over k) --------------------------------------------
-DEPO_D6_RUNS = os.path.join(REPO, "results", "depo_demo", "runs")
-
-
-@table("depo_d6_demo")
-def _depo_d6_demo() -> str:
-  names = _present(DEPO_D6_RUNS, [f"n{n}_s{s}" for n in (1, 2, 4) for s in (0, 1, 2)])
-  return demo_table(_select(DEPO_D6_RUNS, names), DEPO_DEMO_DEPTHS) if names else "No run has finished yet.\n"
-
-
-@table("depo_d6_over_training")
-def _depo_d6_over_training() -> str:
-  names = _present(DEPO_D6_RUNS, [f"n{n}_s{s}" for n in (1, 2, 4) for s in range(5)] + ["n1_compute4_s0", "deep4_s0"])
+# -- the Depo demos with a curriculum over k: D6, and D7 (the committed config: D6 with edge targets) ----------
+def depo_curriculum_tables(prefix: str, runs_dir: str, demo_seeds: Sequence[int], unseen_seeds: Sequence[int],
+                           passes_runs: Sequence[str], edge_targets: bool = False) -> None:
+  """Registers ``<prefix>_{demo,over_training,unseen_seeds,passes,order}`` over the sweep runs in ``runs_dir``
+  (``edge_targets``: the runs trained on Depo's edge targets; over training shows their accuracy too)."""
+  all_seeds = (*demo_seeds, *unseen_seeds)
   label = lambda n: {"n1_compute4_s0": "N = 1 compute-matched to N = 4, seed 0",
-                     "deep4_s0": "N = 1, four times the layers, seed 0"}.get(n, f"N = {n[1]}, seed {n[-1]}")
-  return (evals_table(DEPO_D6_RUNS, {n: label(n) for n in names}, DEPO_DEMO_DEPTHS[:-1], "k") if names
-          else "No run has finished yet.\n")
+                     "deep4_s0": "N = 1, four times the layers, seed 0"}.get(n, f"N = {n[1]}, seed {n.split('_s')[1]}")
+
+  @table(f"{prefix}_demo")
+  def _demo() -> str:
+    names = _present(runs_dir, [f"n{n}_s{s}" for n in (1, 2, 4) for s in demo_seeds])
+    return demo_table(_select(runs_dir, names), DEPO_DEMO_DEPTHS) if names else "No run has finished yet.\n"
+
+  @table(f"{prefix}_over_training")
+  def _over_training() -> str:
+    names = _present(runs_dir, [f"n{n}_s{s}" for n in (1, 2, 4) for s in all_seeds] + ["n1_compute4_s0", "deep4_s0"])
+    return (evals_table(runs_dir, {n: label(n) for n in names}, DEPO_DEMO_DEPTHS[:-1], "k",
+                        extra=(("aux_accuracy", "edge targets"),) if edge_targets else ()) if names else "No run has finished yet.\n")
+
+  @table(f"{prefix}_unseen_seeds")
+  def _unseen() -> str:
+    names = _present(runs_dir, [f"n{n}_s{s}" for s in unseen_seeds for n in (1, 2, 4)])
+    return runs_table(_select(runs_dir, names), DEPO_DEMO_DEPTHS) if names else "No run has finished yet.\n"
+
+  @table(f"{prefix}_passes")
+  def _passes() -> str:
+    out = []
+    for run in passes_runs:
+      path = os.path.join(runs_dir, run, "eval_n_passes.json")
+      if os.path.exists(path):
+        out.append(f"{label(run)}:\n\n" + passes_block(path))
+    return "\n".join(out) if out else "Not evaluated yet.\n"
+
+  @table(f"{prefix}_order")
+  def _order() -> str:
+    names = _present(runs_dir, [f"n{n}_s{s}" for n in (1, 2, 4) for s in all_seeds])
+    paths = {label(n): os.path.join(runs_dir, n, "depo_order.json") for n in names}
+    paths = {k: v for k, v in paths.items() if os.path.exists(v)}
+    return order_block(paths) if paths else "Not probed yet.\n"
 
 
-@table("depo_d6_unseen_seeds")
-def _depo_d6_unseen_seeds() -> str:
-  names = _present(DEPO_D6_RUNS, ["n1_s3", "n4_s3", "n1_s4", "n4_s4"])
-  return runs_table(_select(DEPO_D6_RUNS, names), DEPO_DEMO_DEPTHS) if names else "No run has finished yet.\n"
-
-
-@table("depo_d6_passes")
-def _depo_d6_passes() -> str:
-  out = []
-  for run in ("n4_s2", "n4_s0"):
-    path = os.path.join(DEPO_D6_RUNS, run, "eval_n_passes.json")
-    if os.path.exists(path):
-      out.append(f"N = 4, seed {run[-1]}:\n\n" + passes_block(path))
-  return "\n".join(out) if out else "Not evaluated yet.\n"
-
-
-@table("depo_d6_order")
-def _depo_d6_order() -> str:
-  names = _present(DEPO_D6_RUNS, [f"n{n}_s{s}" for n in (1, 2, 4) for s in range(5)])
-  paths = {f"N = {n[1]}, seed {n[-1]}": os.path.join(DEPO_D6_RUNS, n, "depo_order.json") for n in names}
-  paths = {k: v for k, v in paths.items() if os.path.exists(v)}
-  return order_block(paths) if paths else "Not probed yet.\n"
+depo_curriculum_tables("depo_d6", os.path.join(REPO, "results", "depo_demo_d6", "runs"), (0, 1, 2), (3, 4),
+                       ("n4_s2", "n4_s0"))
+depo_curriculum_tables("depo_d7", os.path.join(REPO, "results", "depo_demo", "runs"), (0, 1, 2), (4, 5),
+                       ("n4_s0", "n4_s1", "n4_s2"), edge_targets=True)
 
 
 # -- the paper configs' cost ---------------------------------------------------------------------------

@@ -57,6 +57,14 @@ again from the hand-over (``optimizer.restarts``). Trained on ``k`` in 1..2
 at lr 2e-3, N = 4 learned two hops by step 1,500-2,000 on seeds where it had
 not at k in 1..3 and lr 1e-3 (D4).
 
+Dense edge targets (RESULTS.md, "Depo", D7): every edge's ``,`` is also trained
+on the node two hops past its tail (``task_config.edge_targets = 1``, never
+scored). With ``layout = "gdn,attn"`` what attention computes from them at
+N = 1 never reaches the fast weights; a sleep pass writes it. In the pilot
+(N = 4, seeds 1 and 3, 3,000 steps) two hops came earlier than in D6: seed 3
+by step 1,000 (D6: not by 2,000) and three hops by 3,000 (0.998); seed 1 had
+two hops only by step 3,000 (0.975, k = 3 0.125), hence 4,000 steps.
+
 Budget: 3,000 steps x 64 examples x 62 tokens = 11.9 M training tokens for
 every ``N`` (about 8 / 20 minutes for N = 1 / 4 on one core). Measured
 (RESULTS.md, "Depo", D6, five seeds): at k = 3 N = 4 averages 0.342 and
@@ -73,10 +81,10 @@ def get_config():
   c = base_config("depo", "small")
   c.task_config.update(n_min=7, n_max=8, pool_size=16, context_len=32, window=32, n_queries=5, k_max=3,
                        eval_ks=(1, 2, 3), num_eval_examples=2048, answers_visible=False,
-                       query_sources="shared")
+                       query_sources="shared", edge_targets=1)
   c.model.layout = "gdn,attn"
   # eval_seed: every variant and seed is scored on the same eval examples.
-  c.train.update(num_steps=3000, batch_size=64, log_every=100, eval_every=500, eval_batches=16,
+  c.train.update(num_steps=4000, batch_size=64, log_every=100, eval_every=500, eval_batches=16,
                  checkpoint_every=1000, eval_seed=0)
   # Train on k in 1..2 for the first 2,000 steps, then on k in 1..3; the learning rate warms up and decays
   # again from the hand-over (restarts), as in the two-stage run that first learned k = 3 (RESULTS.md, D6).
