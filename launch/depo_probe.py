@@ -59,6 +59,7 @@ def path_order(example_meta: dict, source: int, k: int) -> int:
 def coded_batches(batches, task_config, seed: int):
   """The eval batches with each answer's depth replaced by its (k, order) code; checks the examples match."""
   from tasks import depo
+  from tasks import example as ex_lib
   index = 0
   for batch in batches:
     batch = dict(batch)
@@ -68,8 +69,12 @@ def coded_batches(batches, task_config, seed: int):
       if not np.array_equal(ex["tokens"], np.asarray(batch["tokens"][row])):
         raise ValueError(f"eval example {index} is not the split's example {index}: the probe needs the eval "
                          "split in index order")
-      pos = np.nonzero(ex["loss_mask"])[0]
-      for p, (s, k, _) in zip(pos, ex["meta"]["queries"]):
+      # The scored answers only: edge targets (``edge_targets``) are trained on and keep their depth -1.
+      pos = np.nonzero(ex_lib.scored_mask(ex["loss_mask"], ex["depth"]))[0]
+      if len(pos) != len(ex["meta"]["queries"]):
+        raise ValueError(f"eval example {index} has {len(pos)} scored answers and {len(ex['meta']['queries'])} "
+                         "queries")
+      for p, (s, k, _) in zip(pos, ex["meta"]["queries"], strict=True):
         depth[row, p] = _CODE * k + path_order(ex["meta"], s, k)
       index += 1
     batch["depth"] = depth

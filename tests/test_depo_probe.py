@@ -21,15 +21,19 @@ def test_path_order_classes_on_a_hand_made_cycle():
   assert depo_probe.path_order(meta, 13, 2) == 1  # edges 3, 0 (wrapping) at positions 3, 2: later hop first
 
 
-def test_coded_batches_label_each_answer_with_k_and_order_and_refuse_other_examples():
-  config = dataclasses.replace(TASK.preset("small"), answers_visible=False)
+@pytest.mark.parametrize("edge_targets", [0, 1])
+def test_coded_batches_label_each_answer_with_k_and_order_and_refuse_other_examples(edge_targets):
+  config = dataclasses.replace(TASK.preset("small"), answers_visible=False, edge_targets=edge_targets)
   examples = [TASK.make_example(config, 5, i, "eval") for i in range(4)]
   batch = {key: np.stack([ex[key] for ex in examples]) for key in ("tokens", "targets", "loss_mask", "depth")}
   (coded,) = list(depo_probe.coded_batches([batch], config, 5))
   for row, ex in enumerate(examples):
-    pos = np.nonzero(ex["loss_mask"])[0]
+    pos = np.nonzero(ex["depth"] >= 0)[0]  # the answers; edge targets are trained on at depth -1
+    assert len(pos) == config.n_queries and ex["loss_mask"].sum() == config.n_queries + edge_targets * ex["meta"]["n"]
     expect = [10 * k + depo_probe.path_order(ex["meta"], s, k) for s, k, _ in ex["meta"]["queries"]]
     assert coded["depth"][row, pos].tolist() == expect
-    assert np.all(coded["depth"][row][ex["loss_mask"] == 0] == -1)
+    others = np.ones(config.seq_len, bool)
+    others[pos] = False
+    assert np.all(coded["depth"][row][others] == -1)
   with pytest.raises(ValueError, match="index order"):
     list(depo_probe.coded_batches([batch], config, 6))
