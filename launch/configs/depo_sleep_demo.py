@@ -67,7 +67,9 @@ Budget: 4,000 steps x 64 examples x 62 tokens = 15.9 M training tokens for
 every ``N`` (about 11 / 23 minutes for N = 1 / 4 on one core; the three-seed
 N = 1 and N = 4 sweep took 57 minutes on 2 cores). Measured (D7, seeds 0, 1,
 2): at k = 3 N = 4 scores [0.996 0.804 1.000], N = 1 [0.221 0.222 0.305]
-(majority 0.076, chance 0.155). Every N = 1 seed composes two hops in one
+(majority 0.076, chance 0.155); unseen seeds 4 and 5: N = 4 0.185 / 0.988,
+N = 1 0.132 / 0.181 (seed 4 learned two hops only at the end). Every N = 1
+seed composes two hops in one
 pass for reverse-listed paths (0.77-0.94 at k = 2); three hops take passes.
 D6 (3,000 steps, no edge targets) learned three hops on one N = 4 seed of five.
 """
