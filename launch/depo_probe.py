@@ -74,7 +74,7 @@ def coded_batches(batches, task_config, seed: int):
       if len(pos) != len(ex["meta"]["queries"]):
         raise ValueError(f"eval example {index} has {len(pos)} scored answers and {len(ex['meta']['queries'])} "
                          "queries")
-      for p, (s, k, _) in zip(pos, ex["meta"]["queries"], strict=True):
+      for p, (s, k, _) in zip(pos, ex["meta"]["queries"]):
         depth[row, p] = _CODE * k + path_order(ex["meta"], s, k)
       index += 1
     batch["depth"] = depth

@@ -520,11 +520,14 @@ def _depo_demo_d5_d6_search() -> str:
   return evals_table(DEPO_DEMO, runs_, (1, 2, 3), "k")
 
 
+EDGE_TARGETS_COLUMN = (("aux_accuracy", "edge targets"),)  # evals_table's extra column for Depo's edge targets
+
+
 @table("depo_d7_pilot")
 def _depo_d7_pilot() -> str:
   runs_ = {"d7_pilot_n4_s1": "D7 pilot: D6 with `edge_targets = 1` (3,000 steps), N = 4, seed 1",
            "d7_pilot_n4_s3": "D7 pilot, N = 4, seed 3"}
-  return evals_table(DEPO_DEMO, runs_, (1, 2, 3), "k", extra=(("aux_accuracy", "edge targets"),))
+  return evals_table(DEPO_DEMO, runs_, (1, 2, 3), "k", extra=EDGE_TARGETS_COLUMN)
 
 
 @table("depo_order_v3")
@@ -593,8 +596,10 @@ def depo_curriculum_tables(prefix: str, runs_dir: str, demo_seeds: Sequence[int]
   @table(f"{prefix}_over_training")
   def _over_training() -> str:
     names = _present(runs_dir, [f"n{n}_s{s}" for n in (1, 2, 4) for s in all_seeds] + ["n1_compute4_s0", "deep4_s0"])
-    return (evals_table(runs_dir, {n: label(n) for n in names}, DEPO_DEMO_DEPTHS[:-1], "k",
-                        extra=(("aux_accuracy", "edge targets"),) if edge_targets else ()) if names else "No run has finished yet.\n")
+    if not names:
+      return "No run has finished yet.\n"
+    return evals_table(runs_dir, {n: label(n) for n in names}, DEPO_DEMO_DEPTHS[:-1], "k",
+                       extra=EDGE_TARGETS_COLUMN if edge_targets else ())
 
   @table(f"{prefix}_unseen_seeds")
   def _unseen() -> str:

@@ -302,7 +302,7 @@ def test_edge_targets_are_the_hidden_h_hop_successors_of_each_edge(h):
       np.testing.assert_array_equal(scored, ref["loss_mask"] > 0)
       np.testing.assert_array_equal(ex["targets"][scored], ref["targets"][scored])
       words = [tok.vocab[t] for t in ex["tokens"]]
-      first = next(i for i, w in enumerate(words) if w != "<pad>")
+      first = next(p for p, w in enumerate(words) if w != "<pad>")
       succ, listed = {}, {}
       for pos in range(first, config.context_len, 4):
         succ[words[pos]] = words[pos + 2]

@@ -68,9 +68,10 @@ every ``N`` (about 11 / 23 minutes for N = 1 / 4 on one core; the three-seed
 N = 1 and N = 4 sweep took 57 minutes on 2 cores). Measured (D7, seeds 0, 1,
 2): at k = 3 N = 4 scores [0.996 0.804 1.000], N = 1 [0.221 0.222 0.305]
 (majority 0.076, chance 0.155); unseen seeds 4 and 5: N = 4 0.185 / 0.988,
-N = 1 0.132 / 0.181 (seed 4 learned two hops only at the end). Every N = 1
-seed composes two hops in one
-pass for reverse-listed paths (0.77-0.94 at k = 2); three hops take passes.
+N = 1 0.132 / 0.181 (seed 4 learned two hops only at the end). N = 1 composes
+two hops in one pass (0.77-0.94 at k = 2; reverse-listed paths 0.98-1.00 and,
+with the edge targets, path-ordered ones 0.80-0.88 on the two seeds probed);
+at N = 4's FLOPs (2.5x the steps) it reaches 0.748 at k = 3 (seed 0).
 D6 (3,000 steps, no edge targets) learned three hops on one N = 4 seed of five.
 """
 
