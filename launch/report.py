@@ -623,9 +623,25 @@ def depo_curriculum_tables(prefix: str, runs_dir: str, demo_seeds: Sequence[int]
     return order_block(paths) if paths else "Not probed yet.\n"
 
 
+DEPO_D7_RUNS = os.path.join(REPO, "results", "depo_demo", "runs")
+DEPO_D7_NO_EDGE_TARGETS = os.path.join(REPO, "results", "depo_demo", "no_edge_targets")
+
+
+@table("depo_d7_controls")
+def _depo_d7_controls() -> str:
+  """D7's controls on one table: compute-matched and deep N = 1, and D7 without its edge targets."""
+  import dataclasses
+  records = _select(DEPO_D7_RUNS, ["n4_s0", "n1_compute4_s0", "deep4_s0", "n1_s0"])
+  plain = _present(DEPO_D7_NO_EDGE_TARGETS, ["n4_s0", "n4_s1", "n1_s0"])
+  records += [dataclasses.replace(r, name=f"{r.name}, no edge targets") for r in _select(DEPO_D7_NO_EDGE_TARGETS, plain)]
+  extra = [("steps", lambda r: f"{r.steps:,}"), ("training FLOPs (analytic)", lambda r: f"{r.train_flops:.3g}"),
+           ("parameters", lambda r: f"{parameter_count(r.workdir):,}")]
+  return runs_table(records, DEPO_DEMO_DEPTHS, extra=extra)
+
+
 depo_curriculum_tables("depo_d6", os.path.join(REPO, "results", "depo_demo_d6", "runs"), (0, 1, 2), (3, 4),
                        ("n4_s2", "n4_s0"))
-depo_curriculum_tables("depo_d7", os.path.join(REPO, "results", "depo_demo", "runs"), (0, 1, 2), (4, 5),
+depo_curriculum_tables("depo_d7", DEPO_D7_RUNS, (0, 1, 2), (4, 5),
                        ("n4_s0", "n4_s1", "n4_s2"), edge_targets=True)
 
 
