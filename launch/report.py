@@ -631,7 +631,7 @@ DEPO_D7_NO_EDGE_TARGETS = os.path.join(REPO, "results", "depo_demo", "no_edge_ta
 def _depo_d7_controls() -> str:
   """D7's controls on one table: compute-matched and deep N = 1, and D7 without its edge targets."""
   import dataclasses
-  records = _select(DEPO_D7_RUNS, ["n4_s0", "n1_compute4_s0", "deep4_s0", "n1_s0"])
+  records = _select(DEPO_D7_RUNS, ["n4_s0", "n4_s1", "n1_compute4_s0", "deep4_s0", "n1_s0"])
   plain = _present(DEPO_D7_NO_EDGE_TARGETS, ["n4_s0", "n4_s1", "n1_s0"])
   records += [dataclasses.replace(r, name=f"{r.name}, no edge targets") for r in _select(DEPO_D7_NO_EDGE_TARGETS, plain)]
   extra = [("steps", lambda r: f"{r.steps:,}"), ("training FLOPs (analytic)", lambda r: f"{r.train_flops:.3g}"),
