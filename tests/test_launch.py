@@ -99,23 +99,32 @@ def test_one_step_other_tasks(tmp_path, name):
   assert result.step == 1 and 0.0 <= result.eval["accuracy"] <= 1.0
 
 
-@pytest.mark.parametrize("name", ["rule110_sleep_longer", "rule110_sleep_longer_combined"])
+# Each recipe config against RESULTS.md's runs of it (the run directory whose committed config it must match).
+SLEEP_LONGER_RUNS = {"rule110_sleep_longer": "floor_s0", "rule110_sleep_longer_progressive": "prog_s0"}
+
+
+@pytest.mark.parametrize("name", ["rule110_sleep_longer", "rule110_sleep_longer_progressive",
+                                  "rule110_sleep_longer_combined"])
 def test_rule110_sleep_longer_trains_one_step(tmp_path, name):
   # The recipe configs against the demo's: same task, tokens and eval set; one step trains with their options.
   cfg, demo = _config(name), _config("rule110_sleep_demo")
   assert (cfg.task, cfg.task_preset, cfg.task_config.to_dict(), cfg.train.to_dict()) == (
       demo.task, demo.task_preset, demo.task_config.to_dict(), demo.train.to_dict())
   exp = experiment.experiment_from_config(cfg)
-  assert exp.sleep.n_passes == 4 and exp.sleep.detach_passes_train == 2
   if name.endswith("combined"):
+    assert exp.sleep.n_passes == 4 and exp.sleep.detach_passes_train == 2
     assert exp.sleep.n_passes_train_mean == 4.0 and exp.sleep.grad_passes == 3
     assert exp.model.sleep_reinject == "embedding" and exp.sleep.halt_measure == "kl"
-  else:  # the progressive loss alone: what RESULTS.md's "progressive loss alone" runs trained with
-    with open(os.path.join(REPO, "results", "rule110_sleep_longer", "prog_s0", "config.json")) as f:
+  else:  # what RESULTS.md's runs of the recipe trained with
+    with open(os.path.join(REPO, "results", "rule110_sleep_longer", SLEEP_LONGER_RUNS[name], "config.json")) as f:
       ran = json.load(f)
     trained = experiment.experiment_from_config(ran)
     assert (trained.sleep, trained.model, trained.task_config) == (exp.sleep, exp.model, exp.task_config)
     assert exp.sleep.n_passes_train_mean is None and exp.model.sleep_reinject == "none"
+    if name == "rule110_sleep_longer":  # the floor draw of N
+      assert exp.sleep.n_passes_train == (4, 5, 6, 7, 8) and exp.sleep.n_passes == 6
+    else:
+      assert exp.sleep.n_passes == 4 and exp.sleep.detach_passes_train == 2
   result = experiment.run(_tiny(cfg), str(tmp_path))
   assert result.step == 1 and 0.0 <= result.eval["accuracy"] <= 1.0
 

@@ -1,6 +1,6 @@
 """Rule 110 "sleep longer", all recipes combined (the first shipped recipe; measured: flat, and the lowest level).
 
-``rule110_sleep_longer.py`` now ships the recipe that measured best at ``N = 8``; this file keeps the combined
+``rule110_sleep_longer.py`` ships the recipe that measured best at ``N = 8``; this file keeps the combined
 recipe that RESULTS.md's "Sleep longer" table reports as "all recipes combined".
 
 The task, tokens and eval set are the Rule 110 sleep demo's (``rule110_sleep_demo.py``: one random 16-cell
