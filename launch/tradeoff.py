@@ -239,8 +239,9 @@ def figure(pts: Sequence[Point], *, title: str = "Rule 110 demo: accuracy at t =
   if not pts:
     raise ValueError("no points to draw")
   recipes = list(dict.fromkeys(p.recipe for p in pts))
-  colours, markers = plt.get_cmap("tab10"), "osD^vP*Xph<>"
-  style = {r: (colours(i % 10), markers[i % len(markers)]) for i, r in enumerate(recipes)}
+  # One colour and one marker per recipe: tab20's ten dark shades first, then its ten light ones.
+  colours, markers = plt.get_cmap("tab20"), "osD^vP*Xph<>d8H"
+  style = {r: (colours((2 * i) % 20 + (i // 10) % 2), markers[i % len(markers)]) for i, r in enumerate(recipes)}
   fig, axes = plt.subplots(1, 3, figsize=(18, 6), sharey=True)
   homes = [p for p in pts if p.home]
   for ax, x_of, xlabel in ((axes[0], lambda p: p.wake_per_token, "wake FLOPs per token"),
