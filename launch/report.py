@@ -191,7 +191,8 @@ def _sleep_longer() -> str:
               "heavy": "the heavy-tailed N draw alone (mean 4, sigma 0.5, cap 10), full gradients",
               "prog": "fixed N = 4 with the progressive loss alone (`rule110_sleep_longer_progressive.py`)",
               "heavyprog": "heavy-tailed N draw + progressive loss, full gradients, no re-injection",
-              "floor": "N drawn uniformly from 4..8, full gradients (`rule110_sleep_longer.py`)"}
+              "floor": "N drawn uniformly from 4..8, full gradients (`rule110_sleep_longer.py`)",
+              "wfloor": "N drawn from 4..8 weighted 3:2:1:1:1 (mean 5.4), full gradients"}
   return settings_table(variants, (0, 1, 2), lambda k: k.startswith("N="), (5, 6, "all"),
                         runs_dir=os.path.join(REPO, "results", "rule110_sleep_longer"))
 
@@ -256,7 +257,8 @@ def _fixed_point() -> str:
   root = os.path.join(REPO, "results", "rule110_sleep_longer")
   variants = {"reinject": "fixed N = 4, re-injection", "heavy": "heavy-tailed N draw alone",
               "combined": "all combined (`rule110_sleep_longer_combined.py`)", "prog": "fixed N = 4, progressive loss",
-              "heavyprog": "heavy-tailed N + progressive loss", "floor": "N drawn from 4..8"}
+              "heavyprog": "heavy-tailed N + progressive loss", "floor": "N drawn from 4..8",
+              "wfloor": "N drawn from 4..8, weighted to 4"}
   passes = (2, 4, 8, 12, 16)
   cols = ["trained", "measure", *(f"N={n}" for n in passes)]
   lines = ["| " + " | ".join(cols) + " |", "|---" * len(cols) + "|"]

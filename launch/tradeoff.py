@@ -66,6 +66,7 @@ RECIPES = (
     Recipe("heavyprog", "heavy-tailed N + progressive loss", LONGER_RUNS, (0, 1, 2)),
     Recipe("combined", "sleep-longer recipes combined", LONGER_RUNS, (0, 1, 2)),
     Recipe("floor", "N drawn from 4..8", LONGER_RUNS, (0, 1, 2), home="N=6"),
+    Recipe("wfloor", "N drawn from 4..8, weighted to 4", LONGER_RUNS, (0, 1, 2), home="N=5"),
     Recipe("n1_compute", "N = 1, compute-matched to N = 4", DEMO_RUNS, (0,), home="N=1"),
     Recipe("deep4", "deep N = 1 (4x the layers)", DEMO_RUNS, (0,), home="N=1"),
     Recipe("transformer", "plain transformer", DEMO_RUNS, (0,), home="-"),

@@ -3,7 +3,7 @@
 The task, tokens and eval set are the Rule 110 sleep demo's (``rule110_sleep_demo.py``: one random 16-cell
 state, the query ``?t`` for ``t`` in 1..6, 3,000 steps x 128 examples x 17 tokens, 6,144 eval examples drawn
 with ``train.eval_seed = 0``); only the training recipe differs. A model trained at fixed ``N = 4`` gets worse
-beyond ``N = 4`` (t = 6: 0.930 at N = 4, 0.755 at N = 8). Of the six recipes measured on three seeds each
+beyond ``N = 4`` (t = 6: 0.930 at N = 4, 0.755 at N = 8). Of the seven recipes measured on three seeds each
 (RESULTS.md, "Sleep longer"), this one has the highest mean accuracy at ``t = 6`` served with ``N = 8``:
 
 * every training step draws ``N`` uniformly from 4..8 (``sleep.n_passes_train``, deterministic in
