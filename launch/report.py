@@ -27,6 +27,7 @@ and run ``python3 -m launch.report``.
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import difflib
 import functools
 import json
@@ -257,8 +258,7 @@ def _fixed_point() -> str:
   root = os.path.join(REPO, "results", "rule110_sleep_longer")
   variants = {"reinject": "fixed N = 4, re-injection", "heavy": "heavy-tailed N draw alone",
               "combined": "all combined (`rule110_sleep_longer_combined.py`)", "prog": "fixed N = 4, progressive loss",
-              "heavyprog": "heavy-tailed N + progressive loss", "floor": "N drawn from 4..8",
-              "wfloor": "N drawn from 4..8, weighted to 4"}
+              "heavyprog": "heavy-tailed N + progressive loss", "floor": "N drawn from 4..8"}
   passes = (2, 4, 8, 12, 16)
   cols = ["trained", "measure", *(f"N={n}" for n in passes)]
   lines = ["| " + " | ".join(cols) + " |", "|---" * len(cols) + "|"]
@@ -633,7 +633,6 @@ DEPO_D7_NO_EDGE_TARGETS = os.path.join(REPO, "results", "depo_demo", "no_edge_ta
 @table("depo_d7_controls")
 def _depo_d7_controls() -> str:
   """D7's controls on one table: compute-matched and deep N = 1, and D7 without its edge targets."""
-  import dataclasses
   records = _select(DEPO_D7_RUNS, ["n4_s0", "n4_s1", "n1_compute4_s0", "deep4_s0", "n1_s0"])
   plain = _present(DEPO_D7_NO_EDGE_TARGETS, ["n4_s0", "n4_s1", "n1_s0"])
   records += [dataclasses.replace(r, name=f"{r.name}, no edge targets") for r in _select(DEPO_D7_NO_EDGE_TARGETS, plain)]
